@@ -1,0 +1,47 @@
+"""`mtp-ds` console entry point: one subcommand per stage, each implemented by the module that owns it.
+
+Usage:
+    mtp-ds train RECIPE [key=value ...]        # launched by torchrun / srun (see slurm/)
+    mtp-ds export CHECKPOINT_DIR OUT_DIR       # ZeRO-3 checkpoint -> 16-bit Hugging Face checkpoint
+    mtp-ds generate MODEL_DIR --prompt TEXT    # MTP decoding with each pass's chunk coloured
+    mtp-ds show-layout [--k K ...]             # render a packed sequence and its attention mask
+
+Subcommand modules are imported only when chosen, so `mtp-ds --help` is fast and a missing optional
+dependency of one stage does not break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("mtp_ds.train", "Train an MTP student from a recipe (run under torchrun)."),
+    "export": ("mtp_ds.export", "Export a DeepSpeed checkpoint to a Hugging Face checkpoint."),
+    "generate": ("mtp_ds.generate_cli", "Generate with Static k / ConfAdapt and show each pass's chunk."),
+    "show-layout": ("mtp_ds.render", "Render a packed MTP training sequence and its attention mask."),
+    "demo": ("mtp_ds.demo", "Run the whole method end to end on a tiny model on CPU."),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: mtp-ds {" + ",".join(SUBCOMMANDS) + "} ...", ""]
+    lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"mtp-ds: unknown subcommand {name!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The `<MTP>` mask token: adding it to a tokenizer + causal LM and finding it again later.
+
+Why a module of its own: every later stage (trainer, export, decoder, lm-eval) must agree on which ids are
+mask tokens without being told. We record them in the model config (`mtp_token_id`, and `mtp_token_ids`
+for the distinct-slot-token variant), which survives `save_pretrained` / `from_pretrained` with no custom
+code, so an exported checkpoint carries its own answer.
+
+New embedding rows are drawn with the mean and per-dimension variance of the existing rows (METHOD.md 2),
+seeded, for the input embedding and, when untied, for the output embedding too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SHARED_TOKEN = "<MTP>"
+
+
+def slot_token_texts(k_max: int) -> list[str]:
+    """Texts of the distinct per-slot mask tokens: `<MTP_0>` .. `<MTP_{k_max-1}>`."""
+    return [f"<MTP_{slot}>" for slot in range(k_max)]
+
+
+@dataclass(frozen=True)
+class MaskTokens:
+    """Which ids are mask tokens. `ids[j-1]` fills mask slot j (j = 1..k-1); one id means it is shared."""
+
+    ids: tuple[int, ...]
+
+    @property
+    def distinct(self) -> bool:
+        return len(self.ids) > 1
+
+    def for_slot(self, slot: int) -> int:
+        """Id of the mask token at mask slot `slot` (1-based: slot 1 is the first mask after the anchor)."""
+        if not self.distinct:
+            return self.ids[0]
+        if slot - 1 >= len(self.ids):
+            raise ValueError(f"mask slot {slot} needs more distinct mask tokens than the {len(self.ids)} defined")
+        return self.ids[slot - 1]
+
+    def ids_for_masks(self, num_masks: int) -> list[int]:
+        return [self.for_slot(slot) for slot in range(1, num_masks + 1)]
+
+
+def as_mask_tokens(mtp_token_id: int | list[int] | tuple[int, ...] | MaskTokens) -> MaskTokens:
+    """Accept the forms callers hold: an int (shared token), a list of per-slot ids, or MaskTokens."""
+    if isinstance(mtp_token_id, MaskTokens):
+        return mtp_token_id
+    if isinstance(mtp_token_id, bool) or mtp_token_id is None:
+        raise ValueError(f"mtp_token_id must be an int or a list of ints, got {mtp_token_id!r}")
+    if isinstance(mtp_token_id, int):
+        ids = (mtp_token_id,)
+    elif isinstance(mtp_token_id, torch.Tensor):
+        ids = tuple(int(i) for i in mtp_token_id.flatten().tolist())
+    else:
+        ids = tuple(int(i) for i in mtp_token_id)
+    if not ids or any(i < 0 for i in ids):
+        raise ValueError(f"mtp_token_id must be non-negative token id(s), got {mtp_token_id!r}")
+    return MaskTokens(ids)
+
+
+def mask_tokens_from_config(config) -> MaskTokens:
+    """The mask tokens recorded in a model config by `add_mtp_tokens`; a one-line error if there are none."""
+    ids = getattr(config, "mtp_token_ids", None) or getattr(config, "mtp_token_id", None)
+    if ids is None:
+        raise ValueError(
+            "model config has no mtp_token_id: this is not an MTP checkpoint "
+            "(add the mask token with mtp_ds.tokens.add_mtp_tokens, or pass mtp_token_id explicitly)"
+        )
+    return as_mask_tokens(ids)
+
+
+def _existing_token_id(tokenizer, text: str) -> int | None:
+    vocab = tokenizer.get_vocab()
+    return vocab.get(text)
+
+
+def _init_rows(weight: torch.Tensor, rows: list[int], num_existing: int, generator: torch.Generator) -> None:
+    """Draw `rows` of `weight` from N(mean, var) of rows [0, num_existing), per dimension."""
+    with torch.no_grad():
+        existing = weight[:num_existing].float()
+        mean = existing.mean(dim=0)
+        std = existing.std(dim=0, unbiased=False)
+        noise = torch.randn((len(rows), weight.shape[1]), generator=generator, dtype=torch.float32)
+        weight[rows] = (mean + std * noise).to(weight.dtype)
+
+
+def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int = 16, seed: int = 0) -> MaskTokens:
+    """Add `<MTP>` (or `<MTP_0>..<MTP_{k_max-1}>`) to `tokenizer` and `model`, in place; return the ids.
+
+    Idempotent: calling it on a model whose config already records these tokens returns them unchanged.
+    Raises ValueError if a token text already exists in the tokenizer with another meaning.
+    """
+    texts = slot_token_texts(k_max) if distinct_slots else [SHARED_TOKEN]
+    recorded = getattr(model.config, "mtp_token_ids", None) or (
+        [model.config.mtp_token_id] if getattr(model.config, "mtp_token_id", None) is not None else None
+    )
+    existing_ids = [_existing_token_id(tokenizer, text) for text in texts]
+    if all(i is not None for i in existing_ids) and recorded is not None and list(recorded) == existing_ids:
+        return MaskTokens(tuple(existing_ids))
+    if recorded is not None:
+        raise ValueError(
+            f"model config already records mtp_token_id(s) {list(recorded)} that do not match the tokenizer's "
+            f"{texts[0]}{'..' if len(texts) > 1 else ''}: refusing to add a second set of mask tokens"
+        )
+    for text, token_id in zip(texts, existing_ids):
+        if token_id is not None:
+            raise ValueError(
+                f"token text {text!r} already exists in the tokenizer as id {token_id} with another meaning; "
+                "rename or remove it before adding MTP mask tokens"
+            )
+
+    num_existing = len(tokenizer)  # rows of real tokens; padded rows past it are never used for statistics
+    # add_tokens(special_tokens=True): never split, skipped when decoding, and leaves the tokenizer's own
+    # additional_special_tokens list alone (add_special_tokens would replace it on transformers 5).
+    tokenizer.add_tokens(texts, special_tokens=True)
+    ids = [tokenizer.convert_tokens_to_ids(text) for text in texts]
+
+    input_embeddings = model.get_input_embeddings()
+    if max(ids) >= input_embeddings.weight.shape[0]:
+        # Models whose embedding is padded past the tokenizer (Qwen3) already have rows for the new ids;
+        # resize only when they do not, and never shrink.
+        model.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
+        input_embeddings = model.get_input_embeddings()
+
+    generator = torch.Generator().manual_seed(seed)
+    _init_rows(input_embeddings.weight, ids, num_existing, generator)
+    output_embeddings = model.get_output_embeddings()
+    if output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight:
+        _init_rows(output_embeddings.weight, ids, num_existing, generator)
+        bias = getattr(output_embeddings, "bias", None)
+        if bias is not None:
+            with torch.no_grad():
+                bias[ids] = bias[:num_existing].mean()
+
+    model.config.mtp_token_id = ids[0]
+    if distinct_slots:
+        model.config.mtp_token_ids = ids
+    model.config.mtp_base_vocab_size = num_existing
+    return MaskTokens(tuple(ids))
+

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv and installs mtp-ds with its test extras. On these CPU build machines torch must be the
+# local CPU build (torch==2.13.0); on a GPU cluster install the torch build for your CUDA first and set
+# MTP_DS_TORCH="" (or your own pin), e.g.  MTP_DS_TORCH="" bash scripts/install.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${MTP_DS_TORCH-torch==2.13.0}
+[ -d .venv ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and alone, so that no later requirement pulls the CUDA build from the registry.
+if [ -n "$TORCH_SPEC" ]; then .venv/bin/python -m pip install -q "$TORCH_SPEC"; fi
+.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -c "import torch, deepspeed, transformers, lm_eval; print('installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| transformers', transformers.__version__, '| lm_eval', lm_eval.__version__)"

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny random-weight Qwen3/Llama models and a local word tokenizer (no downloads)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mtp_ds.tiny import tiny_model, word_tokenizer  # noqa: E402
+from mtp_ds.tokens import add_mtp_tokens  # noqa: E402
+
+ARCHS = ["qwen3", "llama"]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def make_mtp_model(arch: str, *, distinct_slots: bool = False, k_max: int = 16, tie_word_embeddings: bool = False,
+                   attn_implementation: str = "sdpa", seed: int = 0):
+    """(model, tokenizer, mask_tokens) with the mask token(s) added; fp32, eval mode."""
+    tokenizer = word_tokenizer()
+    model = tiny_model(arch, vocab_size=len(tokenizer), tie_word_embeddings=tie_word_embeddings,
+                       attn_implementation=attn_implementation, seed=seed)
+    mask_tokens = add_mtp_tokens(tokenizer, model, distinct_slots=distinct_slots, k_max=k_max)
+    return model, tokenizer, mask_tokens
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request):
+    return request.param
