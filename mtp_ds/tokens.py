@@ -142,3 +142,15 @@ def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int
     model.config.mtp_base_vocab_size = num_existing
     return MaskTokens(tuple(ids))
 
+
+
+def mask_tokens_from_tokenizer(tokenizer, *, distinct_slots: bool = False, k_max: int = 16) -> MaskTokens:
+    """The ids of `<MTP>` (or the per-slot tokens) in `tokenizer`; a one-line error if it lacks them."""
+    texts = slot_token_texts(k_max) if distinct_slots else [SHARED_TOKEN]
+    ids = [_existing_token_id(tokenizer, text) for text in texts]
+    missing = [text for text, token_id in zip(texts, ids) if token_id is None]
+    if missing:
+        raise ValueError(
+            f"tokenizer has no mask token {missing[0]!r}: add it with mtp_ds.tokens.add_mtp_tokens(tokenizer, model)"
+        )
+    return MaskTokens(tuple(ids))

@@ -1,0 +1,88 @@
+"""Teacher-forced training metrics, kept as sums so they reduce exactly across micro-batches and ranks.
+
+Why these: per-slot agreement between the student's proposal and the teacher's target says how far into a
+block the student is right; per-slot top-1 confidence and the accepted length ConfAdapt would take at a few
+thresholds are a cheap proxy for the acceleration factor the decoder will reach (METHOD.md 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MetricSums:
+    slot_agree: torch.Tensor  # (K,) float: proposals equal to targets, per slot index
+    slot_confidence: torch.Tensor  # (K,) float: sum of student top-1 probabilities
+    slot_count: torch.Tensor  # (K,) float: supervised slots per slot index
+    accept_length: torch.Tensor  # (num_thresholds,) float: sum over regions of ConfAdapt's accepted length
+    scalars: torch.Tensor  # [regions, slot_loss, entropy, prefix_loss]
+    thresholds: tuple[float, ...]
+
+    SCALARS = ("regions", "slot_loss_sum", "entropy_sum", "prefix_loss_sum")
+
+    @classmethod
+    def from_slots(cls, batch, *, rows, regions, slots, proposals, targets, confidences, thresholds,
+                   num_slot_metrics, slot_loss, entropy, prefix_loss=None) -> "MetricSums":
+        device = proposals.device
+        supervised = targets != -100
+        agree = ((proposals == targets) & supervised).float()
+        slot_agree = torch.zeros(num_slot_metrics, device=device).index_add_(0, slots, agree)
+        slot_confidence = torch.zeros(num_slot_metrics, device=device).index_add_(0, slots, confidences.float())
+        slot_count = torch.zeros(num_slot_metrics, device=device).index_add_(0, slots, supervised.float())
+        confidence_grid = torch.zeros(batch.slot_index.shape, device=device)
+        confidence_grid[rows, regions, slots] = confidences.float()
+        region_valid = batch.slot_valid[..., 0]
+        accept = []
+        for threshold in thresholds:
+            confident = (confidence_grid >= threshold) & batch.slot_valid
+            run = confident.long().cumprod(-1).sum(-1).clamp(min=1)  # ConfAdapt always accepts one token
+            accept.append(run[region_valid].float().sum())
+        scalars = torch.stack([
+            region_valid.sum().float().to(device), slot_loss.float(), entropy.float(),
+            (prefix_loss if prefix_loss is not None else torch.zeros((), device=device)).float(),
+        ])
+        accept_length = torch.stack(accept) if accept else torch.zeros(0, device=device)
+        return cls(slot_agree, slot_confidence, slot_count, accept_length, scalars, tuple(thresholds))
+
+    def __add__(self, other: "MetricSums") -> "MetricSums":
+        size = max(self.slot_count.numel(), other.slot_count.numel())
+
+        def padded(tensor):
+            return torch.nn.functional.pad(tensor, (0, size - tensor.numel()))
+
+        return MetricSums(
+            padded(self.slot_agree) + padded(other.slot_agree),
+            padded(self.slot_confidence) + padded(other.slot_confidence),
+            padded(self.slot_count) + padded(other.slot_count),
+            self.accept_length + other.accept_length, self.scalars + other.scalars, self.thresholds,
+        )
+
+    def all_reduce(self, group=None) -> "MetricSums":
+        """Sum over the data-parallel group (all ranks must hold the same K; pad to k_max before)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self
+        flat = torch.cat([self.slot_agree, self.slot_confidence, self.slot_count, self.accept_length, self.scalars])
+        torch.distributed.all_reduce(flat, group=group)
+        sizes = [t.numel() for t in (self.slot_agree, self.slot_confidence, self.slot_count, self.accept_length, self.scalars)]
+        return MetricSums(*flat.split(sizes), self.thresholds)
+
+    def summary(self) -> dict[str, float]:
+        """Plain floats for logging: agreement/confidence per slot, mean accepted length per threshold."""
+        count = self.slot_count.clamp(min=1)
+        total = float(self.slot_count.sum().clamp(min=1))
+        regions = float(self.scalars[0].clamp(min=1))
+        out = {
+            "agreement": float(self.slot_agree.sum()) / total,
+            "slot_loss": float(self.scalars[1]) / total,
+            "entropy": float(self.scalars[2]) / total,
+        }
+        for slot in range(self.slot_count.numel()):
+            if self.slot_count[slot] > 0:
+                out[f"agreement/slot{slot}"] = float(self.slot_agree[slot] / count[slot])
+                out[f"confidence/slot{slot}"] = float(self.slot_confidence[slot] / count[slot])
+        for threshold, accepted in zip(self.thresholds, self.accept_length.tolist()):
+            out[f"accept_length@{threshold:g}"] = accepted / regions
+        return out

@@ -1,0 +1,300 @@
+"""The student-forced online distillation objective (METHOD.md 3).
+
+One step, for a packed batch:
+1. the student runs on the packed sequence; its greedy proposals y' at the k slots of every region are read;
+2. the teacher runs on the same sequence with mask j replaced by y'_j (j = 1..k-1), same positions, causal
+   blocked mask: its slot-j output is P_T(. | prefix, y'_1..y'_j), the chain rule scoring the proposal;
+3. each slot's loss is CE against the teacher's argmax ("hard", the paper's main runs), KL from the teacher
+   distribution ("soft"), or CE against the ground truth ("ground_truth", the offline-MTP ablation); plus the
+   optional prefix NTP and slot-entropy terms.
+
+Memory rule: vocabulary-sized tensors exist only for supervised rows. Hidden states are gathered at the slot
+positions and the LM head is applied there, in row chunks; with more than one chunk the loss chunk is
+recomputed in backward (activation checkpointing), so at most one (chunk, vocab) block is alive at a time.
+The teacher hands back argmax ids (hard) or slot log-probabilities (soft), never [batch, T, vocab] logits.
+
+Normalisation: every term is a sum over supervised rows divided by the count of supervised rows in the whole
+GLOBAL batch (all micro-batches, all data-parallel ranks), so the gradient is the same however the global
+batch is split. `global_supervision_counts` computes those counts before the first micro-batch runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from mtp_ds.batching import PackedBatch, model_attention_mask
+from mtp_ds.layout import IGNORE_INDEX
+
+OBJECTIVE_KINDS = ("hard", "soft", "ground_truth")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    kind: str = "hard"
+    temperature: float = 1.0  # soft teacher only
+    prefix_ntp_weight: float = 0.0
+    entropy_weight: float = 0.0
+    logits_chunk_size: int = 4096  # rows of (rows, vocab) logits alive at once
+    accept_thresholds: tuple[float, ...] = (0.9, 0.8, 0.6)
+
+    def __post_init__(self):
+        if self.kind not in OBJECTIVE_KINDS:
+            raise ValueError(f"objective kind must be one of {OBJECTIVE_KINDS}, got {self.kind!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"objective temperature must be > 0, got {self.temperature}")
+        if self.logits_chunk_size < 1:
+            raise ValueError(f"logits_chunk_size must be >= 1, got {self.logits_chunk_size}")
+
+
+# ----------------------------------------------------------------------------------------------- models --
+
+def hidden_states(model, input_ids, position_ids, attention_mask) -> torch.Tensor:
+    """Final (normed) hidden states (B, T, H) of a Hugging Face causal LM, without its LM head."""
+    output = model.get_decoder()(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+    )
+    return output.last_hidden_state
+
+
+def model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def packed_hidden_states(model, batch: PackedBatch, input_ids=None, *, bidirectional=None) -> torch.Tensor:
+    """Run `model` on the packed batch (or on `input_ids` laid out like it) with the right mask kind."""
+    mask = model_attention_mask(batch, model.config._attn_implementation, model_dtype(model), bidirectional=bidirectional)
+    return hidden_states(model, batch.input_ids if input_ids is None else input_ids, batch.position_ids, mask)
+
+
+SUPPRESSED_LOGIT = -1e9  # finite, so 0 * log 0 terms in KL and entropy stay 0 instead of NaN
+
+
+def suppress_mask_tokens(logits: torch.Tensor, mask_token_ids) -> torch.Tensor:
+    """Mask tokens are never a proposal, a target, or probability mass: the decoder never emits them."""
+    banned = [i for i in mask_token_ids if i < logits.shape[-1]]
+    if not banned:
+        return logits
+    logits = logits.clone()
+    logits[..., banned] = SUPPRESSED_LOGIT
+    return logits
+
+
+class LocalTeacher:
+    """The frozen teacher as a plain module on this rank ("replica" mode; the DeepSpeed inference engine's
+    module in "inference" mode). Always causal: the chain rule needs slot j blind to later proposals."""
+
+    def __init__(self, model, *, chunk_size: int = 4096):
+        self.model = model
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def __call__(self, batch: PackedBatch, input_ids, rows, cols, *, want: str, mask_token_ids=(),
+                 temperature: float = 1.0):
+        hidden = packed_hidden_states(self.model, batch, input_ids, bidirectional=False)[rows, cols]
+        head = self.model.get_output_embeddings()
+        outputs = []
+        for chunk in hidden.split(self.chunk_size):
+            logits = suppress_mask_tokens(head(chunk).float(), mask_token_ids)
+            outputs.append(logits.argmax(-1) if want == "argmax" else F.log_softmax(logits / temperature, -1))
+        if not outputs:
+            return torch.zeros((0,), dtype=torch.long, device=hidden.device)
+        return torch.cat(outputs)
+
+
+# ------------------------------------------------------------------------------------------ supervision --
+
+def slot_coordinates(batch: PackedBatch):
+    """(rows, regions, slots, cols) of every slot in the batch, flattened in a fixed order."""
+    rows, regions, slots = batch.slot_valid.nonzero(as_tuple=True)
+    return rows, regions, slots, batch.slot_index[rows, regions, slots]
+
+
+def prefix_coordinates(batch: PackedBatch):
+    """(rows, cols, targets) of ground-truth positions outside every region whose next token is real."""
+    gt = (batch.region_of < 0) & batch.valid
+    anchors = torch.zeros_like(gt)
+    rows, regions, _ = batch.slot_valid[..., :1].nonzero(as_tuple=True)
+    anchors[rows, batch.slot_index[rows, regions, 0]] = True
+    length = int(batch.source_index.max().item()) + 2 if batch.source_index.numel() else 1
+    packed_of_source = torch.full((batch.batch_size, length), -1, dtype=torch.long, device=gt.device)
+    gt_rows, gt_cols = gt.nonzero(as_tuple=True)
+    packed_of_source[gt_rows, batch.source_index[gt_rows, gt_cols]] = gt_cols
+    candidate = gt & ~anchors
+    rows, cols = candidate.nonzero(as_tuple=True)
+    next_cols = packed_of_source[rows, batch.source_index[rows, cols] + 1]
+    keep = next_cols >= 0
+    rows, cols, next_cols = rows[keep], cols[keep], next_cols[keep]
+    return rows, cols, batch.input_ids[rows, next_cols]
+
+
+def supervision_counts(batch: PackedBatch, config: ObjectiveConfig) -> dict[str, int]:
+    """How many rows each loss term supervises in this micro-batch (known before any forward pass)."""
+    slots = batch.slot_valid
+    if config.kind == "ground_truth":
+        slots = slots & (batch.target_ids != IGNORE_INDEX)
+    counts = {"slots": int(slots.sum())}
+    counts["prefix"] = int(prefix_coordinates(batch)[0].numel()) if config.prefix_ntp_weight > 0 else 0
+    return counts
+
+
+def global_supervision_counts(micro_batches: list[PackedBatch], config: ObjectiveConfig, *, group=None,
+                              device=None) -> dict[str, float]:
+    """Counts summed over this rank's micro-batches of a step and all-reduced over the data-parallel group."""
+    totals = {"slots": 0, "prefix": 0}
+    for batch in micro_batches:
+        for name, value in supervision_counts(batch, config).items():
+            totals[name] += value
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        packed = torch.tensor([totals["slots"], totals["prefix"]], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(packed, group=group)
+        totals = {"slots": packed[0].item(), "prefix": packed[1].item()}
+    return {name: float(value) for name, value in totals.items()}
+
+
+# ----------------------------------------------------------------------------------------------- losses --
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor  # scalar, already divided by the global counts (times loss_multiplier)
+    proposals: torch.Tensor  # (S,) student argmax per slot
+    targets: torch.Tensor  # (S,) target id per slot (teacher argmax for soft), IGNORE_INDEX if unsupervised
+    metrics: "MetricSums" = field(repr=False, default=None)
+
+
+def _slot_loss_terms(logits, hard_targets, teacher_log_probs, soft_rows, temperature, mask_token_ids):
+    """Per-chunk sums: (slot loss, entropy). Hard rows: CE; soft rows: tau^2 * KL(teacher || student)."""
+    logits = suppress_mask_tokens(logits, mask_token_ids)
+    log_probs = F.log_softmax(logits, -1)
+    hard_rows = hard_targets != IGNORE_INDEX
+    supervised = hard_rows
+    if soft_rows is not None:
+        hard_rows = hard_rows & ~soft_rows
+        supervised = hard_rows | soft_rows
+    entropy = -(log_probs[supervised].exp() * log_probs[supervised]).sum()
+    loss = F.nll_loss(log_probs[hard_rows], hard_targets[hard_rows], reduction="sum") if hard_rows.any() else logits.sum() * 0
+    if soft_rows is not None and soft_rows.any():
+        teacher = teacher_log_probs[soft_rows]
+        student = F.log_softmax(logits[soft_rows] / temperature, -1)[:, : teacher.shape[-1]]
+        loss = loss + temperature**2 * (teacher.exp() * (teacher - student)).sum()
+    return loss, entropy
+
+
+def _chunked_loss(head, hidden, first_chunk_logits, hard_targets, teacher_log_probs, soft_rows, config,
+                  mask_token_ids):
+    """Sum the slot terms over row chunks; recompute each chunk's logits in backward when there are several."""
+    chunk = config.logits_chunk_size
+    if first_chunk_logits is not None:  # everything fitted in one chunk: reuse the logits of the proposal pass
+        return _slot_loss_terms(first_chunk_logits, hard_targets, teacher_log_probs, soft_rows, config.temperature,
+                                mask_token_ids)
+
+    def chunk_terms(hidden_chunk, targets_chunk, teacher_chunk, soft_chunk):
+        return _slot_loss_terms(head(hidden_chunk).float(), targets_chunk, teacher_chunk, soft_chunk,
+                                config.temperature, mask_token_ids)
+
+    loss_sum = entropy_sum = hidden.sum() * 0
+    for start in range(0, hidden.shape[0], chunk):
+        part = slice(start, start + chunk)
+        loss, entropy = checkpoint(
+            chunk_terms, hidden[part], hard_targets[part],
+            None if teacher_log_probs is None else teacher_log_probs[part],
+            None if soft_rows is None else soft_rows[part], use_reentrant=False,
+        )
+        loss_sum, entropy_sum = loss_sum + loss, entropy_sum + entropy
+    return loss_sum, entropy_sum
+
+
+@torch.no_grad()
+def _proposals(head, hidden, banned_ids, chunk_size):
+    """Greedy proposals and top-1 confidences per slot (mask tokens are never proposed)."""
+    proposals, confidences = [], []
+    for chunk in hidden.split(chunk_size):
+        probs = F.softmax(suppress_mask_tokens(head(chunk).float(), banned_ids), -1)
+        confidence, proposal = probs.max(-1)
+        proposals.append(proposal)
+        confidences.append(confidence)
+    return torch.cat(proposals), torch.cat(confidences)
+
+
+def student_forced_inputs(batch: PackedBatch, proposals, rows, regions, slots, cols) -> torch.Tensor:
+    """The packed input ids with mask j of each region replaced by the student's proposal at slot j-1."""
+    proposal_grid = torch.zeros_like(batch.slot_index)
+    proposal_grid[rows, regions, slots] = proposals
+    is_mask = slots >= 1
+    teacher_ids = batch.input_ids.clone()
+    teacher_ids[rows[is_mask], cols[is_mask]] = proposal_grid[rows[is_mask], regions[is_mask], slots[is_mask] - 1]
+    return teacher_ids
+
+
+def mtp_objective(student, teacher, batch: PackedBatch, config: ObjectiveConfig, *, mask_token_ids,
+                  global_counts: dict[str, float] | None = None, loss_multiplier: float = 1.0,
+                  num_slot_metrics: int | None = None) -> ObjectiveOutput:
+    """Loss and metrics for one micro-batch. `teacher(batch, input_ids, rows, cols, want=, temperature=)`
+    returns teacher argmax ids or log-probs at (rows, cols) (see LocalTeacher); unused for ground_truth.
+
+    `global_counts` defaults to this micro-batch's own counts (single micro-batch, single rank).
+    `loss_multiplier` undoes an engine's own averaging (DeepSpeed divides by gradient-accumulation steps
+    and averages over data-parallel ranks: pass dp_world_size * grad_accum_steps there).
+    """
+    from mtp_ds.metrics import MetricSums
+
+    mask_token_ids = tuple(mask_token_ids)
+    counts = global_counts or {name: float(v) for name, v in supervision_counts(batch, config).items()}
+    rows, regions, slots, cols = slot_coordinates(batch)
+    hidden = packed_hidden_states(student, batch)
+    slot_hidden = hidden[rows, cols]
+    head = student.get_output_embeddings()
+
+    single_chunk = slot_hidden.shape[0] <= config.logits_chunk_size
+    first_chunk_logits = head(slot_hidden).float() if single_chunk else None
+    if single_chunk:
+        with torch.no_grad():
+            probs = F.softmax(suppress_mask_tokens(first_chunk_logits.detach(), mask_token_ids), -1)
+            confidences, proposals = probs.max(-1)
+    else:
+        proposals, confidences = _proposals(head, slot_hidden, mask_token_ids, config.logits_chunk_size)
+
+    slot_targets_gt = batch.target_ids[rows, regions, slots]
+    eos_fill = batch.eos_fill[rows, regions, slots]
+    teacher_log_probs = soft_rows = None
+    if config.kind == "ground_truth":
+        hard_targets = slot_targets_gt
+        agreement_targets = slot_targets_gt
+    else:
+        teacher_ids = student_forced_inputs(batch, proposals, rows, regions, slots, cols)
+        if bool(torch.isin(teacher_ids[batch.valid], torch.tensor(mask_token_ids, device=teacher_ids.device)).any()):
+            raise RuntimeError("internal error: the teacher's input still contains a mask token id")
+        if config.kind == "hard":
+            teacher_argmax = teacher(batch, teacher_ids, rows, cols, want="argmax", mask_token_ids=mask_token_ids)
+        else:
+            teacher_log_probs = teacher(batch, teacher_ids, rows, cols, want="log_probs",
+                                        mask_token_ids=mask_token_ids, temperature=config.temperature)
+            teacher_argmax = teacher_log_probs.argmax(-1)
+            soft_rows = ~eos_fill  # the EOS rule: slots past the sample's EOS learn EOS outright
+        hard_targets = torch.where(eos_fill, slot_targets_gt, teacher_argmax)
+        agreement_targets = hard_targets
+
+    slot_loss, entropy = _chunked_loss(head, slot_hidden, first_chunk_logits, hard_targets, teacher_log_probs,
+                                       soft_rows, config, mask_token_ids)
+    loss = (slot_loss + config.entropy_weight * entropy) / max(counts["slots"], 1.0)
+    prefix_loss = None
+    if config.prefix_ntp_weight > 0:
+        prefix_rows, prefix_cols, prefix_targets = prefix_coordinates(batch)
+        prefix_loss, _ = _chunked_loss(
+            head, hidden[prefix_rows, prefix_cols],
+            head(hidden[prefix_rows, prefix_cols]).float() if prefix_rows.numel() <= config.logits_chunk_size else None,
+            prefix_targets, None, None, config, mask_token_ids,
+        )
+        loss = loss + config.prefix_ntp_weight * prefix_loss / max(counts["prefix"], 1.0)
+
+    metrics = MetricSums.from_slots(
+        batch, regions=regions, rows=rows, slots=slots, proposals=proposals, targets=agreement_targets,
+        confidences=confidences, thresholds=config.accept_thresholds,
+        num_slot_metrics=num_slot_metrics or batch.slot_index.shape[-1],
+        slot_loss=slot_loss.detach(), entropy=entropy.detach(),
+        prefix_loss=None if prefix_loss is None else prefix_loss.detach(),
+    )
+    return ObjectiveOutput(loss=loss * loss_multiplier, proposals=proposals, targets=agreement_targets, metrics=metrics)

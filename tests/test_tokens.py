@@ -1,0 +1,86 @@
+"""The <MTP> token: embedding init statistics, config bookkeeping, idempotence and conflicts."""
+
+import pytest
+import torch
+from conftest import make_mtp_model
+
+from mtp_ds.tiny import tiny_model, word_tokenizer
+from mtp_ds.tokens import (
+    SHARED_TOKEN, add_mtp_tokens, mask_tokens_from_config, mask_tokens_from_tokenizer, slot_token_texts,
+)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_new_rows_follow_existing_statistics(arch, tied):
+    tokenizer = word_tokenizer()
+    model = tiny_model(arch, vocab_size=len(tokenizer), hidden_size=256, num_heads=4, tie_word_embeddings=tied)
+    before_in = model.get_input_embeddings().weight.detach().clone()
+    before_out = model.get_output_embeddings().weight.detach().clone()
+    tokens = add_mtp_tokens(tokenizer, model, distinct_slots=True, k_max=64, seed=3)
+    new_in = model.get_input_embeddings().weight[list(tokens.ids)].detach()
+    # unchanged old rows, new rows with the old rows' per-dimension mean and variance (64 draws, loose bounds)
+    assert torch.equal(model.get_input_embeddings().weight[: before_in.shape[0]], before_in)
+    assert (new_in.mean(0) - before_in.mean(0)).abs().mean() < 0.5 * before_in.std(0).mean()
+    assert 0.7 < float(new_in.std(0).mean() / before_in.std(0).mean()) < 1.3
+    out_weight = model.get_output_embeddings().weight
+    assert (out_weight is model.get_input_embeddings().weight) == tied
+    if not tied:
+        assert torch.equal(out_weight[: before_out.shape[0]], before_out)
+        assert not torch.equal(out_weight[list(tokens.ids)], new_in)
+
+
+def test_seeded_and_recorded_in_config(tmp_path):
+    model_a, tokenizer_a, tokens_a = make_mtp_model("qwen3")
+    model_b, _, tokens_b = make_mtp_model("qwen3")
+    assert tokens_a == tokens_b and tokens_a.ids == (len(tokenizer_a) - 1,)
+    row = list(tokens_a.ids)
+    assert torch.equal(model_a.get_input_embeddings().weight[row], model_b.get_input_embeddings().weight[row])
+    assert model_a.config.mtp_token_id == tokens_a.ids[0]
+    model_a.save_pretrained(tmp_path)
+    tokenizer_a.save_pretrained(tmp_path)
+    from transformers import AutoConfig, AutoTokenizer
+
+    assert mask_tokens_from_config(AutoConfig.from_pretrained(tmp_path)) == tokens_a
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert mask_tokens_from_tokenizer(reloaded) == tokens_a
+    assert reloaded.convert_ids_to_tokens(tokens_a.ids[0]) == SHARED_TOKEN
+    # never split, and skipped when decoding
+    ids = reloaded("three <MTP> apples", add_special_tokens=False)["input_ids"]
+    assert tokens_a.ids[0] in ids and reloaded.decode(ids, skip_special_tokens=True).split() == ["three", "apples"]
+
+
+def test_distinct_slot_tokens():
+    model, tokenizer, tokens = make_mtp_model("llama", distinct_slots=True, k_max=8)
+    assert tokens.distinct and len(tokens.ids) == 8
+    assert [tokenizer.convert_ids_to_tokens(i) for i in tokens.ids] == slot_token_texts(8)
+    assert model.config.mtp_token_ids == list(tokens.ids)
+    assert tokens.for_slot(1) == tokens.ids[0] and tokens.for_slot(7) == tokens.ids[6]
+
+
+def test_idempotent_and_conflicts():
+    model, tokenizer, tokens = make_mtp_model("qwen3")
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert add_mtp_tokens(tokenizer, model) == tokens
+    assert model.get_input_embeddings().weight.shape[0] == rows
+    # the text exists with another meaning: refuse
+    tokenizer = word_tokenizer(extra_words=["<MTP>"])
+    plain = tiny_model("qwen3", vocab_size=len(tokenizer))
+    with pytest.raises(ValueError, match=r"'<MTP>' already exists in the tokenizer as id \d+ with another meaning"):
+        add_mtp_tokens(tokenizer, plain)
+
+
+def test_padded_embedding_is_reused_not_shrunk():
+    """Qwen3 checkpoints have more embedding rows than tokenizer entries: no resize, no shrink."""
+    tokenizer = word_tokenizer()
+    model = tiny_model("qwen3", vocab_size=len(tokenizer) + 20)
+    tokens = add_mtp_tokens(tokenizer, model)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) - 1 + 20
+    assert tokens.ids[0] == len(tokenizer) - 1
+    assert model.config.mtp_base_vocab_size == len(tokenizer) - 1
+
+
+def test_missing_mask_token_errors():
+    with pytest.raises(ValueError, match="tokenizer has no mask token '<MTP>'"):
+        mask_tokens_from_tokenizer(word_tokenizer())
+    with pytest.raises(ValueError, match="model config has no mtp_token_id"):
+        mask_tokens_from_config(tiny_model("llama", vocab_size=50).config)
