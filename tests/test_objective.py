@@ -160,7 +160,7 @@ def test_global_normalisation_one_batch_of_8_equals_4_micro_batches_of_2(kind):
             out = mtp_objective(student, LocalTeacher(teacher), micro, config, mask_token_ids=tokens.ids,
                                 global_counts=counts)
             out.loss.backward()
-            total += float(out.loss)
+            total += float(out.loss.detach())
         return total, [p.grad.clone() for p in student.parameters()]
 
     whole_loss, whole = gradients([collate(packs, pad_token_id=0)])

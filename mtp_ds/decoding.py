@@ -1,0 +1,347 @@
+"""Multi-token decoding with `<MTP>` mask tokens: Static k and ConfAdapt, batched, on the HF KV cache.
+
+Why this module exists: an MTP model predicts k tokens per forward pass when its input ends with k-1 mask
+tokens (METHOD.md section 2). Decoding must give exactly what a plain causal model would give on
+prompt + accepted + masks (the contract the tests hold), yet never recompute the prompt and never fall back
+to decoding rows one by one when rows of a batch accept different numbers of tokens.
+
+Ragged KV cache design (one `DynamicCache` shared by the batch, plus a per-row "key is real" vector):
+- A pass feeds, per row, its pending inputs (the tokens accepted last pass; the prompt on the first pass)
+  followed by the mask tokens, right-padded to the longest row. Position ids are explicit per row, so
+  left padding and holes in the cache never shift a row's positions.
+- After the pass the cache is cropped by the tail no row needs (everything past the longest row's pending
+  inputs); what is left of a shorter row's masks/padding stays in the cache as holes, marked False in
+  `key_valid` and hidden by the 4D additive attention mask (causal among new tokens + key validity).
+- When holes exceed `_COMPACT_MIN_HOLES` columns, the cache is compacted: per row, real entries are moved
+  to the right (stable order, so attention is unchanged: keys already carry their rotary positions) and the
+  all-hole columns on the left are dropped.
+- Finished rows leave the batch (the cache is index-selected), so they cost nothing afterwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from mtp_ds.tokens import MaskTokens, as_mask_tokens, mask_tokens_from_config
+
+STRATEGIES = ("static", "confadapt")
+_COMPACT_MIN_HOLES = 64  # compact once this many cache columns are wasted on holes in the widest row
+
+
+@dataclass
+class GenerationResult:
+    """What `generate` produced, per row, plus the counters that the paper's speed-up figures need."""
+
+    sequences: list[list[int]]  # generated ids per row, up to and including the first stop token
+    tokens_per_pass: list[list[int]]  # per row: how many kept tokens each forward pass contributed
+    num_forward_passes: int = 0  # batched forward calls actually run (one per step for the whole batch)
+    wall_time_s: float = 0.0
+    stop_reasons: list[str] = field(default_factory=list)  # per row: "stop_token", "stop_string" or "length"
+
+    @property
+    def acceleration_factor(self) -> float:
+        """Mean tokens per pass over all passes of all rows (the paper's "effective k")."""
+        passes = sum(len(counts) for counts in self.tokens_per_pass)
+        return sum(sum(counts) for counts in self.tokens_per_pass) / passes if passes else 0.0
+
+    @property
+    def num_new_tokens(self) -> int:
+        return sum(len(row) for row in self.sequences)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    def chunks(self, row: int = 0) -> list[list[int]]:
+        """The row's generated tokens split into the chunk each forward pass contributed."""
+        out, start = [], 0
+        for count in self.tokens_per_pass[row]:
+            out.append(self.sequences[row][start:start + count])
+            start += count
+        return out
+
+
+def _as_stop_ids(eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        return set()
+    if isinstance(eos_token_id, torch.Tensor):
+        return {int(i) for i in eos_token_id.flatten().tolist()}
+    if isinstance(eos_token_id, int):
+        return {eos_token_id}
+    return {int(i) for i in eos_token_id}
+
+
+def _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_tokens, temperature,
+              stop_strings, tokenizer) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not isinstance(k_max, int) or k_max < 1:
+        raise ValueError(f"k_max must be an int >= 1, got {k_max!r}")
+    if not isinstance(k, int) or not 1 <= k <= k_max:
+        raise ValueError(f"k must be an int with 1 <= k <= k_max={k_max}, got {k!r}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if temperature is not None and temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 or None = greedy), got {temperature!r}")
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings needs tokenizer= to decode the generated text")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a (batch, len) tensor with len >= 1, got {shape}")
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("attention_mask must describe LEFT-padded prompts (every row's last position is real)")
+
+
+class _RaggedCache:
+    """A HF `DynamicCache` shared by rows that advance by different amounts, plus which keys are real."""
+
+    def __init__(self, cache, batch_size: int, device):
+        self.cache = cache
+        self.key_valid = torch.zeros((batch_size, 0), dtype=torch.bool, device=device)
+
+    def attention_mask(self, new_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1, q, cache+q) additive mask: cached keys if real; new keys if real and causal (or the diagonal)."""
+        q_len = new_valid.shape[1]
+        causal = torch.ones((q_len, q_len), dtype=torch.bool, device=new_valid.device).tril()
+        new_part = causal[None] & new_valid[:, None, :]
+        new_part |= torch.eye(q_len, dtype=torch.bool, device=new_valid.device)[None]  # never a fully masked row
+        cached_part = self.key_valid[:, None, :].expand(-1, q_len, -1)
+        allowed = torch.cat([cached_part, new_part], dim=2)[:, None]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=new_valid.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+    def commit(self, block_len: int, kept_valid: torch.Tensor) -> None:
+        """After a pass over `block_len` new entries, keep the first kept_valid.shape[1] of them."""
+        to_remove = block_len - kept_valid.shape[1]
+        if to_remove > 0:
+            self.cache.crop(-to_remove)  # negative = number of entries to drop (transformers 5 contract)
+        self.key_valid = torch.cat([self.key_valid, kept_valid], dim=1)
+        self._compact_if_sparse()
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.key_valid = self.key_valid[rows]
+        self._compact_if_sparse()
+
+    def _compact_if_sparse(self, min_holes: int | None = None) -> None:
+        min_holes = _COMPACT_MIN_HOLES if min_holes is None else min_holes
+        width = self.key_valid.shape[1]
+        max_real = int(self.key_valid.sum(dim=1).max()) if width else 0
+        layers = getattr(self.cache, "layers", None)
+        if width - max_real < max(min_holes, 1) or not layers or not all(hasattr(x, "keys") for x in layers):
+            return
+        # Stable sort on validity moves holes left and keeps the real keys in their order; then drop the
+        # columns that are holes in every row.
+        order = torch.sort(self.key_valid.to(torch.int8), dim=1, stable=True).indices[:, width - max_real:]
+        for layer in layers:
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys = torch.gather(layer.keys, 2, index)
+            layer.values = torch.gather(layer.values, 2, index.expand(-1, -1, -1, layer.values.shape[3]))
+        self.key_valid = torch.gather(self.key_valid, 1, order)
+
+
+@dataclass
+class _Row:
+    """Decoding state of one prompt."""
+
+    pending: list[int]  # tokens accepted last pass, not yet in the cache
+    next_position: int  # position id of pending[0]
+    generated: list[int] = field(default_factory=list)
+    tokens_per_pass: list[int] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+def _accept_count(strategy: str, confidences: list[float], k: int, threshold: float) -> int:
+    """How many leading predictions a pass accepts: k for Static, the confident run (>= 1) for ConfAdapt."""
+    if strategy == "static":
+        return min(k, len(confidences))
+    count = 1
+    while count < len(confidences) and confidences[count] >= threshold:
+        count += 1
+    return count
+
+
+def _stop_string_cut(tokenizer, generated: list[int], block: list[int], stop_strings) -> int | None:
+    """Index in `block` of the token that completes a stop string, or None. Earlier text had none."""
+    if stop_strings is None or not any(s in tokenizer.decode(generated + block) for s in stop_strings):
+        return None
+    for end in range(1, len(block) + 1):
+        if any(s in tokenizer.decode(generated + block[:end]) for s in stop_strings):
+            return end - 1
+    return len(block) - 1
+
+
+def _finish_block(row: _Row, block: list[int], stop_ids: set[int], max_new_tokens: int, tokenizer,
+                  stop_strings) -> list[int]:
+    """Trim a pass's accepted tokens at the first stop token / stop string / length budget; set stop_reason."""
+    for i, token in enumerate(block):
+        if token in stop_ids:
+            block, row.stop_reason = block[:i + 1], "stop_token"
+            break
+    cut = _stop_string_cut(tokenizer, row.generated, block, stop_strings) if stop_strings else None
+    if cut is not None:
+        block, row.stop_reason = block[:cut + 1], "stop_string"
+    room = max_new_tokens - len(row.generated)
+    if len(block) >= room:
+        if len(block) > room or not row.stop_reason:
+            row.stop_reason = "length"
+        block = block[:room]
+    return block
+
+
+def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str = "static", k: int = 1,
+             k_max: int = 16, threshold: float = 0.9, max_new_tokens: int = 256, eos_token_id=None,
+             attention_mask: torch.Tensor | None = None, temperature: float | None = None,
+             generator: torch.Generator | None = None, tokenizer=None,
+             stop_strings: list[str] | None = None) -> GenerationResult:
+    """Decode `input_ids` (batch, len; LEFT-padded per `attention_mask`) with Static k or ConfAdapt.
+
+    `mtp_token_id`: int, per-slot ids, or MaskTokens; None reads it from `model.config`.
+    `eos_token_id`: int or list of stop ids (None: stop only on length / stop strings).
+    `temperature` > 0 samples the token of a pass that accepts exactly one token; otherwise greedy.
+    `stop_strings` (needs `tokenizer`): stop at the token that completes any of these strings.
+    """
+    _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_tokens, temperature,
+              stop_strings, tokenizer)
+    mask_tokens: MaskTokens = (mask_tokens_from_config(model.config) if mtp_token_id is None
+                               else as_mask_tokens(mtp_token_id))
+    k_run = k if strategy == "static" else k_max
+    mask_tokens.ids_for_masks(k_run - 1)  # one-line error now if distinct slot tokens are too few
+    stop_ids = _as_stop_ids(eos_token_id)
+    started = time.perf_counter()
+    batch = input_ids.shape[0]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+    rows = [_Row(pending=[], next_position=int(n)) for n in attention_mask.sum(dim=1).tolist()]
+    if max_new_tokens == 0:
+        return GenerationResult([[] for _ in rows], [[] for _ in rows], 0, 0.0, ["length"] * batch)
+
+    from transformers import DynamicCache
+
+    with torch.inference_mode():
+        decoder = _BatchDecoder(model, mask_tokens, DynamicCache(), batch, input_ids.device)
+        active = list(range(batch))
+        first = True
+        while active:
+            room = max(max_new_tokens - len(rows[b].generated) for b in active)
+            num_masks = min(k_run, room) - 1  # masks past the budget cannot change the kept tokens
+            if first:
+                logits = decoder.first_pass(input_ids, attention_mask, num_masks)
+                first = False
+            else:
+                logits = decoder.step([rows[b] for b in active], num_masks)
+            tokens, confidences = _read_predictions(logits, mask_tokens)
+            sample_from = logits[:, 0] if temperature else None
+            for slot, b in enumerate(active):
+                row = rows[b]
+                count = _accept_count(strategy, confidences[slot], k_run, threshold)
+                block = tokens[slot][:count]
+                # sample only when the strategy itself chose one token, not when the budget cut the block
+                if sample_from is not None and count == 1 and (k_run == 1 or len(confidences[slot]) > 1):
+                    block = [_sample(sample_from[slot], temperature, mask_tokens, generator)]
+                block = _finish_block(row, block, stop_ids, max_new_tokens, tokenizer, stop_strings)
+                row.generated += block
+                row.tokens_per_pass.append(len(block))
+                row.pending = block
+            still = [slot for slot, b in enumerate(active) if not rows[b].stop_reason]
+            if len(still) < len(active) and still:
+                decoder.kv.select_rows(torch.tensor(still, device=input_ids.device))
+            active = [active[slot] for slot in still]
+    return GenerationResult(
+        sequences=[row.generated for row in rows], tokens_per_pass=[row.tokens_per_pass for row in rows],
+        num_forward_passes=decoder.num_forward_passes, wall_time_s=time.perf_counter() - started,
+        stop_reasons=[row.stop_reason for row in rows],
+    )
+
+
+def _read_predictions(logits: torch.Tensor, mask_tokens: MaskTokens) -> tuple[list[list[int]], list[list[float]]]:
+    """Greedy token and its softmax probability per position, with the mask ids never eligible."""
+    logits = logits.float()
+    logits[..., list(mask_tokens.ids)] = float("-inf")
+    confidences, tokens = torch.softmax(logits, dim=-1).max(dim=-1)
+    return tokens.tolist(), confidences.tolist()
+
+
+def _sample(logits: torch.Tensor, temperature: float, mask_tokens: MaskTokens, generator) -> int:
+    logits = logits.float().clone()
+    logits[list(mask_tokens.ids)] = float("-inf")
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if generator is not None:
+        probs = probs.to(generator.device)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class _BatchDecoder:
+    """Builds each pass's inputs, positions and 4D mask, runs the model, and returns the logits to read."""
+
+    def __init__(self, model, mask_tokens: MaskTokens, cache, batch_size: int, device):
+        self.model = model
+        self.mask_tokens = mask_tokens
+        self.kv = _RaggedCache(cache, batch_size, device)
+        self.device = device
+        self.dtype = next(model.parameters()).dtype
+        self.num_forward_passes = 0
+        # Only the anchor..last-mask logits are read; models that can skip the rest of the lm_head should.
+        self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, new_valid: torch.Tensor,
+                 anchors: torch.Tensor, num_predictions: int) -> torch.Tensor:
+        """Run one pass; return logits (B, num_predictions, V) at anchor .. anchor+num_predictions-1 per row."""
+        mask = self.kv.attention_mask(new_valid, self.dtype)
+        keep = ids.shape[1] - int(anchors.min())
+        extra = {"logits_to_keep": keep} if self.takes_logits_to_keep else {}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=self.kv.cache, use_cache=True, **extra)
+        keep = keep if self.takes_logits_to_keep else ids.shape[1]
+        self.num_forward_passes += 1
+        index = anchors[:, None] - (ids.shape[1] - keep) + torch.arange(num_predictions, device=self.device)
+        return torch.take_along_dim(out.logits, index[..., None], dim=1)
+
+    def first_pass(self, input_ids, attention_mask, num_masks: int):
+        """Prompt (left-padded) + masks; every row's anchor is the last prompt column."""
+        batch, prompt_len = input_ids.shape
+        masks = torch.tensor(self.mask_tokens.ids_for_masks(num_masks), dtype=input_ids.dtype,
+                             device=self.device).expand(batch, -1)
+        ids = torch.cat([input_ids, masks], dim=1)
+        positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        lengths = attention_mask.sum(dim=1, keepdim=True)
+        positions = torch.cat([positions, lengths + torch.arange(num_masks, device=self.device)], dim=1)
+        new_valid = torch.cat([attention_mask, torch.ones_like(masks, dtype=torch.bool)], dim=1)
+        anchors = torch.full((batch,), prompt_len - 1, device=self.device)
+        logits = self._forward(ids, positions, new_valid, anchors, num_masks + 1)
+        self.kv.commit(ids.shape[1], attention_mask)
+        return logits
+
+    def step(self, rows: list[_Row], num_masks: int):
+        """Each row's pending tokens + masks, right-padded to the longest row."""
+        width = max(len(row.pending) for row in rows) + num_masks
+        pad_id = self.mask_tokens.ids[0]  # any id: padded entries are hidden and dropped
+        ids, positions, new_valid = [], [], []
+        for row in rows:
+            real = row.pending + self.mask_tokens.ids_for_masks(num_masks)
+            ids.append(real + [pad_id] * (width - len(real)))
+            positions.append(list(range(row.next_position, row.next_position + len(real))) + [0] * (width - len(real)))
+            new_valid.append([True] * len(real) + [False] * (width - len(real)))
+        ids = torch.tensor(ids, device=self.device)
+        positions = torch.tensor(positions, device=self.device)
+        new_valid = torch.tensor(new_valid, device=self.device)
+        pending = torch.tensor([len(row.pending) for row in rows], device=self.device)
+        logits = self._forward(ids, positions, new_valid, pending - 1, num_masks + 1)
+        kept_width = int(pending.max())
+        self.kv.commit(width, torch.arange(kept_width, device=self.device)[None] < pending[:, None])
+        for row in rows:
+            row.next_position += len(row.pending)
+        return logits

@@ -1,0 +1,220 @@
+"""`lm_eval --model mtp`: lm-eval's HFLM with generation replaced by multi-token decoding.
+
+Why a subclass of HFLM that overrides only `_model_generate`: tokenisation, batching, chat templates,
+left padding, stop sequences and answer post-processing then stay exactly lm-eval's, so an `mtp` run differs
+from an `hf` run of the same checkpoint only in how tokens are decoded (`mtp_ds.decoding.generate`).
+Log-likelihood requests are untouched (plain next-token scoring).
+
+Model args (besides HFLM's own: pretrained, batch_size, device, dtype, ...):
+  strategy=static|confadapt, k (Static k), k_max and threshold (ConfAdapt), stats_path (JSON file to write
+  the decoding statistics to). The mask token id is read from the loaded model's config (`mtp_token_id`).
+
+Statistics (METHOD.md 6: report the effective k): per task and for the whole run, the acceleration factor
+(mean and std of tokens accepted per forward pass of a sequence), forward passes, generated tokens and
+tokens/s. They go into `get_model_info()` (so into the results JSON under `config.mtp_decoding`), into one
+log line per task, and into `stats_path` if given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from mtp_ds.tokens import mask_tokens_from_config
+
+logger = logging.getLogger("lm_eval.mtp_ds")
+
+STRATEGIES = ("static", "confadapt")
+_SAMPLING_KWARGS = ("do_sample", "temperature")  # the only generation kwargs the MTP decoder honours
+
+
+@dataclass
+class DecodingStats:
+    """Counters of one task (or a whole run): what the acceleration factor and tokens/s are computed from."""
+
+    tokens_per_pass: list[int] = field(default_factory=list)  # flattened over every sequence's passes
+    forward_passes: int = 0  # batched model calls (one call serves every row of a batch)
+    generated_tokens: int = 0
+    sequences: int = 0
+    generate_seconds: float = 0.0
+
+    def add(self, result, seconds: float) -> None:
+        for counts in result.tokens_per_pass:
+            self.tokens_per_pass.extend(counts)
+        self.generated_tokens += sum(len(row) for row in result.sequences)
+        self.sequences += len(result.sequences)
+        self.forward_passes += getattr(result, "num_forward_passes", None) or max(
+            (len(counts) for counts in result.tokens_per_pass), default=0)
+        self.generate_seconds += seconds
+
+    def merge(self, other: DecodingStats) -> None:
+        self.tokens_per_pass.extend(other.tokens_per_pass)
+        self.forward_passes += other.forward_passes
+        self.generated_tokens += other.generated_tokens
+        self.sequences += other.sequences
+        self.generate_seconds += other.generate_seconds
+
+    def summary(self) -> dict:
+        passes = len(self.tokens_per_pass)
+        mean = sum(self.tokens_per_pass) / passes if passes else float("nan")
+        var = sum((c - mean) ** 2 for c in self.tokens_per_pass) / passes if passes else float("nan")
+        return {
+            "acceleration_factor": mean,
+            "acceleration_factor_std": math.sqrt(var),
+            "sequence_passes": passes,  # forward passes counted per sequence (the acceleration denominator)
+            "forward_passes": self.forward_passes,
+            "generated_tokens": self.generated_tokens,
+            "sequences": self.sequences,
+            "generate_seconds": self.generate_seconds,
+            "tokens_per_second": self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0,
+        }
+
+    def log_line(self, label: str) -> str:
+        s = self.summary()
+        return (f"MTP decoding [{label}]: acceleration factor {s['acceleration_factor']:.3f} "
+                f"± {s['acceleration_factor_std']:.3f} tokens/pass, {s['sequence_passes']} sequence passes "
+                f"({s['forward_passes']} batched forward passes), {s['generated_tokens']} generated tokens, "
+                f"{s['tokens_per_second']:.1f} tokens/s")
+
+
+def _model_arg(name: str, value, cast, check, requirement: str):
+    """Cast a model arg (it may arrive as a string from `--model_args`); one-line error naming it."""
+    try:
+        value = cast(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"model arg {name}={value!r}: must be {requirement}") from None
+    if not check(value):
+        raise ValueError(f"model arg {name}={value!r}: must be {requirement}")
+    return value
+
+
+@register_model("mtp")
+class MTPLM(HFLM):
+    """HFLM whose `generate_until` decodes with `mtp_ds.decoding.generate` (Static k or ConfAdapt)."""
+
+    def __init__(self, pretrained, strategy: str = "static", k: int = 1, k_max: int = 16,
+                 threshold: float = 0.9, stats_path: str | None = None, **kwargs):
+        self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold)
+        self.stats_path = Path(stats_path) if stats_path else None
+        super().__init__(pretrained=pretrained, **kwargs)
+        try:
+            self.mask_tokens = mask_tokens_from_config(self.model.config)
+        except ValueError as err:
+            raise ValueError(f"model arg pretrained={getattr(pretrained, 'name_or_path', pretrained)!r}: "
+                             f"{err}") from None
+        self.reset_stats()
+
+    # --- settings and statistics -------------------------------------------------------------------------
+
+    def set_decoding(self, *, strategy: str, k: int = 1, k_max: int = 16, threshold: float = 0.9) -> None:
+        """Validate and set the decoding strategy (the sweep reuses one loaded model for many settings)."""
+        self.strategy = _model_arg("strategy", strategy, lambda v: str(v).strip().lower(),
+                                   lambda v: v in STRATEGIES, "one of " + ", ".join(STRATEGIES))
+        self.k = _model_arg("k", k, int, lambda v: v >= 1, "an integer >= 1")
+        self.k_max = _model_arg("k_max", k_max, int, lambda v: v >= 1, "an integer >= 1")
+        self.threshold = _model_arg("threshold", threshold, float, lambda v: 0.0 <= v <= 1.0,
+                                    "a probability in [0, 1]")
+
+    def reset_stats(self) -> None:
+        self.task_stats: dict[str, DecodingStats] = {}
+        self._active_stats: DecodingStats | None = None
+        self._warned_kwargs: set[str] = set()
+
+    def decoding_settings(self) -> dict:
+        settings = {"strategy": self.strategy}
+        if self.strategy == "static":
+            settings["k"] = self.k
+        else:
+            settings.update(k_max=self.k_max, threshold=self.threshold)
+        return settings
+
+    def run_stats(self) -> DecodingStats:
+        total = DecodingStats()
+        for stats in self.task_stats.values():
+            total.merge(stats)
+        return total
+
+    def decoding_report(self) -> dict:
+        """Settings plus run-wide and per-task statistics (what lands in the results JSON)."""
+        return {**self.decoding_settings(), **self.run_stats().summary(),
+                "per_task": {task: stats.summary() for task, stats in self.task_stats.items()}}
+
+    def get_model_info(self) -> dict:
+        return {**super().get_model_info(), "mtp_decoding": self.decoding_report()}
+
+    def _write_stats(self) -> None:
+        if self.stats_path is None:
+            return
+        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+        self.stats_path.write_text(json.dumps(self.decoding_report(), indent=2) + "\n")
+
+    # --- generation ---------------------------------------------------------------------------------------
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """lm-eval's own generate_until, run once per task so the statistics can be told apart by task."""
+        indices_by_task: dict[str, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            indices_by_task[getattr(request, "task_name", None) or "unknown"].append(index)
+        outputs: list[str | None] = [None] * len(requests)
+        for task, indices in indices_by_task.items():
+            self._active_stats = self.task_stats.setdefault(task, DecodingStats())
+            texts = super().generate_until([requests[i] for i in indices], disable_tqdm=disable_tqdm)
+            for index, text in zip(indices, texts, strict=True):
+                outputs[index] = text
+            if self.rank == 0:
+                logger.info(self._active_stats.log_line(f"{task}, {self._settings_label()}"))
+        self._active_stats = None
+        if self.rank == 0:
+            self._write_stats()
+        return outputs
+
+    def _settings_label(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self.decoding_settings().items())
+
+    def _sampling_temperature(self, generation_kwargs: dict) -> float | None:
+        for key, value in generation_kwargs.items():
+            if key not in _SAMPLING_KWARGS and value is not None and key not in self._warned_kwargs:
+                self._warned_kwargs.add(key)
+                logger.warning(f"MTP decoding ignores generation kwarg {key}={value!r}")
+        temperature = float(generation_kwargs.get("temperature") or 0.0)
+        do_sample = generation_kwargs.get("do_sample")
+        return temperature if (do_sample or (do_sample is None and temperature > 0)) else None
+
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs) -> torch.Tensor:
+        """Same contract as HFLM's: return (batch, context_len + new) ids; rows are padded after their end."""
+        from mtp_ds.decoding import generate
+
+        attention_mask = generation_kwargs.pop("attention_mask", None)
+        temperature = self._sampling_temperature(generation_kwargs)
+        started = time.perf_counter()
+        with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                            enabled=self.mixed_precision_dtype is not None):
+            result = generate(
+                self.model, context, mtp_token_id=self.mask_tokens, strategy=self.strategy, k=self.k,
+                k_max=self.k_max, threshold=self.threshold, max_new_tokens=max(0, max_length - context.shape[1]),
+                eos_token_id=self.eot_token_id, attention_mask=attention_mask, tokenizer=self.tokenizer,
+                stop_strings=list(stop or []), temperature=temperature,
+            )
+        seconds = time.perf_counter() - started
+        if self._active_stats is None:  # called outside generate_until (e.g. directly): count it anyway
+            self._active_stats = self.task_stats.setdefault("unknown", DecodingStats())
+        self._active_stats.add(result, seconds)
+        return self._pad_continuations(context, result.sequences)
+
+    def _pad_continuations(self, context: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
+        width = max((len(row) for row in sequences), default=0)
+        continuation = torch.full((context.shape[0], width), pad_id, dtype=context.dtype, device=context.device)
+        for row, ids in enumerate(sequences):
+            if ids:
+                continuation[row, :len(ids)] = torch.tensor(ids, dtype=context.dtype, device=context.device)
+        return torch.cat([context, continuation], dim=1)
