@@ -1,0 +1,312 @@
+"""From a recipe to per-step micro-batches of token ids: formatting, cached tokenisation, split, sampler.
+
+Why: every training sequence must be exactly `data.seq_len` tokens, end with the recipe's EOS (then EOS
+padding, which `layout.pack` treats as padding, METHOD.md 4), and carry the index of its first response token
+so that anchors can be kept out of the prompt (`first_anchor`). Tokenising 395k rows takes minutes, so it runs
+once through `datasets.map` and is cached on disk under a fingerprint of (raw data, tokenizer, formatting);
+later runs and the other ranks reuse it. The order of samples is a pure function of (seed, epoch), and the
+sampler's (epoch, position) state makes a resumed run continue with the next unseen global batch.
+
+Dropped samples: a sample whose formatted prompt fills the whole window (first response token at or past
+seq_len) has nothing to supervise in the response and is dropped; so is a sample with an empty response.
+
+Pipeline for the trainer:
+    tokenizer = load_tokenizer(recipe.model)                   # before adding <MTP> tokens
+    data = build_datasets(recipe, tokenizer)                   # rank 0 first, then the others (cache hit)
+    sampler = EpochShuffleSampler(len(data.train), global_batch_size=..., seed=recipe.train.seed)
+    for micro in step_micro_batches(data.train, sampler.next_batch(), rank=, world_size=, micro_batch_size=):
+        micro.token_ids (b, seq_len) long, micro.first_anchor (b,) long  -> layout.pack(..., first_anchor=...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from mtp_ds.config import ConfigError, DataConfig, ModelConfig, Recipe
+from mtp_ds.data_sources import group_hash, load_raw_dataset, source_paths, split_indices
+
+FORMAT_VERSION = 1  # bump when the meaning of the tokenised columns changes (invalidates caches)
+
+
+def load_tokenizer(model: ModelConfig):
+    """The recipe's tokenizer: `builtin:word` (mtp_ds.tiny.word_tokenizer), a local dir or a hub id."""
+    name = model.tokenizer or model.name_or_path
+    if name == "builtin:word":
+        from mtp_ds.tiny import word_tokenizer
+
+        return word_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+# ---------------------------------------------------------------- formatting
+
+def format_text(prompt: str, response: str, tokenizer, data: DataConfig) -> tuple[str, int]:
+    """(full text, character index where the response starts); specials like BOS are not in the text when off."""
+    if not data.chat_template:
+        prefix = prompt + data.separator
+        return prefix + response, len(prefix)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("data.chat_template: true, but the tokenizer has no chat template")
+    user = [{"role": "user", "content": prompt}]
+    prefix = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+    if text.startswith(prefix):
+        return text, len(prefix)
+    start = text.rfind(response)  # templates that rewrite the generation prompt (e.g. thinking blocks)
+    if start < 0:
+        raise ConfigError("data.chat_template: the rendered conversation does not contain the response text")
+    return text, start
+
+
+def _encode_text(text: str, response_char: int, tokenizer) -> tuple[list[int], int]:
+    """Token ids of `text` (no added specials) and the index of the first token that reaches into the response."""
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        start = next((i for i, (_, end) in enumerate(offsets) if end > response_char), len(ids))
+        return list(ids), start
+    prefix_ids = tokenizer(text[:response_char], add_special_tokens=False)["input_ids"]
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]), len(prefix_ids)
+
+
+def eos_token_id(tokenizer, data: DataConfig) -> int:
+    """The end-of-sample id: data.eos_token, else the tokenizer's EOS."""
+    token = data.eos_token or tokenizer.eos_token
+    token_id = tokenizer.convert_tokens_to_ids(token) if token is not None else None
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ConfigError(f"data.eos_token: {token!r} is not a token of this tokenizer")
+    return int(token_id)
+
+
+def encode_example(prompt: str, response: str, tokenizer, data: DataConfig, eos_id: int) -> dict | None:
+    """One sample as {input_ids (seq_len, EOS-padded), response_start, first_anchor, length}; None = dropped."""
+    if not response:
+        return None
+    text, response_char = format_text(prompt, response, tokenizer, data)
+    ids, response_start = _encode_text(text, response_char, tokenizer)
+    if not data.chat_template and data.add_bos and tokenizer.bos_token_id is not None:
+        ids, response_start = [tokenizer.bos_token_id, *ids], response_start + 1
+    if not ids or ids[-1] != eos_id:
+        ids.append(eos_id)
+    if eos_id in ids[:response_start]:
+        raise ConfigError(
+            f"data.eos_token: id {eos_id} ({tokenizer.convert_ids_to_tokens(eos_id)!r}) occurs inside the prompt, so "
+            "packing would treat the rest of the sample as padding; set data.eos_token to a token that only ends samples"
+        )
+    if eos_id in ids[:-1]:
+        ids = ids[: ids.index(eos_id) + 1]  # an EOS inside the response ends the sample there (as pack would)
+    seq_len = data.seq_len
+    if response_start >= seq_len:
+        return None
+    length = min(len(ids), seq_len)
+    ids = ids[:seq_len] + [eos_id] * (seq_len - length)
+    first_anchor = max(response_start - 1, 0) if data.response_only_anchors else 0
+    return {"input_ids": ids, "response_start": response_start, "first_anchor": first_anchor, "length": length}
+
+
+def _tokenize_batch(batch, *, tokenizer, data: DataConfig, eos_id: int):
+    columns = {"input_ids": [], "response_start": [], "first_anchor": [], "length": [], "group_id": []}
+    for prompt, response, group in zip(batch["prompt"], batch["response"], batch["group"]):
+        encoded = encode_example(prompt, response, tokenizer, data, eos_id)
+        if encoded is None:
+            continue
+        for name, value in encoded.items():
+            columns[name].append(value)
+        columns["group_id"].append(group_hash(group))
+    return columns
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable hash of everything that decides token ids (vocabulary, merges, specials, chat template)."""
+    parts = [type(tokenizer).__name__, json.dumps(tokenizer.get_vocab(), sort_keys=True),
+             str(getattr(tokenizer, "chat_template", None)), str(tokenizer.special_tokens_map)]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        parts.append(backend.to_str())
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def _format_settings(data: DataConfig) -> dict:
+    keys = ("chat_template", "separator", "add_bos", "eos_token", "seq_len", "response_only_anchors")
+    return {key: getattr(data, key) for key in keys}
+
+
+def tokenize_dataset(raw, tokenizer, data: DataConfig):
+    """Tokenise a normalised (prompt, response, group) dataset; cached on disk next to the raw data's cache."""
+    import datasets
+
+    eos_id = eos_token_id(tokenizer, data)
+    fingerprint = hashlib.sha256(json.dumps(
+        [FORMAT_VERSION, raw._fingerprint, tokenizer_fingerprint(tokenizer), _format_settings(data)], sort_keys=True,
+    ).encode()).hexdigest()[:32]
+    list_of = getattr(datasets, "List", None) or datasets.Sequence  # datasets < 4 has only Sequence
+    features = datasets.Features({
+        "input_ids": list_of(datasets.Value("int32")), "response_start": datasets.Value("int32"),
+        "first_anchor": datasets.Value("int32"), "length": datasets.Value("int32"), "group_id": datasets.Value("int64"),
+    })
+    return raw.map(
+        _tokenize_batch, batched=True, remove_columns=raw.column_names, features=features, num_proc=data.num_proc,
+        fn_kwargs=dict(tokenizer=tokenizer, data=data, eos_id=eos_id), new_fingerprint=fingerprint,
+        desc="tokenise",
+    )
+
+
+@dataclass
+class TokenizedData:
+    """The two sides of the split, each a datasets.Dataset of fixed-length samples."""
+
+    train: object
+    validation: object
+    eos_token_id: int
+    num_raw: int  # rows before tokenisation
+    num_dropped: int  # rows dropped (prompt fills the window, or empty response)
+
+
+def build_datasets(recipe: Recipe, tokenizer) -> TokenizedData:
+    """Recipe -> tokenised train/validation datasets (columns input_ids, response_start, first_anchor, length, group_id)."""
+    data = recipe.data
+    raw = load_raw_dataset(data)
+    tokenized = tokenize_dataset(raw, tokenizer, data)
+    name = ", ".join(source_paths(data))
+    if len(tokenized) == 0:
+        raise ConfigError(f"no sample of {name!r} fits data.seq_len={data.seq_len}: every prompt fills the window")
+    train_rows, validation_rows = split_indices(tokenized["group_id"], data.validation_fraction, data.split_seed)
+    if not train_rows:
+        raise ConfigError(f"data.validation_fraction={data.validation_fraction} leaves no training sample of {name!r}")
+    return TokenizedData(
+        train=tokenized.select(train_rows), validation=tokenized.select(validation_rows),
+        eos_token_id=eos_token_id(tokenizer, data), num_raw=len(raw), num_dropped=len(raw) - len(tokenized),
+    )
+
+
+# ---------------------------------------------------------------- order of samples
+
+class EpochShuffleSampler:
+    """Global batches of sample indices; each epoch is a fresh permutation seeded by (seed, epoch).
+
+    The samples form one endless stream (epoch 0's permutation, then epoch 1's, ...); a global batch may span
+    an epoch boundary. State is (epoch, position) in that stream, so `load_state_dict(state_dict())` continues
+    exactly where the saved run stopped. `indices_for_step(step)` is the same stream, addressed statelessly
+    (valid while the global batch size has not changed).
+    """
+
+    def __init__(self, num_samples: int, *, global_batch_size: int, seed: int = 0, shuffle: bool = True):
+        if num_samples < 1:
+            raise ValueError(f"EpochShuffleSampler needs at least one sample, got {num_samples}")
+        if global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+        self.num_samples, self.global_batch_size, self.seed, self.shuffle = num_samples, global_batch_size, seed, shuffle
+        self.epoch, self.position = 0, 0
+        self._orders: dict[int, list[int]] = {}
+
+    def order(self, epoch: int) -> list[int]:
+        """The permutation of epoch `epoch` (a pure function of seed and epoch)."""
+        if epoch not in self._orders:
+            import numpy as np
+
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples).tolist()
+            else:
+                order = list(range(self.num_samples))
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def _take(self, epoch: int, position: int, count: int) -> tuple[list[int], int, int]:
+        indices = []
+        while count:
+            chunk = self.order(epoch)[position: position + count]
+            indices += chunk
+            count -= len(chunk)
+            position += len(chunk)
+            if position == self.num_samples:
+                epoch, position = epoch + 1, 0
+        return indices, epoch, position
+
+    def next_batch(self) -> list[int]:
+        """The next global batch (global_batch_size indices), advancing the state."""
+        indices, self.epoch, self.position = self._take(self.epoch, self.position, self.global_batch_size)
+        return indices
+
+    def indices_for_step(self, step: int) -> list[int]:
+        """Global batch of step `step` of an uninterrupted run (does not change the state)."""
+        start = step * self.global_batch_size
+        return self._take(start // self.num_samples, start % self.num_samples, self.global_batch_size)[0]
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_samples": self.num_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed or state["num_samples"] != self.num_samples:
+            raise ValueError(
+                f"sampler state is for {state['num_samples']} samples with seed {state['seed']}, but this run has "
+                f"{self.num_samples} samples with seed {self.seed}: the data set or seed changed since the checkpoint"
+            )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def rank_slice(global_indices: list, rank: int, world_size: int) -> list:
+    """The contiguous share of a global batch (or of any per-sequence list) that data-parallel `rank` trains on."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if len(global_indices) % world_size:
+        raise ValueError(f"a global batch of {len(global_indices)} does not split over {world_size} ranks")
+    share = len(global_indices) // world_size
+    return list(global_indices[rank * share: (rank + 1) * share])
+
+
+def split_micro(items: list, micro_batch_size: int) -> list[list]:
+    if len(items) % micro_batch_size:
+        raise ValueError(f"{len(items)} sequences do not split into micro-batches of {micro_batch_size}")
+    return [list(items[i: i + micro_batch_size]) for i in range(0, len(items), micro_batch_size)]
+
+
+@dataclass
+class SampleBatch:
+    """Unpacked sequences of one micro-batch, ready for `layout.pack` row by row."""
+
+    token_ids: object  # (b, seq_len) long
+    first_anchor: object  # (b,) long
+    response_start: object  # (b,) long
+    lengths: object  # (b,) long: tokens up to and including EOS (or seq_len when cut)
+    indices: list[int]  # rows of the dataset
+    draws: list[tuple[int, int]] = field(default_factory=list)  # (k, offset) per sequence, when given
+
+
+def gather_batch(dataset, indices: list[int], draws: list[tuple[int, int]] | None = None) -> SampleBatch:
+    import torch
+
+    rows = dataset[list(indices)]
+    long = lambda name: torch.tensor(rows[name], dtype=torch.long)  # noqa: E731
+    return SampleBatch(long("input_ids"), long("first_anchor"), long("response_start"), long("length"),
+                       list(indices), list(draws or []))
+
+
+def step_micro_batches(dataset, global_indices: list[int], *, rank: int, world_size: int, micro_batch_size: int,
+                       draws: list[tuple[int, int]] | None = None) -> list[SampleBatch]:
+    """This rank's micro-batches of one global batch (gradient_accumulation_steps of them, in order).
+
+    `draws`: the step's global (k, offset) list from batching.KOffsetSampler.sample(step, global_batch_size);
+    it is sliced exactly like the indices, so sequence i always keeps draw i.
+    """
+    mine = rank_slice(global_indices, rank, world_size)
+    my_draws = rank_slice(draws, rank, world_size) if draws is not None else None
+    chunks = split_micro(mine, micro_batch_size)
+    draw_chunks = split_micro(my_draws, micro_batch_size) if my_draws is not None else [None] * len(chunks)
+    return [gather_batch(dataset, chunk, chunk_draws) for chunk, chunk_draws in zip(chunks, draw_chunks)]
+
+
+def validation_batches(dataset, *, global_batch_size: int, num_batches: int) -> list[list[int]]:
+    """Fixed global batches of the validation split (the first num_batches * B rows, in order, wrapping)."""
+    if len(dataset) == 0:
+        return []
+    sampler = EpochShuffleSampler(len(dataset), global_batch_size=global_batch_size, shuffle=False)
+    return [sampler.next_batch() for _ in range(num_batches)]

@@ -1,0 +1,148 @@
+"""DeepSpeed JSON configs (ds_configs/*.json) resolved against a recipe and a world size.
+
+Why: batch sizes are stated once, in the recipe; DeepSpeed wants them again in its own JSON. JSON fields set
+to "auto" (or absent) are filled from the recipe; an explicit value that disagrees is a one-line error that
+shows both numbers, never a silent winner. Precision "auto" means bf16 on a GPU and fp32 on CPU. The
+optimizer (AdamW) and LR schedule (WarmupLR, linear warm-up then constant) stay in the JSON's own blocks.
+
+Stdlib only; DeepSpeed itself is not imported.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from mtp_ds.config import ConfigError, Recipe, gradient_accumulation_steps, resolve_path
+
+AUTO = "auto"
+
+
+def load_json_config(path: str, key: str) -> dict:
+    """A DeepSpeed JSON file as a dict; `key` is the recipe field that named it (for the error)."""
+    file = resolve_path(path)
+    if not file.is_file():
+        raise ConfigError(f"{key}: file {path!r} does not exist")
+    try:
+        values = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{key}: {path!r} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key}: {path!r} must hold a JSON object")
+    return values
+
+
+def deep_merge(base: dict, updates: dict) -> dict:
+    """`base` with `updates` merged in recursively (a new dict; neither argument changes)."""
+    merged = copy.deepcopy(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _fill(config: dict, field: str, wanted: int, recipe_says: str, source: str) -> None:
+    current = config.get(field, AUTO)
+    if current == AUTO:
+        config[field] = wanted
+    elif current != wanted:
+        raise ConfigError(f"{source}: {field}={current!r} conflicts with the recipe ({recipe_says} gives {wanted}); set it to \"auto\"")
+
+
+def _half_precision(device_type: str) -> bool:
+    return device_type not in ("cpu", "mps")
+
+
+def _fill_precision(config: dict, device_type: str) -> None:
+    for block, on_gpu in (("bf16", _half_precision(device_type)), ("fp16", False)):
+        section = config.get(block)
+        if isinstance(section, dict) and section.get("enabled") == AUTO:
+            section["enabled"] = on_gpu
+    if config.get("bf16", {}).get("enabled") and config.get("fp16", {}).get("enabled"):
+        raise ConfigError("deepspeed config: bf16.enabled and fp16.enabled are both true")
+
+
+def _reject_leftover_auto(value, where: str, source: str) -> None:
+    if value == AUTO:
+        raise ConfigError(f"{source}: \"auto\" is not supported at {where or '<root>'} (only batch sizes and precision)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_leftover_auto(item, f"{where}.{key}" if where else key, source)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_leftover_auto(item, f"{where}[{index}]", source)
+
+
+def _resolve_training_json(recipe: Recipe, path: str, key: str, world_size: int, device_type: str, overrides: dict) -> dict:
+    source = f"deepspeed config {path}"
+    config = deep_merge(load_json_config(path, key), overrides)
+    accumulation = gradient_accumulation_steps(recipe, world_size)
+    train = recipe.train
+    _fill(config, "train_batch_size", train.global_batch_size, "train.global_batch_size", source)
+    _fill(config, "train_micro_batch_size_per_gpu", train.micro_batch_size, "train.micro_batch_size", source)
+    _fill(config, "gradient_accumulation_steps", accumulation,
+          f"train.global_batch_size / (train.micro_batch_size * world_size {world_size})", source)
+    _fill_precision(config, device_type)
+    _reject_leftover_auto(config, "", source)
+    return config
+
+
+def resolve_deepspeed_config(recipe: Recipe, world_size: int, *, device_type: str) -> dict:
+    """The student's DeepSpeed config dict for `deepspeed.initialize(config=...)`.
+
+    Fills "auto"/absent train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps from the
+    recipe, bf16/fp16 `enabled: "auto"` from `device_type` ("cuda" -> bf16, "cpu" -> fp32), after merging
+    `train.deepspeed_overrides`. Raises ConfigError on conflicts and on any other "auto".
+    """
+    return _resolve_training_json(recipe, recipe.train.deepspeed_config, "train.deepspeed_config", world_size,
+                                  device_type, recipe.train.deepspeed_overrides)
+
+
+def resolve_teacher_config(recipe: Recipe, world_size: int, *, device_type: str) -> dict:
+    """Settings for the frozen teacher, by `teacher.mode`.
+
+    - inference: kwargs for `deepspeed.init_inference(model, **kwargs)`; `dtype: "auto"` -> "bf16" on GPU,
+      "fp32" on CPU; `tensor_parallel.tp_size: "auto"` -> teacher.tp_size (an explicit other value is an error).
+    - zero3: a training-style config for `deepspeed.initialize` without optimizer/scheduler (batch fields
+      filled as for the student; `teacher.offload` adds CPU parameter offload).
+    - replica: {"dtype": ...} only (a plain module copy per rank).
+    """
+    teacher = recipe.teacher
+    dtype = "bf16" if _half_precision(device_type) else "fp32"
+    if teacher.mode == "replica":
+        return {"dtype": dtype}
+    source = f"teacher deepspeed config {teacher.ds_config}"
+    if teacher.mode == "zero3":
+        config = _resolve_training_json(recipe, teacher.ds_config, "teacher.ds_config", world_size, device_type, {})
+        config.pop("optimizer", None)
+        config.pop("scheduler", None)
+        if teacher.offload:
+            config.setdefault("zero_optimization", {})["offload_param"] = {"device": "cpu", "pin_memory": True}
+        return config
+    gradient_accumulation_steps(recipe, world_size)  # checks tp_size | world_size too
+    config = load_json_config(teacher.ds_config, "teacher.ds_config")
+    if "train_batch_size" in config or "optimizer" in config:
+        raise ConfigError(f"{source}: teacher.mode=inference needs init_inference settings, not a training config")
+    if config.get("dtype", AUTO) == AUTO:
+        config["dtype"] = dtype
+    parallel = config.setdefault("tensor_parallel", {})
+    if parallel.get("tp_size", AUTO) == AUTO:
+        parallel["tp_size"] = teacher.tp_size
+    elif parallel["tp_size"] != teacher.tp_size:
+        raise ConfigError(f"{source}: tensor_parallel.tp_size={parallel['tp_size']!r} conflicts with the recipe "
+                          f"(teacher.tp_size gives {teacher.tp_size}); set it to \"auto\"")
+    _reject_leftover_auto(config, "", source)
+    return config
+
+
+def resolve_model_dtype(recipe: Recipe, resolved_ds: dict) -> str:
+    """torch dtype name to load the student in: model.dtype, or (auto) the DeepSpeed precision."""
+    precision = "bfloat16" if resolved_ds.get("bf16", {}).get("enabled") else (
+        "float16" if resolved_ds.get("fp16", {}).get("enabled") else "float32")
+    if recipe.model.dtype == AUTO:
+        return precision
+    if recipe.model.dtype != precision and precision != "float32":
+        raise ConfigError(f"model.dtype={recipe.model.dtype} conflicts with the DeepSpeed precision ({precision}); use model.dtype=auto")
+    return recipe.model.dtype
