@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtp_ds import config_values
-from mtp_ds.config_values import ConfigError  # noqa: F401 - re-exported: the error type of every config check
+from mtp_ds.config_values import ConfigError, yaml_load  # noqa: F401 - ConfigError re-exported: the error type of every config check
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name": never checked, never downloaded here
@@ -182,7 +182,7 @@ def read_recipe_file(path: str | os.PathLike) -> dict:
     if not file.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist")
     try:
-        values = yaml.safe_load(file.read_text()) or {}
+        values = yaml_load(file.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"recipe file {str(path)!r} is not valid YAML: {error}") from None
     if isinstance(values, dict) and "recipe" in values and "deepspeed" in values:

@@ -97,11 +97,28 @@ def build_config(root, values: dict, origin: str = "<dict>"):
     return root(**{name: _build_section(root, name, values.get(name), origin) for name in sections})
 
 
+def yaml_load(text: str):
+    """yaml.safe_load, except that `1e-5` is a float (YAML 1.1 needs `1.0e-5`; every user writes `1e-5`)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return yaml.load(text, Loader=Loader)
+
+
 def parse_value(text: str):
     import yaml
 
     try:
-        return yaml.safe_load(text) if text.strip() else None
+        return yaml_load(text) if text.strip() else None
     except yaml.YAMLError:
         return text
 

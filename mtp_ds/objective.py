@@ -60,14 +60,37 @@ def hidden_states(model, input_ids, position_ids, attention_mask) -> torch.Tenso
     return output.last_hidden_state
 
 
+class HiddenStatesModel(torch.nn.Module):
+    """A causal LM whose forward returns final hidden states (B, T, H) instead of logits.
+
+    Why: the trainer's DeepSpeed engine must run the student's forward itself (`engine(...)`): ZeRO-3 counts
+    micro-steps there, and without it gradient accumulation silently keeps only the last micro-batch. Logits
+    over every position would break the memory rule, so the engine runs this wrapper and the objective applies
+    the LM head at supervised rows only. State-dict keys gain the prefix `causal_lm.` (export strips it)."""
+
+    PREFIX = "causal_lm."
+
+    def __init__(self, causal_lm):
+        super().__init__()
+        self.causal_lm = causal_lm
+
+    def forward(self, input_ids, position_ids, attention_mask):
+        return hidden_states(self.causal_lm, input_ids, position_ids, attention_mask)
+
+
 def model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def packed_hidden_states(model, batch: PackedBatch, input_ids=None, *, bidirectional=None) -> torch.Tensor:
-    """Run `model` on the packed batch (or on `input_ids` laid out like it) with the right mask kind."""
+def packed_hidden_states(model, batch: PackedBatch, input_ids=None, *, bidirectional=None, forward=None) -> torch.Tensor:
+    """Run `model` on the packed batch (or on `input_ids` laid out like it) with the right mask kind.
+    `forward(input_ids=, position_ids=, attention_mask=)`, when given, computes the hidden states instead
+    (the trainer passes its DeepSpeed engine wrapping `HiddenStatesModel(model)`)."""
     mask = model_attention_mask(batch, model.config._attn_implementation, model_dtype(model), bidirectional=bidirectional)
-    return hidden_states(model, batch.input_ids if input_ids is None else input_ids, batch.position_ids, mask)
+    input_ids = batch.input_ids if input_ids is None else input_ids
+    if forward is not None:
+        return forward(input_ids=input_ids, position_ids=batch.position_ids, attention_mask=mask)
+    return hidden_states(model, input_ids, batch.position_ids, mask)
 
 
 SUPPRESSED_LOGIT = -1e9  # finite, so 0 * log 0 terms in KL and entropy stay 0 instead of NaN
@@ -98,7 +121,8 @@ class LocalTeacher:
         head = self.model.get_output_embeddings()
         outputs = []
         for chunk in hidden.split(self.chunk_size):
-            logits = suppress_mask_tokens(head(chunk).float(), mask_token_ids)
+            # (1, rows, H): DeepSpeed AutoTP's sharded LM head slices a 3-D input
+            logits = suppress_mask_tokens(head(chunk.unsqueeze(0))[0].float(), mask_token_ids)
             outputs.append(logits.argmax(-1) if want == "argmax" else F.log_softmax(logits / temperature, -1))
         if not outputs:
             return torch.zeros((0,), dtype=torch.long, device=hidden.device)
@@ -231,20 +255,21 @@ def student_forced_inputs(batch: PackedBatch, proposals, rows, regions, slots, c
 
 def mtp_objective(student, teacher, batch: PackedBatch, config: ObjectiveConfig, *, mask_token_ids,
                   global_counts: dict[str, float] | None = None, loss_multiplier: float = 1.0,
-                  num_slot_metrics: int | None = None) -> ObjectiveOutput:
+                  num_slot_metrics: int | None = None, student_forward=None) -> ObjectiveOutput:
     """Loss and metrics for one micro-batch. `teacher(batch, input_ids, rows, cols, want=, temperature=)`
     returns teacher argmax ids or log-probs at (rows, cols) (see LocalTeacher); unused for ground_truth.
 
     `global_counts` defaults to this micro-batch's own counts (single micro-batch, single rank).
     `loss_multiplier` undoes an engine's own averaging (DeepSpeed divides by gradient-accumulation steps
     and averages over data-parallel ranks: pass dp_world_size * grad_accum_steps there).
+    `student_forward`: see `packed_hidden_states` (a DeepSpeed engine around `HiddenStatesModel(student)`).
     """
     from mtp_ds.metrics import MetricSums
 
     mask_token_ids = tuple(mask_token_ids)
     counts = global_counts or {name: float(v) for name, v in supervision_counts(batch, config).items()}
     rows, regions, slots, cols = slot_coordinates(batch)
-    hidden = packed_hidden_states(student, batch)
+    hidden = packed_hidden_states(student, batch, forward=student_forward)
     slot_hidden = hidden[rows, cols]
     head = student.get_output_embeddings()
 

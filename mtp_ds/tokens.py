@@ -78,6 +78,23 @@ def _existing_token_id(tokenizer, text: str) -> int | None:
     return vocab.get(text)
 
 
+def _num_rows(weight: torch.Tensor) -> int:
+    """Rows of an embedding weight, also when ZeRO-3 has partitioned it (then `ds_shape` is the full shape)."""
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+
+def _gathered(parameters):
+    """Full, writable parameters for the duration of the block: a no-op unless ZeRO-3 partitioned them."""
+    import contextlib
+
+    partitioned = [p for p in parameters if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
+
+
 def _init_rows(weight: torch.Tensor, rows: list[int], num_existing: int, generator: torch.Generator) -> None:
     """Draw `rows` of `weight` from N(mean, var) of rows [0, num_existing), per dimension."""
     with torch.no_grad():
@@ -85,7 +102,7 @@ def _init_rows(weight: torch.Tensor, rows: list[int], num_existing: int, generat
         mean = existing.mean(dim=0)
         std = existing.std(dim=0, unbiased=False)
         noise = torch.randn((len(rows), weight.shape[1]), generator=generator, dtype=torch.float32)
-        weight[rows] = (mean + std * noise).to(weight.dtype)
+        weight[rows] = (mean + std * noise).to(device=weight.device, dtype=weight.dtype)
 
 
 def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int = 16, seed: int = 0) -> MaskTokens:
@@ -120,21 +137,24 @@ def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int
     ids = [tokenizer.convert_tokens_to_ids(text) for text in texts]
 
     input_embeddings = model.get_input_embeddings()
-    if max(ids) >= input_embeddings.weight.shape[0]:
+    if max(ids) >= _num_rows(input_embeddings.weight):
         # Models whose embedding is padded past the tokenizer (Qwen3) already have rows for the new ids;
         # resize only when they do not, and never shrink.
         model.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
         input_embeddings = model.get_input_embeddings()
 
     generator = torch.Generator().manual_seed(seed)
-    _init_rows(input_embeddings.weight, ids, num_existing, generator)
     output_embeddings = model.get_output_embeddings()
-    if output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight:
-        _init_rows(output_embeddings.weight, ids, num_existing, generator)
-        bias = getattr(output_embeddings, "bias", None)
-        if bias is not None:
-            with torch.no_grad():
-                bias[ids] = bias[:num_existing].mean()
+    untied = output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight
+    to_gather = [input_embeddings.weight] + ([output_embeddings.weight] if untied else [])
+    bias = getattr(output_embeddings, "bias", None) if untied else None
+    with _gathered(to_gather + ([bias] if bias is not None else [])):
+        _init_rows(input_embeddings.weight, ids, num_existing, generator)
+        if untied:
+            _init_rows(output_embeddings.weight, ids, num_existing, generator)
+            if bias is not None:
+                with torch.no_grad():
+                    bias[ids] = bias[:num_existing].mean()
 
     model.config.mtp_token_id = ids[0]
     if distinct_slots:

@@ -206,3 +206,19 @@ def test_pareto_frontier_keeps_undominated_points():
         sys.path.remove(str(REPO / "eval"))
     points = [(1.0, 0.8), (2.0, 0.7), (2.5, 0.5), (2.0, 0.6), (3.0, 0.55)]
     assert pareto_frontier(points) == [(1.0, 0.8), (2.0, 0.7), (3.0, 0.55)]
+
+
+@pytest.mark.slow
+def test_eval_script_runs_the_sweep_without_slurm(require_installed, tiny_mtp_dir, tmp_path):
+    """slurm/eval_gsm8k.sh falls back to this machine when there is no Slurm (the Slurm CI covers sbatch)."""
+    env = {"MODEL_DIR": str(tiny_mtp_dir), "OUT_DIR": str(tmp_path / "sweep"), "GSM8K_PATH": str(FIXTURE),
+           "MTP_DS_ACTIVATE": f"export PATH={BIN_DIR}:$PATH", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "SWEEP_ARGS": "--settings static:2 --limit 1 --num_fewshot 1 --gen_kwargs max_gen_toks=4 "
+                         "--dtype float32 --device cpu"}
+    _run(["bash", "slurm/eval_gsm8k.sh"], env=env)
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+    assert [row["setting"] for row in rows] == ["static_k1", "static_k2"]
+    assert (tmp_path / "sweep" / "pareto.png").exists()
+    missing = subprocess.run(["bash", "slurm/eval_gsm8k.sh"], cwd=REPO, capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items() if k != "MODEL_DIR"})
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: set MODEL_DIR")

@@ -1,0 +1,82 @@
+"""`mtp-ds export CHECKPOINT OUT_DIR`: a ZeRO-3 training checkpoint -> a plain Hugging Face checkpoint.
+
+Usage:
+    mtp-ds export outputs/qwen3/step00100000 outputs/qwen3-mtp            # bf16, sharded safetensors
+    mtp-ds export outputs/tiny/step00000040 /tmp/tiny-mtp --dtype float32
+
+Why offline: DeepSpeed's zero_to_fp32 consolidates the ZeRO shards on CPU without launching ranks, so export
+runs anywhere (a login node) from the files alone. The checkpoint's `hf/` folder carries the model config
+(with `mtp_token_id`) and the tokenizer with `<MTP>`, so the result loads with plain
+`AutoModelForCausalLM.from_pretrained` (no custom code, no trust_remote_code) and decodes with mtp_ds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("mtp_ds")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "bfloat16",
+                      max_shard_size: str = "5GB") -> Path:
+    """Consolidate, load into the HF class of the checkpoint's config, and save_pretrained."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mtp_ds.checkpoint import COMPLETE
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if not (checkpoint / COMPLETE).exists():
+        raise ValueError(f"CHECKPOINT {str(checkpoint)!r} is not a complete mtp-ds checkpoint (no {COMPLETE} file)")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    config = AutoConfig.from_pretrained(checkpoint / "hf")
+    if getattr(config, "mtp_token_id", None) is None:
+        raise ValueError(f"{checkpoint / 'hf' / 'config.json'} has no mtp_token_id")
+    from mtp_ds.objective import HiddenStatesModel
+
+    prefix = HiddenStatesModel.PREFIX  # the trainer's engine wraps the HF model
+    state_dict = {name.removeprefix(prefix): value for name, value in
+                  get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name).items()}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    model.tie_weights()
+    # A tied output embedding is stored once (as the input embedding); nothing else may be missing.
+    output_key = next(name for name, module in model.named_modules() if module is model.get_output_embeddings()) + ".weight"
+    still_missing = [name for name in missing if not (config.tie_word_embeddings and name == output_key)]
+    if unexpected or still_missing:
+        raise RuntimeError(f"checkpoint does not match its config: missing {still_missing[:3]}, unexpected {unexpected[:3]}")
+    model = model.to(DTYPES[dtype])
+    model.config.torch_dtype = DTYPES[dtype]
+    model.config.use_cache = True
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size, safe_serialization=True)
+    AutoTokenizer.from_pretrained(checkpoint / "hf").save_pretrained(out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mtp-ds export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a checkpoint directory, e.g. outputs/run/step00001000")
+    parser.add_argument("out_dir")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--max-shard-size", default="5GB")
+    args = parser.parse_args(argv)
+    try:
+        out = export_checkpoint(args.checkpoint, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    except ValueError as error:
+        print(f"mtp-ds export: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {args.checkpoint} -> {out} ({args.dtype})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

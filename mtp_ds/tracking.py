@@ -1,0 +1,94 @@
+"""Run bookkeeping that must survive restarts: the metrics JSONL, optional TensorBoard / W&B, and signals.
+
+Why: a preempted and resumed run must leave one metrics line per step, no gaps and no duplicates, so the
+writer drops lines past the resumed step before appending. SIGTERM / SIGUSR1 (Slurm preemption, scancel,
+`--signal`) only set a flag; the loop checks it at a step boundary, where a checkpoint is consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+
+class MetricsWriter:
+    """Rank 0 writes; other ranks hold a writer that does nothing."""
+
+    def __init__(self, path: str, *, enabled: bool, resume_step: int, tensorboard_dir: str | None = None,
+                 wandb_settings: dict | None = None):
+        self.enabled = enabled
+        self.path = Path(path)
+        self.tensorboard = self.wandb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(resume_step)
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(tensorboard_dir)
+        if wandb_settings:
+            import wandb
+
+            self.wandb = wandb.init(**wandb_settings, resume="allow")
+
+    def _truncate_after(self, step: int) -> None:
+        """Keep only records of steps <= `step` (a crash may have logged steps the checkpoint does not hold)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        os.replace(temporary, self.path)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        step = record.get("step", 0)
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tensorboard is not None:
+            for name, value in numbers.items():
+                self.tensorboard.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class StopRequest:
+    """Set by SIGTERM / SIGUSR1; `agreed()` makes every rank stop at the same step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        for number in self.SIGNALS:
+            signal.signal(number, self._handle)
+
+    def _handle(self, number, _frame) -> None:
+        self.signal_name = signal.Signals(number).name
+
+    def agreed(self, device) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.signal_name else 0.0], device=device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())

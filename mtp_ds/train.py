@@ -1,0 +1,289 @@
+"""Train an MTP student by student-forced self-distillation, with DeepSpeed.
+
+Usage (from the repo root; every recipe's header gives its own command):
+    DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m mtp_ds.train recipes/tiny_cpu.yaml
+    torchrun --nproc_per_node=4 -m mtp_ds.train recipes/qwen3_4b_metamath.yaml checkpoint.dir=/scratch/run1
+    mtp-ds train RECIPE [key=value ...]            # the same, as a console script under torchrun / srun
+
+One step, read top to bottom in `train_step`: draw (k, offset) for every sequence of the global batch ->
+pack this rank's micro-batches -> count supervised slots over the whole global batch -> per micro-batch:
+student forward, proposals, teacher forward on the student-forced sequence, loss, DeepSpeed backward/step.
+Checkpoints carry step, sampler position and RNG states; SIGTERM/SIGUSR1 save and exit; `resume: auto`
+continues from the newest complete checkpoint with the next unseen batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mtp_ds.batching import KOffsetSampler, collate
+from mtp_ds.config import ConfigError
+from mtp_ds.layout import pack
+from mtp_ds.objective import ObjectiveConfig, global_supervision_counts, mtp_objective
+
+log = logging.getLogger("mtp_ds")
+DONE_FILE = "DONE"  # written when the run reached train.steps (the Slurm scripts do not requeue then)
+
+
+def _single_process_environment() -> None:
+    """`python -m mtp_ds.train ...` without a launcher: a world of one on a free local port."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def setup_distributed(device_type: str) -> tuple[int, int, int]:
+    import deepspeed
+
+    _single_process_environment()
+    deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+    if device_type == "cpu":
+        # DeepSpeed's shared-memory all-reduce kernel crashes (SIGSEGV) under AutoTP on CPU; plain gloo is exact.
+        import deepspeed.comm.comm as ds_comm
+
+        if hasattr(ds_comm.cdb, "shm_vector_kernel_level"):
+            ds_comm.cdb.shm_vector_kernel_level = 0
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    return rank, world, local_rank
+
+
+def objective_config(recipe) -> ObjectiveConfig:
+    settings = recipe.objective
+    return ObjectiveConfig(
+        kind=settings.kind, temperature=settings.temperature, prefix_ntp_weight=settings.prefix_ntp_weight,
+        entropy_weight=settings.entropy_weight, logits_chunk_size=settings.logits_chunk_size or 4096,
+        accept_thresholds=tuple(settings.accept_thresholds),
+    )
+
+
+def pack_micro_batches(micro_batches, recipe, mask_tokens, eos_token_id, pad_token_id, device):
+    """SampleBatch (unpacked token ids + draws) -> PackedBatch per micro-batch."""
+    packed = []
+    for micro in micro_batches:
+        sequences = [
+            pack(micro.token_ids[row], k=k, offset=offset, mtp_token_id=mask_tokens, k_max=recipe.packing.k_max,
+                 num_regions=recipe.num_regions, first_anchor=int(micro.first_anchor[row]),
+                 bidirectional=recipe.packing.bidirectional, eos_token_id=eos_token_id)
+            for row, (k, offset) in enumerate(micro.draws)
+        ]
+        packed.append(collate(sequences, pad_token_id=pad_token_id).to(device))
+    return packed
+
+
+def run_objective(state, batches, *, train: bool):
+    """Objective over this rank's micro-batches of one global batch; backward + step when training."""
+    config, engine = state["objective"], state["engine"]
+    counts = global_supervision_counts(batches, config, device=state["device"])
+    multiplier = state["world"] * len(batches) if train else 1.0
+    metrics = None
+    for batch in batches:
+        with torch.set_grad_enabled(train):
+            output = mtp_objective(state["student"], state["teacher"], batch, config,
+                                   mask_token_ids=state["mask_tokens"].ids, global_counts=counts,
+                                   loss_multiplier=multiplier, num_slot_metrics=state["k_max"],
+                                   student_forward=engine)
+        if train:
+            engine.backward(output.loss)
+            engine.step()
+        metrics = output.metrics if metrics is None else metrics + output.metrics
+    return metrics.all_reduce(), counts
+
+
+def train_step(state, step: int) -> dict:
+    recipe, data = state["recipe"], state["data"]
+    from mtp_ds.data import step_micro_batches
+
+    started = time.perf_counter()
+    global_indices = state["sampler"].next_batch()
+    draws = state["k_sampler"].sample(step, len(global_indices))
+    micro = step_micro_batches(data.train, global_indices, rank=state["rank"], world_size=state["world"],
+                               micro_batch_size=recipe.train.micro_batch_size, draws=draws)
+    batches = pack_micro_batches(micro, recipe, state["mask_tokens"], data.eos_token_id, state["pad_id"], state["device"])
+    state["engine"].train()
+    metrics, counts = run_objective(state, batches, train=True)
+    summary = metrics.summary()
+    elapsed = time.perf_counter() - started
+    tokens = torch.tensor([sum(int(b.valid.sum()) for b in batches)], dtype=torch.float64, device=state["device"])
+    torch.distributed.all_reduce(tokens)
+    return {
+        "step": step + 1, "loss": summary["slot_loss"] + recipe.objective.entropy_weight * summary["entropy"]
+        + (recipe.objective.prefix_ntp_weight * float(metrics.scalars[3]) / max(counts["prefix"], 1.0)),
+        **summary, "k": draws[0][0], "supervised_slots": counts["slots"],
+        "lr": state["engine"].get_lr()[0], "grad_norm": _grad_norm(state["engine"]), "step_seconds": elapsed,
+        "tokens_per_second": float(tokens) / elapsed,
+    }
+
+
+def _grad_norm(engine) -> float:
+    """Global gradient norm of the last optimizer step, before clipping (DeepSpeed computes it when clipping)."""
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else float("nan")
+
+
+def validate(state, step: int) -> dict:
+    """Teacher-forced metrics on fixed validation batches with fixed (k, offset) draws."""
+    from mtp_ds.data import step_micro_batches, validation_batches
+
+    recipe, data = state["recipe"], state["data"]
+    if len(data.validation) == 0:
+        return {}
+    sampler = KOffsetSampler(k_min=recipe.packing.k_min, k_max=recipe.packing.k_max,
+                             static_k=recipe.packing.static_k, per_sequence_k=True, seed=recipe.train.seed + 1)
+    state["engine"].eval()
+    total = None
+    for index, indices in enumerate(validation_batches(data.validation, global_batch_size=recipe.train.global_batch_size,
+                                                       num_batches=recipe.train.eval_batches)):
+        micro = step_micro_batches(data.validation, indices, rank=state["rank"], world_size=state["world"],
+                                   micro_batch_size=recipe.train.micro_batch_size,
+                                   draws=sampler.sample(index, len(indices)))
+        batches = pack_micro_batches(micro, recipe, state["mask_tokens"], data.eos_token_id, state["pad_id"], state["device"])
+        metrics, _ = run_objective(state, batches, train=False)
+        total = metrics if total is None else total + metrics
+    state["engine"].train()
+    return {"step": step, **{f"val/{name}": value for name, value in total.summary().items()}}
+
+
+def save(state, step: int) -> Path:
+    from mtp_ds.checkpoint import save_checkpoint
+
+    recipe = state["recipe"]
+    client_state = {"step": step, "sampler": state["sampler"].state_dict(),
+                    "samples_consumed": step * recipe.train.global_batch_size}
+    return save_checkpoint(state["engine"], recipe.checkpoint.dir, step, client_state,
+                           keep_last=recipe.checkpoint.keep_last, effective_config=state["effective_config"],
+                           hf_config=state["student"].config, tokenizer=state["tokenizer"])
+
+
+def prepare(recipe, rank: int, world: int, local_rank: int, device_type: str) -> dict:
+    """Everything before the first step. Validation of all inputs happens before anything is written."""
+    from mtp_ds.config import effective_config, gradient_accumulation_steps, resolve_attn_implementation
+    from mtp_ds.data import EpochShuffleSampler, build_datasets, load_tokenizer
+    from mtp_ds.ds_config import resolve_deepspeed_config, resolve_model_dtype, resolve_teacher_config
+    from mtp_ds.models import build_models, device_for_rank
+
+    grad_accum = gradient_accumulation_steps(recipe, world)
+    ds_config = resolve_deepspeed_config(recipe, world, device_type=device_type)
+    teacher_settings = resolve_teacher_config(recipe, world, device_type=device_type)
+    dtype = getattr(torch, resolve_model_dtype(recipe, ds_config))
+    tokenizer = load_tokenizer(recipe.model)
+    for first in (True, False):  # rank 0 tokenises and fills the cache, then the others read it
+        if (rank == 0) == first:
+            data = build_datasets(recipe, tokenizer)
+        torch.distributed.barrier()
+    device = device_for_rank(local_rank)
+    models = build_models(recipe, ds_config, teacher_settings, tokenizer=tokenizer, dtype=dtype,
+                          attn_implementation=resolve_attn_implementation(recipe, device_type), device=device)
+    return {
+        "recipe": recipe, "data": data, "engine": models.engine, "student": models.student, "teacher": models.teacher,
+        "mask_tokens": models.mask_tokens, "tokenizer": models.tokenizer, "device": device, "rank": rank,
+        "world": world, "grad_accum": grad_accum, "k_max": recipe.packing.k_max,
+        "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else data.eos_token_id,
+        "objective": objective_config(recipe),
+        "sampler": EpochShuffleSampler(len(data.train), global_batch_size=recipe.train.global_batch_size,
+                                       seed=recipe.train.seed),
+        "k_sampler": KOffsetSampler(k_min=recipe.packing.k_min, k_max=recipe.packing.k_max,
+                                    static_k=recipe.packing.static_k, per_sequence_k=recipe.packing.per_sequence_k,
+                                    seed=recipe.train.seed),
+        "effective_config": effective_config(recipe, ds_config, world_size=world, device_type=device_type,
+                                             teacher_deepspeed=teacher_settings, gradient_accumulation_steps=grad_accum),
+    }
+
+
+def train(recipe, *, device_type: str) -> int:
+    from tqdm import tqdm
+
+    from mtp_ds.checkpoint import find_resume_checkpoint, load_checkpoint
+    from mtp_ds.tracking import MetricsWriter, StopRequest
+
+    from mtp_ds.config import gradient_accumulation_steps
+    from mtp_ds.ds_config import resolve_deepspeed_config, resolve_teacher_config
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # fail on batch / TP conflicts before any process group
+    gradient_accumulation_steps(recipe, world_size)
+    resolve_deepspeed_config(recipe, world_size, device_type=device_type)
+    resolve_teacher_config(recipe, world_size, device_type=device_type)
+    stop = StopRequest()
+    rank, world, local_rank = setup_distributed(device_type)
+    state = prepare(recipe, rank, world, local_rank, device_type)
+    start_step, last_saved = 0, None
+    resume_from = find_resume_checkpoint(recipe.checkpoint.resume, recipe.checkpoint.dir)
+    if resume_from is not None:
+        client = load_checkpoint(state["engine"], resume_from)
+        start_step = last_saved = int(client["step"])
+        state["sampler"].load_state_dict(client["sampler"])
+        log.info("resumed from %s at step %d", resume_from, start_step)
+    logging_settings = recipe.logging
+    writer = MetricsWriter(
+        recipe.metrics_file, enabled=rank == 0, resume_step=start_step,
+        tensorboard_dir=os.path.join(recipe.checkpoint.dir, "tensorboard") if logging_settings.tensorboard else None,
+        wandb_settings={"project": logging_settings.wandb_project, "name": logging_settings.wandb_run_name,
+                        "config": state["effective_config"]} if logging_settings.wandb else None,
+    )
+    progress = tqdm(total=recipe.train.steps, initial=start_step, disable=rank != 0, desc="train", unit="step",
+                    dynamic_ncols=True)
+    step = start_step
+    while step < recipe.train.steps:
+        record = train_step(state, step)
+        step += 1
+        if not math.isfinite(record["loss"]):
+            where = f"; last good checkpoint: {last_saved}" if last_saved else ""
+            raise FloatingPointError(f"non-finite loss {record['loss']} at step {step}{where}")
+        if step % recipe.train.log_every == 0 or step == recipe.train.steps:
+            writer.write({key: round(value, 6) if isinstance(value, float) else value for key, value in record.items()})
+        progress.update(1)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", agree=f"{record['agreement']:.3f}", k=record["k"])
+        if recipe.train.eval_every and step % recipe.train.eval_every == 0:
+            writer.write(validate(state, step))
+        stopping = stop.agreed(state["device"])
+        if stopping or step == recipe.train.steps or (recipe.checkpoint.every and step % recipe.checkpoint.every == 0):
+            last_saved = save(state, step)
+        if stopping:
+            progress.close()
+            log.warning("received %s: saved %s at step %d, exiting for requeue", stop.signal_name, last_saved, step)
+            writer.close()
+            return 0
+    progress.close()
+    writer.close()
+    if rank == 0:
+        Path(recipe.checkpoint.dir, DONE_FILE).write_text(f"{step}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mtp_ds.config import parse_cli
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        recipe = parse_cli(argv)
+        code = train(recipe, device_type=device_type)
+    except (ConfigError, FloatingPointError) as error:
+        if os.environ.get("RANK", "0") == "0":  # every rank sees the same error: say it once
+            print(f"mtp-ds train: {error}", file=sys.stderr)
+        code = 2 if isinstance(error, ConfigError) else 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
