@@ -20,7 +20,7 @@
 # MTP_DS_VENV / MTP_DS_ACTIVATE (environment), HF_CACHE.
 set -euo pipefail
 # shellcheck source=slurm/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh" 2>/dev/null || source "${SLURM_SUBMIT_DIR:-.}/slurm/common.sh"
+source "${MTP_DS_REPO:-${SLURM_SUBMIT_DIR:-$(dirname "${BASH_SOURCE[0]}")/..}}/slurm/common.sh"
 
 mtp_require MODEL_DIR "the exported MTP checkpoint to evaluate (mtp-ds export ...)"
 [ -d "$MODEL_DIR" ] || { echo "error: MODEL_DIR=$MODEL_DIR is not a directory" >&2; exit 2; }
