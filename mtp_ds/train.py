@@ -130,10 +130,23 @@ def train_step(state, step: int) -> dict:
     }
 
 
-def _grad_norm(engine) -> float:
+def _grad_norm(engine) -> float | None:
     """Global gradient norm of the last optimizer step, before clipping (DeepSpeed computes it when clipping)."""
     norm = engine.get_global_grad_norm()
-    return float(norm) if norm is not None else float("nan")
+    return float(norm) if norm is not None else None
+
+
+def check_finite(record: dict, engine, last_saved) -> None:
+    """Stop before anything is saved once the loss or the gradient is not finite (fp16 loss scaling skips
+    overflowing steps by itself, so there only the loss counts)."""
+    grad_norm = record.get("grad_norm")
+    bad = {"loss": record["loss"]}
+    if grad_norm is not None and not engine.fp16_enabled():
+        bad["grad_norm"] = grad_norm
+    for name, value in bad.items():
+        if not math.isfinite(value):
+            where = f"; last good checkpoint: {last_saved}" if last_saved else "; no checkpoint was saved"
+            raise FloatingPointError(f"non-finite {name} ({value}) at step {record['step']}{where}")
 
 
 def validate(state, step: int) -> dict:
@@ -228,6 +241,9 @@ def train(recipe, *, device_type: str) -> int:
         start_step = last_saved = int(client["step"])
         state["sampler"].load_state_dict(client["sampler"])
         log.info("resumed from %s at step %d", resume_from, start_step)
+    done_marker = Path(recipe.checkpoint.dir, DONE_FILE)
+    if rank == 0 and start_step < recipe.train.steps:
+        done_marker.unlink(missing_ok=True)  # left by a shorter earlier run: this one is not done yet
     logging_settings = recipe.logging
     writer = MetricsWriter(
         recipe.metrics_file, enabled=rank == 0, resume_step=start_step,
@@ -241,9 +257,7 @@ def train(recipe, *, device_type: str) -> int:
     while step < recipe.train.steps:
         record = train_step(state, step)
         step += 1
-        if not math.isfinite(record["loss"]):
-            where = f"; last good checkpoint: {last_saved}" if last_saved else ""
-            raise FloatingPointError(f"non-finite loss {record['loss']} at step {step}{where}")
+        check_finite(record, state["engine"], last_saved)
         if step % recipe.train.log_every == 0 or step == recipe.train.steps:
             writer.write({key: round(value, 6) if isinstance(value, float) else value for key, value in record.items()})
         progress.update(1)
@@ -261,7 +275,7 @@ def train(recipe, *, device_type: str) -> int:
     progress.close()
     writer.close()
     if rank == 0:
-        Path(recipe.checkpoint.dir, DONE_FILE).write_text(f"{step}\n")
+        done_marker.write_text(f"{step}\n")
     return 0
 
 

@@ -69,7 +69,9 @@ def test_trains_on_two_ranks(straight):
 
 def test_resume_gives_the_same_losses_and_weights(straight, tmp_path):
     run_trainer(tmp_path, "train.steps=3", "checkpoint.every=3", "train.eval_every=3")
+    assert (tmp_path / "DONE").read_text().strip() == "3"
     run_trainer(tmp_path, "train.steps=6", "checkpoint.every=3", "train.eval_every=3")
+    assert (tmp_path / "DONE").read_text().strip() == "6"
     assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]  # no duplicated or lost steps
     for a, b in zip(metrics(straight), metrics(tmp_path)):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), (a["step"], a["loss"], b["loss"])
@@ -158,3 +160,16 @@ def test_config_errors_are_one_line_and_write_nothing(tmp_path, case):
     assert result.returncode == 2, result.stderr[-3000:]
     assert len(message) == 1 and expected in message[0], result.stderr[-3000:]
     assert not out.exists()
+
+
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    blow_up = ["train.deepspeed_overrides.optimizer.params.lr=1e30",
+               "train.deepspeed_overrides.scheduler.params.warmup_max_lr=1e30"]
+    result = run_trainer(tmp_path, "train.steps=8", "train.eval_every=0", "checkpoint.every=1",
+                         "train.micro_batch_size=4", *blow_up, ranks=0, expect_ok=False)
+    message = [line for line in result.stderr.splitlines() if line.startswith("mtp-ds train:")]
+    assert result.returncode == 1 and len(message) == 1, result.stderr[-3000:]
+    failed_step = int(message[0].split(" at step ")[1].split(";")[0])
+    assert f"last good checkpoint: {tmp_path / f'step{failed_step - 1:08d}'}" in message[0]
+    assert (tmp_path / f"step{failed_step - 1:08d}" / "COMPLETE").exists()
+    assert not (tmp_path / f"step{failed_step:08d}").exists() and not (tmp_path / "DONE").exists()
