@@ -103,40 +103,60 @@ def _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_
 
 
 class _RaggedCache:
-    """A HF `DynamicCache` shared by rows that advance by different amounts, plus which keys are real."""
+    """A HF `DynamicCache` shared by rows that advance by different amounts, plus which keys are real.
+
+    `real_counts` (host ints, one per row: real keys in the cache) mirrors `key_valid.sum(dim=1)`, so deciding
+    whether to compact, or whether the cache has any hole at all, never reads the device.
+    """
 
     def __init__(self, cache, batch_size: int, device):
         self.cache = cache
         self.key_valid = torch.zeros((batch_size, 0), dtype=torch.bool, device=device)
+        self.real_counts = [0] * batch_size
+
+    @property
+    def width(self) -> int:
+        return self.key_valid.shape[1]
+
+    @property
+    def dense(self) -> bool:
+        """True when every cached key of every row is real (no left padding, no holes)."""
+        return all(count == self.width for count in self.real_counts)
 
     def attention_mask(self, new_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(B, 1, q, cache+q) additive mask: cached keys if real; new keys if real and causal (or the diagonal)."""
         q_len = new_valid.shape[1]
+        # causal among the new keys, plus the diagonal so that no query row is fully masked
         causal = torch.ones((q_len, q_len), dtype=torch.bool, device=new_valid.device).tril()
-        new_part = causal[None] & new_valid[:, None, :]
-        new_part |= torch.eye(q_len, dtype=torch.bool, device=new_valid.device)[None]  # never a fully masked row
+        new_part = (causal[None] & new_valid[:, None, :]) | causal.diagonal().diag_embed()[None]
         cached_part = self.key_valid[:, None, :].expand(-1, q_len, -1)
         allowed = torch.cat([cached_part, new_part], dim=2)[:, None]
         mask = torch.zeros(allowed.shape, dtype=dtype, device=new_valid.device)
         return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
-    def commit(self, block_len: int, kept_valid: torch.Tensor) -> None:
-        """After a pass over `block_len` new entries, keep the first kept_valid.shape[1] of them."""
+    def commit(self, block_len: int, kept_valid: torch.Tensor, kept_counts: list[int]) -> None:
+        """After a pass over `block_len` new entries, keep the first kept_valid.shape[1] of them.
+
+        `kept_counts[b]` = kept_valid[b].sum(), given by the caller from host values.
+        """
         to_remove = block_len - kept_valid.shape[1]
         if to_remove > 0:
             self.cache.crop(-to_remove)  # negative = number of entries to drop (transformers 5 contract)
         self.key_valid = torch.cat([self.key_valid, kept_valid], dim=1)
+        self.real_counts = [count + kept for count, kept in zip(self.real_counts, kept_counts)]
         self._compact_if_sparse()
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        self.cache.batch_select_indices(rows)
-        self.key_valid = self.key_valid[rows]
+    def select_rows(self, rows: list[int], device) -> None:
+        index = torch.tensor(rows, device=device)
+        self.cache.batch_select_indices(index)
+        self.key_valid = self.key_valid[index]
+        self.real_counts = [self.real_counts[row] for row in rows]
         self._compact_if_sparse()
 
     def _compact_if_sparse(self, min_holes: int | None = None) -> None:
         min_holes = _COMPACT_MIN_HOLES if min_holes is None else min_holes
-        width = self.key_valid.shape[1]
-        max_real = int(self.key_valid.sum(dim=1).max()) if width else 0
+        width = self.width
+        max_real = max(self.real_counts, default=0)
         layers = getattr(self.cache, "layers", None)
         if width - max_real < max(min_holes, 1) or not layers or not all(hasattr(x, "keys") for x in layers):
             return
@@ -163,12 +183,13 @@ class _Row:
     stop_reason: str = ""
 
 
-def _accept_count(strategy: str, confidences: list[float], k: int, threshold: float) -> int:
+def _accept_count(strategy: str, confidences: list[float] | None, num_predictions: int, k: int,
+                  threshold: float) -> int:
     """How many leading predictions a pass accepts: k for Static, the confident run (>= 1) for ConfAdapt."""
     if strategy == "static":
-        return min(k, len(confidences))
+        return min(k, num_predictions)
     count = 1
-    while count < len(confidences) and confidences[count] >= threshold:
+    while count < num_predictions and confidences[count] >= threshold:
         count += 1
     return count
 
@@ -243,14 +264,14 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
                 first = False
             else:
                 logits = decoder.step([rows[b] for b in active], num_masks)
-            tokens, confidences = _read_predictions(logits, mask_tokens)
+            tokens, confidences = _read_predictions(logits, mask_tokens, strategy == "confadapt")
             sample_from = logits[:, 0] if temperature else None
             for slot, b in enumerate(active):
                 row = rows[b]
-                count = _accept_count(strategy, confidences[slot], k_run, threshold)
+                count = _accept_count(strategy, confidences and confidences[slot], len(tokens[slot]), k_run, threshold)
                 block = tokens[slot][:count]
                 # sample only when the strategy itself chose one token, not when the budget cut the block
-                if sample_from is not None and count == 1 and (k_run == 1 or len(confidences[slot]) > 1):
+                if sample_from is not None and count == 1 and (k_run == 1 or len(tokens[slot]) > 1):
                     block = [_sample(sample_from[slot], temperature, mask_tokens, generator)]
                 block = _finish_block(row, block, stop_ids, max_new_tokens, tokenizer, stop_strings)
                 row.generated += block
@@ -258,7 +279,7 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
                 row.pending = block
             still = [slot for slot, b in enumerate(active) if not rows[b].stop_reason]
             if len(still) < len(active) and still:
-                decoder.kv.select_rows(torch.tensor(still, device=input_ids.device))
+                decoder.kv.select_rows(still, input_ids.device)
             active = [active[slot] for slot in still]
     return GenerationResult(
         sequences=[row.generated for row in rows], tokens_per_pass=[row.tokens_per_pass for row in rows],
@@ -267,12 +288,19 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
     )
 
 
-def _read_predictions(logits: torch.Tensor, mask_tokens: MaskTokens) -> tuple[list[list[int]], list[list[float]]]:
-    """Greedy token and its softmax probability per position, with the mask ids never eligible."""
+def _read_predictions(logits: torch.Tensor, mask_tokens: MaskTokens, with_confidences: bool = True
+                      ) -> tuple[list[list[int]], list[list[float]] | None]:
+    """Greedy token and (if asked) its softmax probability per position, with the mask ids never eligible.
+
+    One device-to-host transfer per pass (tokens and confidences travel together); Static k needs no softmax.
+    """
     logits = logits.float()
     logits[..., list(mask_tokens.ids)] = float("-inf")
+    if not with_confidences:
+        return logits.argmax(dim=-1).tolist(), None
     confidences, tokens = torch.softmax(logits, dim=-1).max(dim=-1)
-    return tokens.tolist(), confidences.tolist()
+    both = torch.stack([tokens.to(torch.float64), confidences.to(torch.float64)]).tolist()  # ids < 2**53: exact
+    return [[int(t) for t in row] for row in both[0]], both[1]
 
 
 def _sample(logits: torch.Tensor, temperature: float, mask_tokens: MaskTokens, generator) -> int:
@@ -297,18 +325,28 @@ class _BatchDecoder:
         # Only the anchor..last-mask logits are read; models that can skip the rest of the lm_head should.
         self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, new_valid: torch.Tensor,
-                 anchors: torch.Tensor, num_predictions: int) -> torch.Tensor:
-        """Run one pass; return logits (B, num_predictions, V) at anchor .. anchor+num_predictions-1 per row."""
-        mask = self.kv.attention_mask(new_valid, self.dtype)
-        keep = ids.shape[1] - int(anchors.min())
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, new_valid: torch.Tensor | None,
+                 anchors: list[int], num_predictions: int) -> torch.Tensor:
+        """Run one pass; return logits (B, num_predictions, V) at anchor .. anchor+num_predictions-1 per row.
+
+        `new_valid` None: every new entry is real and the cache has no hole, so plain causal attention is exact
+        and the model builds its own mask (what HF generate does; no (B, 1, q, cache+q) mask to allocate).
+        """
+        mask = None if new_valid is None else self.kv.attention_mask(new_valid, self.dtype)
+        width = ids.shape[1]
+        keep = width - min(anchors)
         extra = {"logits_to_keep": keep} if self.takes_logits_to_keep else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          past_key_values=self.kv.cache, use_cache=True, **extra)
-        keep = keep if self.takes_logits_to_keep else ids.shape[1]
         self.num_forward_passes += 1
-        index = anchors[:, None] - (ids.shape[1] - keep) + torch.arange(num_predictions, device=self.device)
-        return torch.take_along_dim(out.logits, index[..., None], dim=1)
+        logits = out.logits
+        offset = width - logits.shape[1]  # logits[:, j] is the prediction at input column offset + j
+        if len(set(anchors)) == 1:  # same anchor in every row: a slice, no gather
+            start = anchors[0] - offset
+            return logits[:, start:start + num_predictions]
+        index = (torch.tensor(anchors, device=logits.device)[:, None] - offset
+                 + torch.arange(num_predictions, device=logits.device))
+        return logits[torch.arange(logits.shape[0], device=logits.device)[:, None], index]
 
     def first_pass(self, input_ids, attention_mask, num_masks: int):
         """Prompt (left-padded) + masks; every row's anchor is the last prompt column."""
@@ -319,29 +357,38 @@ class _BatchDecoder:
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         lengths = attention_mask.sum(dim=1, keepdim=True)
         positions = torch.cat([positions, lengths + torch.arange(num_masks, device=self.device)], dim=1)
-        new_valid = torch.cat([attention_mask, torch.ones_like(masks, dtype=torch.bool)], dim=1)
-        anchors = torch.full((batch,), prompt_len - 1, device=self.device)
-        logits = self._forward(ids, positions, new_valid, anchors, num_masks + 1)
-        self.kv.commit(ids.shape[1], attention_mask)
+        real_counts = lengths.flatten().tolist()
+        padded = any(count != prompt_len for count in real_counts)
+        new_valid = torch.cat([attention_mask, torch.ones_like(masks, dtype=torch.bool)], dim=1) if padded else None
+        logits = self._forward(ids, positions, new_valid, [prompt_len - 1] * batch, num_masks + 1)
+        self.kv.commit(ids.shape[1], attention_mask, real_counts)
         return logits
 
     def step(self, rows: list[_Row], num_masks: int):
         """Each row's pending tokens + masks, right-padded to the longest row."""
-        width = max(len(row.pending) for row in rows) + num_masks
+        pending = [len(row.pending) for row in rows]
+        kept_width = max(pending)
+        width = kept_width + num_masks
         pad_id = self.mask_tokens.ids[0]  # any id: padded entries are hidden and dropped
-        ids, positions, new_valid = [], [], []
-        for row in rows:
-            real = row.pending + self.mask_tokens.ids_for_masks(num_masks)
-            ids.append(real + [pad_id] * (width - len(real)))
-            positions.append(list(range(row.next_position, row.next_position + len(real))) + [0] * (width - len(real)))
-            new_valid.append([True] * len(real) + [False] * (width - len(real)))
-        ids = torch.tensor(ids, device=self.device)
-        positions = torch.tensor(positions, device=self.device)
-        new_valid = torch.tensor(new_valid, device=self.device)
-        pending = torch.tensor([len(row.pending) for row in rows], device=self.device)
-        logits = self._forward(ids, positions, new_valid, pending - 1, num_masks + 1)
-        kept_width = int(pending.max())
-        self.kv.commit(width, torch.arange(kept_width, device=self.device)[None] < pending[:, None])
-        for row in rows:
-            row.next_position += len(row.pending)
+        mask_ids = self.mask_tokens.ids_for_masks(num_masks)
+        ids, positions, new_valid, kept_valid = [], [], [], []
+        for row, n in zip(rows, pending):
+            real = n + num_masks
+            ids.append(row.pending + mask_ids + [pad_id] * (width - real))
+            positions.append(list(range(row.next_position, row.next_position + real)) + [0] * (width - real))
+            new_valid.append([1] * real + [0] * (width - real))
+            kept_valid.append([1] * n + [0] * (width - n))
+        ragged = kept_width != min(pending)  # rows accepted different counts last pass: padding, then holes
+        needs_mask = ragged or not self.kv.dense
+        # one host-to-device copy for everything the pass needs
+        planes = torch.tensor([ids, positions] + ([new_valid] if needs_mask else []) + ([kept_valid] if ragged else []),
+                              device=self.device)
+        ids, positions = planes[0], planes[1]
+        logits = self._forward(ids, positions, planes[2].bool() if needs_mask else None, [n - 1 for n in pending],
+                               num_masks + 1)
+        kept = (planes[-1, :, :kept_width].bool() if ragged
+                else torch.ones((len(rows), kept_width), dtype=torch.bool, device=self.device))
+        self.kv.commit(width, kept, pending)
+        for row, n in zip(rows, pending):
+            row.next_position += n
         return logits

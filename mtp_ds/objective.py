@@ -189,8 +189,12 @@ class ObjectiveOutput:
     metrics: "MetricSums" = field(repr=False, default=None)
 
 
-def _slot_loss_terms(logits, hard_targets, teacher_log_probs, soft_rows, temperature, mask_token_ids):
-    """Per-chunk sums: (slot loss, entropy). Hard rows: CE; soft rows: tau^2 * KL(teacher || student)."""
+def _slot_loss_terms(logits, hard_targets, teacher_log_probs, soft_rows, temperature, mask_token_ids,
+                     entropy_grad=True):
+    """Per-chunk sums: (slot loss, entropy). Hard rows: CE; soft rows: tau^2 * KL(teacher || student).
+    The entropy is a metric only (no graph) unless `entropy_grad` (a non-zero entropy weight). Rows are
+    selected by ignore_index / per-row masks, never by gathering (rows, V) copies: each boolean-indexed copy
+    costs a (rows, V) gather forward and a (rows, V) scatter-add backward."""
     logits = suppress_mask_tokens(logits, mask_token_ids)
     log_probs = F.log_softmax(logits, -1)
     hard_rows = hard_targets != IGNORE_INDEX
@@ -198,12 +202,15 @@ def _slot_loss_terms(logits, hard_targets, teacher_log_probs, soft_rows, tempera
     if soft_rows is not None:
         hard_rows = hard_rows & ~soft_rows
         supervised = hard_rows | soft_rows
-    entropy = -(log_probs[supervised].exp() * log_probs[supervised]).sum()
-    loss = F.nll_loss(log_probs[hard_rows], hard_targets[hard_rows], reduction="sum") if hard_rows.any() else logits.sum() * 0
+    entropy_source = log_probs if entropy_grad else log_probs.detach()
+    entropy = -torch.where(supervised, (entropy_source.exp() * entropy_source).sum(-1), 0.0).sum()
+    # reduction="sum" over no target at all is 0, still attached to the graph
+    loss = F.nll_loss(log_probs, torch.where(hard_rows, hard_targets, IGNORE_INDEX), ignore_index=IGNORE_INDEX,
+                      reduction="sum")
     if soft_rows is not None and soft_rows.any():
-        teacher = teacher_log_probs[soft_rows]
-        student = F.log_softmax(logits[soft_rows] / temperature, -1)[:, : teacher.shape[-1]]
-        loss = loss + temperature**2 * (teacher.exp() * (teacher - student)).sum()
+        student = F.log_softmax(logits / temperature, -1)[:, : teacher_log_probs.shape[-1]]
+        kl = (teacher_log_probs.exp() * (teacher_log_probs - student)).sum(-1)
+        loss = loss + temperature**2 * torch.where(soft_rows, kl, 0.0).sum()
     return loss, entropy
 
 
@@ -211,13 +218,14 @@ def _chunked_loss(head, hidden, first_chunk_logits, hard_targets, teacher_log_pr
                   mask_token_ids):
     """Sum the slot terms over row chunks; recompute each chunk's logits in backward when there are several."""
     chunk = config.logits_chunk_size
+    entropy_grad = config.entropy_weight != 0
     if first_chunk_logits is not None:  # everything fitted in one chunk: reuse the logits of the proposal pass
         return _slot_loss_terms(first_chunk_logits, hard_targets, teacher_log_probs, soft_rows, config.temperature,
-                                mask_token_ids)
+                                mask_token_ids, entropy_grad)
 
     def chunk_terms(hidden_chunk, targets_chunk, teacher_chunk, soft_chunk):
         return _slot_loss_terms(head(hidden_chunk).float(), targets_chunk, teacher_chunk, soft_chunk,
-                                config.temperature, mask_token_ids)
+                                config.temperature, mask_token_ids, entropy_grad)
 
     loss_sum = entropy_sum = hidden.sum() * 0
     for start in range(0, hidden.shape[0], chunk):
