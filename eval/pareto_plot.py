@@ -1,77 +1,16 @@
 """Accuracy vs acceleration factor (the paper's Figure 5 Pareto plot) from a sweep table.
 
-Why its own file: the sweep writes the table once (hours on a GPU); the plot is redrawn from the JSON as
-often as one likes, without lm-eval or torch:
+Why its own script: the sweep writes the table once (hours on a GPU); the plot is redrawn from the JSON as
+often as one likes, without lm-eval or torch (drawing: mtp_ds.pareto):
 
     python eval/pareto_plot.py outputs/sweep/sweep.json [outputs/sweep/pareto.png]
-
-One series per (task, strategy): Static k points labelled k=..., ConfAdapt points labelled with tau. Vertical
-bars: accuracy stderr; horizontal bars: std of tokens per forward pass. The dashed line joins the points no
-other point beats on both axes (the Pareto frontier) over all settings of a task.
 """
 
 import json
-import math
 import sys
 from pathlib import Path
 
-STRATEGY_STYLE = {"static": ("Static k", "o", "tab:blue"), "confadapt": ("ConfAdapt", "s", "tab:orange")}
-
-
-def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points (x, y) not dominated by any other (higher x and higher y are better), sorted by x."""
-    frontier = []
-    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
-        if not frontier or y > frontier[-1][1]:
-            frontier.append((x, y))
-    return sorted(frontier)
-
-
-def _finite(value) -> float:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
-
-
-def _point_label(row: dict) -> str:
-    return f"k={row['k']}" if row["strategy"] == "static" else f"τ={row['threshold']:g}"
-
-
-def plot_pareto(rows: list[dict], path, *, title: str = "", metric_label: str = "accuracy") -> Path:
-    """Draw the rows of a sweep table (dicts with task, strategy, k, threshold, accuracy, ...) into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({row["task"] for row in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        task_rows = [row for row in rows if row["task"] == task and row.get("accuracy") is not None]
-        for strategy, (name, marker, color) in STRATEGY_STYLE.items():
-            series = sorted((row for row in task_rows if row["strategy"] == strategy),
-                            key=lambda row: row["acceleration_factor"])
-            if not series:
-                continue
-            xs = [row["acceleration_factor"] for row in series]
-            ys = [row["accuracy"] for row in series]
-            ax.errorbar(xs, ys, xerr=[_finite(row.get("acceleration_factor_std")) for row in series],
-                        yerr=[_finite(row.get("accuracy_stderr")) for row in series], marker=marker,
-                        color=color, label=name, capsize=2, elinewidth=0.6, linewidth=1.2)
-            for row, x, y in zip(series, xs, ys):
-                ax.annotate(_point_label(row), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        frontier = pareto_frontier([(row["acceleration_factor"], row["accuracy"]) for row in task_rows])
-        if len(frontier) > 1:
-            ax.plot(*zip(*frontier), linestyle="--", color="gray", linewidth=0.8, label="Pareto frontier")
-        ax.set_xlabel("acceleration factor (tokens per forward pass)")
-        ax.set_ylabel(metric_label)
-        ax.set_title(f"{title} {task}".strip())
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+from mtp_ds.pareto import pareto_frontier, plot_pareto  # noqa: F401 - pareto_frontier re-exported for eval scripts
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,7 @@ class PackedBatch:
     eos_fill: torch.Tensor  # (B, R, K) bool
     ks: list[int]
     bidirectional: bool
+    first_anchor: torch.Tensor | None = None  # (B,) long: positions before it carry no loss (prefix NTP included)
 
     @property
     def batch_size(self) -> int:
@@ -90,6 +91,7 @@ def collate(sequences: list[PackedSequence], *, pad_token_id: int) -> PackedBatc
         mask_slot=mask_slot, valid=valid, source_index=source_index, slot_index=slot_index,
         slot_valid=slot_valid, target_ids=target_ids, eos_fill=eos_fill, ks=[seq.k for seq in sequences],
         bidirectional=sequences[0].bidirectional,
+        first_anchor=torch.tensor([seq.first_anchor for seq in sequences], dtype=torch.long),
     )
 
 

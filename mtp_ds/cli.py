@@ -2,6 +2,8 @@
 
 Usage:
     mtp-ds train RECIPE [key=value ...]        # launched by torchrun / srun (see slurm/)
+    mtp-ds pretrain RECIPE [key=value ...]     # single-process NTP pretraining (recipes/tiny_cpu_pretrain.yaml)
+    mtp-ds demo [--check]                      # the whole method end to end on a tiny model on CPU
     mtp-ds export CHECKPOINT_DIR OUT_DIR       # ZeRO-3 checkpoint -> 16-bit Hugging Face checkpoint
     mtp-ds generate MODEL_DIR --prompt TEXT    # MTP decoding with each pass's chunk coloured
     mtp-ds show-layout [--k K ...]             # render a packed sequence and its attention mask
@@ -17,6 +19,7 @@ import sys
 
 SUBCOMMANDS = {
     "train": ("mtp_ds.train", "Train an MTP student from a recipe (run under torchrun)."),
+    "pretrain": ("mtp_ds.pretrain", "Pretrain a small model as a plain next-token model (the demo's teacher)."),
     "export": ("mtp_ds.export", "Export a DeepSpeed checkpoint to a Hugging Face checkpoint."),
     "generate": ("mtp_ds.generate_cli", "Generate with Static k / ConfAdapt and show each pass's chunk."),
     "show-layout": ("mtp_ds.render", "Render a packed MTP training sequence and its attention mask."),

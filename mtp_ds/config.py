@@ -52,6 +52,7 @@ class DataConfig:
     split_seed: int = 0
     chat_template: bool = False  # True: tokenizer.apply_chat_template(user, assistant); False: BOS + prompt + separator + response
     separator: str = "\n\n"
+    prompt_template: str | None = None  # chat_template off: the prompt text is this with {prompt} filled in (e.g. an lm-eval task's doc_to_text)
     add_bos: bool = True  # chat_template off only; tokenizers without a BOS (Qwen3) add nothing
     eos_token: str | None = None  # end-of-sample token appended and used as padding; default tokenizer.eos_token
     seq_len: int = 160  # N: every sample is cut or EOS-padded to exactly this many tokens
@@ -79,7 +80,7 @@ class ObjectiveConfig:
 
     kind: str = "hard"  # hard (teacher argmax) | soft (KL to teacher) | ground_truth (offline MTP)
     temperature: float = 1.0  # soft teacher temperature
-    prefix_ntp_weight: float = 0.0  # ablation: NTP loss on prefix (non-region) positions
+    prefix_ntp_weight: float = 0.0  # NTP loss (ground truth) on prefix (non-region) positions from the first anchor on
     entropy_weight: float = 0.0  # ablation: student entropy penalty
     logits_chunk_size: int | None = None  # compute lm_head/loss over this many slots at a time (memory)
     accept_thresholds: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.6])  # ConfAdapt tau logged as metrics
@@ -253,6 +254,8 @@ def _check_data(data: DataConfig) -> None:
             raise ConfigError(f"data.path: file {path!r} does not exist")
     if not 0.0 <= data.validation_fraction < 1.0:
         raise ConfigError(f"data.validation_fraction: must be in [0, 1), got {data.validation_fraction}")
+    if data.prompt_template is not None and "{prompt}" not in data.prompt_template:
+        raise ConfigError(f"data.prompt_template: must contain {{prompt}}, got {data.prompt_template!r}")
     _at_least("data.seq_len", data.seq_len, 2)
     _at_least("data.max_samples", data.max_samples, 1)
     _at_least("data.num_proc", data.num_proc, 1)

@@ -47,6 +47,8 @@ def load_tokenizer(model: ModelConfig):
 def format_text(prompt: str, response: str, tokenizer, data: DataConfig) -> tuple[str, int]:
     """(full text, character index where the response starts); specials like BOS are not in the text when off."""
     if not data.chat_template:
+        if data.prompt_template is not None:
+            prompt = data.prompt_template.replace("{prompt}", prompt)
         prefix = prompt + data.separator
         return prefix + response, len(prefix)
     if not getattr(tokenizer, "chat_template", None):
@@ -131,7 +133,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _format_settings(data: DataConfig) -> dict:
-    keys = ("chat_template", "separator", "add_bos", "eos_token", "seq_len", "response_only_anchors")
+    keys = ("chat_template", "separator", "prompt_template", "add_bos", "eos_token", "seq_len", "response_only_anchors")
     return {key: getattr(data, key) for key in keys}
 
 

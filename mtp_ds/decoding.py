@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mtp_ds.tokens import MaskTokens, as_mask_tokens, mask_tokens_from_config
+from mtp_ds.tokens import MaskTokens, as_mask_tokens, has_mask_tokens, mask_tokens_from_config
 
 STRATEGIES = ("static", "confadapt")
 _COMPACT_MIN_HOLES = 64  # compact once this many cache columns are wasted on holes in the widest row
@@ -236,9 +236,11 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
     """
     _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_tokens, temperature,
               stop_strings, tokenizer)
+    k_run = k if strategy == "static" else k_max
+    if mtp_token_id is None and k_run == 1 and not has_mask_tokens(model.config):
+        mtp_token_id = 0  # plain greedy decoding of any causal LM (a teacher): k=1 never places a mask token
     mask_tokens: MaskTokens = (mask_tokens_from_config(model.config) if mtp_token_id is None
                                else as_mask_tokens(mtp_token_id))
-    k_run = k if strategy == "static" else k_max
     mask_tokens.ids_for_masks(k_run - 1)  # one-line error now if distinct slot tokens are too few
     stop_ids = _as_stop_ids(eos_token_id)
     started = time.perf_counter()

@@ -3,7 +3,8 @@
 Why: batch sizes are stated once, in the recipe; DeepSpeed wants them again in its own JSON. JSON fields set
 to "auto" (or absent) are filled from the recipe; an explicit value that disagrees is a one-line error that
 shows both numbers, never a silent winner. Precision "auto" means bf16 on a GPU and fp32 on CPU. The
-optimizer (AdamW) and LR schedule (WarmupLR, linear warm-up then constant) stay in the JSON's own blocks.
+optimizer (AdamW) and LR schedule (WarmupLR, linear warm-up then constant) stay in the JSON's own blocks; a
+decaying schedule's `total_num_steps: "auto"` becomes `train.steps`.
 
 Stdlib only; DeepSpeed itself is not imported.
 """
@@ -66,7 +67,7 @@ def _fill_precision(config: dict, device_type: str) -> None:
 
 def _reject_leftover_auto(value, where: str, source: str) -> None:
     if value == AUTO:
-        raise ConfigError(f"{source}: \"auto\" is not supported at {where or '<root>'} (only batch sizes and precision)")
+        raise ConfigError(f"{source}: \"auto\" is not supported at {where or '<root>'} (only batch sizes, precision and scheduler.params.total_num_steps)")
     if isinstance(value, dict):
         for key, item in value.items():
             _reject_leftover_auto(item, f"{where}.{key}" if where else key, source)
@@ -85,6 +86,9 @@ def _resolve_training_json(recipe: Recipe, path: str, key: str, world_size: int,
     _fill(config, "gradient_accumulation_steps", accumulation,
           f"train.global_batch_size / (train.micro_batch_size * world_size {world_size})", source)
     _fill_precision(config, device_type)
+    scheduler_params = (config.get("scheduler") or {}).get("params") or {}
+    if scheduler_params.get("total_num_steps") == AUTO:  # WarmupDecayLR / WarmupCosineLR: the run's length
+        scheduler_params["total_num_steps"] = train.steps
     _reject_leftover_auto(config, "", source)
     return config
 

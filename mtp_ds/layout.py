@@ -46,6 +46,7 @@ class PackedSequence:
     k: int
     offset: int
     bidirectional: bool
+    first_anchor: int = 0  # no anchor before this position (the last prompt token with response-only anchors)
 
     @property
     def num_regions(self) -> int:
@@ -201,5 +202,5 @@ def pack(
         input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
         slot_index=slot_index, target_ids=target_ids, anchor_positions=anchors, eos_fill=eos_fill,
         anchor_of=anchor_of, region_of=region_of, mask_slot=mask_slot, valid=valid, source_index=source_index,
-        k=k, offset=offset, bidirectional=bidirectional,
+        k=k, offset=offset, bidirectional=bidirectional, first_anchor=first_anchor,
     )

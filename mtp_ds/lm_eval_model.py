@@ -7,7 +7,8 @@ Log-likelihood requests are untouched (plain next-token scoring).
 
 Model args (besides HFLM's own: pretrained, batch_size, device, dtype, ...):
   strategy=static|confadapt, k (Static k), k_max and threshold (ConfAdapt), stats_path (JSON file to write
-  the decoding statistics to). The mask token id is read from the loaded model's config (`mtp_token_id`).
+  the decoding statistics to). The mask token id is read from the loaded model's config (`mtp_token_id`); a
+  checkpoint without one (a base model, e.g. the teacher) is accepted for strategy=static,k=1 only.
 
 Statistics (METHOD.md 6: report the effective k): per task and for the whole run, the acceleration factor
 (mean and std of tokens accepted per forward pass of a sequence), forward passes, generated tokens and
@@ -29,7 +30,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from mtp_ds.tokens import mask_tokens_from_config
+from mtp_ds.tokens import has_mask_tokens, mask_tokens_from_config
 
 logger = logging.getLogger("lm_eval.mtp_ds")
 
@@ -106,11 +107,14 @@ class MTPLM(HFLM):
         self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold)
         self.stats_path = Path(stats_path) if stats_path else None
         super().__init__(pretrained=pretrained, **kwargs)
-        try:
-            self.mask_tokens = mask_tokens_from_config(self.model.config)
-        except ValueError as err:
-            raise ValueError(f"model arg pretrained={getattr(pretrained, 'name_or_path', pretrained)!r}: "
-                             f"{err}") from None
+        if not has_mask_tokens(self.model.config) and self.strategy == "static" and self.k == 1:
+            self.mask_tokens = None  # a plain causal LM (e.g. the teacher) decoded greedily by the same loop
+        else:
+            try:
+                self.mask_tokens = mask_tokens_from_config(self.model.config)
+            except ValueError as err:
+                raise ValueError(f"model arg pretrained={getattr(pretrained, 'name_or_path', pretrained)!r}: "
+                                 f"{err}") from None
         self.reset_stats()
 
     # --- settings and statistics -------------------------------------------------------------------------

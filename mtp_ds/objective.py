@@ -138,8 +138,15 @@ def slot_coordinates(batch: PackedBatch):
 
 
 def prefix_coordinates(batch: PackedBatch):
-    """(rows, cols, targets) of ground-truth positions outside every region whose next token is real."""
+    """(rows, cols, targets) of ground-truth positions outside every region whose next token is real.
+
+    Only from each sequence's first anchor on: with response-only anchors the prompt carries no loss, as in
+    SFT (and as in a teacher trained that way), so the term keeps the student's next-token behaviour where it
+    decodes instead of teaching it to model prompts.
+    """
     gt = (batch.region_of < 0) & batch.valid
+    if batch.first_anchor is not None:
+        gt &= batch.source_index >= batch.first_anchor.to(gt.device).unsqueeze(1)
     anchors = torch.zeros_like(gt)
     rows, regions, _ = batch.slot_valid[..., :1].nonzero(as_tuple=True)
     anchors[rows, batch.slot_index[rows, regions, 0]] = True

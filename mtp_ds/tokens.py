@@ -62,6 +62,10 @@ def as_mask_tokens(mtp_token_id: int | list[int] | tuple[int, ...] | MaskTokens)
     return MaskTokens(ids)
 
 
+def has_mask_tokens(config) -> bool:
+    return (getattr(config, "mtp_token_ids", None) or getattr(config, "mtp_token_id", None)) is not None
+
+
 def mask_tokens_from_config(config) -> MaskTokens:
     """The mask tokens recorded in a model config by `add_mtp_tokens`; a one-line error if there are none."""
     ids = getattr(config, "mtp_token_ids", None) or getattr(config, "mtp_token_id", None)

@@ -109,15 +109,23 @@ def test_bad_model_arg_names_the_arg(tiny_mtp_dir):
         MTPLM(pretrained=str(tiny_mtp_dir), strategy="confadapt", threshold=1.5, device="cpu")
 
 
-def test_checkpoint_without_mask_token_is_refused(tmp_path):
+def test_checkpoint_without_mask_token_is_refused_except_at_k1(tmp_path):
+    """A base model (the demo's teacher) runs at static k=1 with HF greedy's tokens; any MTP setting is refused."""
     from mtp_ds.lm_eval_model import MTPLM
     from mtp_ds.tiny import tiny_model, word_tokenizer
 
     tokenizer = word_tokenizer()
-    tiny_model("qwen3", vocab_size=len(tokenizer)).save_pretrained(tmp_path)
+    model = tiny_model("qwen3", vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"model arg pretrained=.*no mtp_token_id"):
-        MTPLM(pretrained=str(tmp_path), device="cpu", dtype="float32")
+    for kwargs in ({"strategy": "static", "k": 2}, {"strategy": "confadapt"}):
+        with pytest.raises(ValueError, match=r"model arg pretrained=.*no mtp_token_id"):
+            MTPLM(pretrained=str(tmp_path), device="cpu", dtype="float32", **kwargs)
+    lm = MTPLM(pretrained=str(tmp_path), device="cpu", dtype="float32")
+    context = torch.tensor([[5, 6, 7, 8]])
+    ours = lm._model_generate(context, max_length=14, stop=[])
+    reference = model.generate(context, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert ours.tolist() == reference.tolist()
 
 
 def test_model_generate_pads_rows_and_counts_passes(tiny_mtp_dir, tmp_path):

@@ -1,0 +1,304 @@
+"""`mtp-ds demo`: the whole method end to end on a tiny model on a laptop CPU, in under 20 minutes.
+
+Usage:
+    mtp-ds demo                        # everything, into outputs/demo (re-running skips finished work)
+    mtp-ds demo --check                # also exit 1 when a target of the table is missed (CI)
+    mtp-ds demo --out-dir /tmp/demo --pretrain-steps 200 --mtp-steps 100   # a quicker, weaker run
+
+Stages, each built from the repo's real parts and skipped when its output is complete:
+  1. data       seeded GSM8K-style problems (mtp_ds.synth_gsm) -> data/train.jsonl, data/test.jsonl
+  2. tokenizer  a sentencepiece BPE model trained on the training split (digits split) -> tokenizer/
+  3. pretrain   a tiny Qwen3 trained as an ordinary next-token model (recipes/tiny_cpu_pretrain.yaml) -> teacher/
+  4. mtp        the real trainer on 2 CPU ranks: ZeRO-3 student + DeepSpeed inference-engine teacher, hard
+                teacher, k in [2, 4], random offsets (recipes/tiny_cpu_demo.yaml) -> mtp_run/
+  5. export     the final checkpoint as a plain Hugging Face checkpoint -> mtp/
+  6. eval       the stock `lm_eval --model mtp` CLI on the held-out split (eval/tasks/gsm8k_cot_mtp, 0-shot):
+                the teacher at k=1, the MTP model at Static k=1..4 and ConfAdapt at several thresholds -> eval/
+  7. summary    summary.json (the table), targets.json, pareto.png, chunk_example.txt
+Stage 3 and 4 resume from their last checkpoint when interrupted. Why a demo at all: the real recipes need
+GPUs and downloads; this shows on any machine that a trained model, converted by self-distillation, decodes
+several tokens per forward pass at (almost) the accuracy it had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mtp_ds import demo_report
+from mtp_ds.config import REPO_ROOT
+
+PROMPT_TEMPLATE = "Q: {prompt}\nA: Let's think step by step."  # eval/tasks/gsm8k_cot_mtp's doc_to_text
+PRETRAIN_RECIPE = REPO_ROOT / "recipes" / "tiny_cpu_pretrain.yaml"
+MTP_RECIPE = REPO_ROOT / "recipes" / "tiny_cpu_demo.yaml"
+TASK = "gsm8k_cot_mtp"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtp-ds demo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", default="outputs/demo")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--train-problems", type=int, default=20000)
+    parser.add_argument("--test-problems", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="default: the pretraining recipe's")
+    parser.add_argument("--mtp-steps", type=int, default=None, help="default: the MTP recipe's")
+    parser.add_argument("--static-k", default="1,2,3,4")
+    parser.add_argument("--thresholds", default="0.95,0.9,0.8")
+    parser.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size")
+    parser.add_argument("--nproc", type=int, default=2, help="ranks of the MTP trainer")
+    return parser
+
+
+def _numbers(text: str, cast, flag: str) -> list:
+    try:
+        return [cast(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise SystemExit(f"mtp-ds demo: {flag}: expected a comma-separated list of numbers, got {text!r}") from None
+
+
+class Timings:
+    """Seconds spent per stage, summed over invocations (a resumed stage adds its remaining time)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds = json.loads(path.read_text()) if path.exists() else {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + seconds, 2)
+        self.path.write_text(json.dumps(self.seconds, indent=2) + "\n")
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def _banner(index: int, name: str, text: str) -> None:
+    print(f"\n=== [{index}/7] {name}: {text}", flush=True)
+
+
+def _child_env(threads: int) -> dict:
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def stage_data(args, out: Path) -> Path:
+    from mtp_ds.synth_gsm import write_splits
+
+    data_dir, marker = out / "data", out / "data" / "DONE"
+    settings = {"train": args.train_problems, "test": args.test_problems, "seed": args.seed}
+    if marker.exists() and json.loads(marker.read_text()) == settings:
+        print(f"skip: {data_dir} has {args.train_problems} train / {args.test_problems} test problems")
+        return data_dir
+    write_splits(data_dir, **settings)
+    marker.write_text(json.dumps(settings) + "\n")
+    print(f"wrote {data_dir}/train.jsonl ({args.train_problems}) and test.jsonl ({args.test_problems})")
+    return data_dir
+
+
+def stage_tokenizer(args, out: Path, data_dir: Path) -> Path:
+    from mtp_ds.spm_tokenizer import train_tokenizer
+
+    tokenizer_dir = out / "tokenizer"
+    if (tokenizer_dir / "tokenizer.json").exists():
+        print(f"skip: {tokenizer_dir} exists")
+        return tokenizer_dir
+    rows = [json.loads(line) for line in open(data_dir / "train.jsonl")]
+    texts = [PROMPT_TEMPLATE.replace("{prompt}", row["question"]) + " " + row["answer"] for row in rows]
+    tokenizer = train_tokenizer(texts, tokenizer_dir, vocab_size=args.vocab_size)
+    print(f"trained a sentencepiece BPE tokenizer ({len(tokenizer)} tokens) -> {tokenizer_dir}")
+    return tokenizer_dir
+
+
+def stage_pretrain(args, out: Path, data_dir: Path, tokenizer_dir: Path) -> Path:
+    from mtp_ds.pretrain import load_pretrain_recipe, pretrain
+
+    overrides = [f"model.tokenizer={tokenizer_dir}", f"data.path={data_dir / 'train.jsonl'}",
+                 f"data.cache_dir={out / 'cache'}", f"pretrain.out_dir={out / 'teacher'}", f"pretrain.seed={args.seed}"]
+    if args.pretrain_steps:
+        overrides.append(f"pretrain.steps={args.pretrain_steps}")
+    return pretrain(load_pretrain_recipe(str(PRETRAIN_RECIPE), overrides))
+
+
+def stage_mtp(args, out: Path, data_dir: Path, teacher_dir: Path) -> Path:
+    run_dir = out / "mtp_run"
+    if (run_dir / "DONE").exists():
+        print(f"skip: {run_dir} finished (DONE)")
+        return run_dir
+    overrides = [f"model.name_or_path={teacher_dir}", f"data.path={data_dir / 'train.jsonl'}",
+                 f"data.cache_dir={out / 'cache'}", f"checkpoint.dir={run_dir}", f"train.seed={args.seed}"]
+    if args.mtp_steps:
+        overrides.append(f"train.steps={args.mtp_steps}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "mtp_ds.train", str(MTP_RECIPE), *overrides]
+    env = _child_env(threads=max(1, (os.cpu_count() or 2) // args.nproc))
+    import torch
+
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    print("$ " + " ".join(command[1:]), flush=True)
+    if subprocess.run(command, env=env).returncode != 0 or not (run_dir / "DONE").exists():
+        raise SystemExit(f"mtp-ds demo: the MTP trainer failed (see its output above; {run_dir} keeps the "
+                         "last checkpoint, re-run to resume)")
+    return run_dir
+
+
+def stage_export(out: Path, run_dir: Path) -> Path:
+    from mtp_ds.export import export_checkpoint
+
+    mtp_dir, marker = out / "mtp", out / "mtp" / "EXPORTED"
+    if marker.exists():
+        print(f"skip: {mtp_dir} exported")
+        return mtp_dir
+    checkpoint = run_dir / (run_dir / "latest_complete").read_text().strip()
+    export_checkpoint(checkpoint, mtp_dir, dtype="float32")
+    marker.write_text(f"{checkpoint}\n")
+    print(f"exported {checkpoint} -> {mtp_dir}")
+    return mtp_dir
+
+
+def _lm_eval_command() -> list[str]:
+    script = Path(sys.executable).with_name("lm_eval")
+    return [str(script)] if script.exists() else [shutil.which("lm_eval") or "lm_eval"]
+
+
+def run_lm_eval(setting: demo_report.Setting, model_dir: Path, test_file: Path, eval_dir: Path,
+                batch_size: int) -> dict:
+    """One `lm_eval --model mtp` run; returns its summary row (cached in eval/<label>/row.json)."""
+    run_dir = eval_dir / setting.label
+    row_file = run_dir / "row.json"
+    if row_file.exists():
+        return json.loads(row_file.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted run: start it again
+    run_dir.mkdir(parents=True)
+    stats_file = run_dir / "decoding_stats.json"
+    command = [*_lm_eval_command(), "--model", "mtp",
+               "--model_args", f"{setting.model_args(str(model_dir))},stats_path={stats_file}",
+               "--device", "cpu", "--batch_size", str(batch_size), "--tasks", TASK,
+               "--include_path", str(REPO_ROOT / "eval" / "tasks"), "--num_fewshot", "0",
+               "--metadata", json.dumps({"gsm8k_path": str(test_file)}), "--output_path", str(run_dir)]
+    (run_dir / "command.txt").write_text(" ".join(command) + "\n")
+    with open(run_dir / "lm_eval.log", "w") as log:
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                                  env=_child_env(threads=os.cpu_count() or 2))
+    results = sorted(run_dir.rglob("results_*.json"))
+    if finished.returncode != 0 or not results or not stats_file.exists():
+        tail = (run_dir / "lm_eval.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise SystemExit(f"mtp-ds demo: lm_eval failed for {setting.label} (log {run_dir / 'lm_eval.log'}): {tail[0]}")
+    row = demo_report.summary_row(setting, json.loads(results[-1].read_text()), json.loads(stats_file.read_text()))
+    row_file.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def stage_eval(args, out: Path, teacher_dir: Path, mtp_dir: Path, data_dir: Path) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    settings = demo_report.demo_settings(_numbers(args.static_k, int, "--static-k"),
+                                         _numbers(args.thresholds, float, "--thresholds"), k_max=_recipe_k_max())
+    rows = []
+    progress = tqdm(settings, desc="lm_eval --model mtp", unit="run", dynamic_ncols=True)
+    for setting in progress:
+        progress.set_postfix_str(setting.label)
+        model_dir = teacher_dir if setting.model == "teacher" else mtp_dir
+        row = run_lm_eval(setting, model_dir, data_dir / "test.jsonl", out / "eval", args.batch_size)
+        rows.append(row)
+        progress.write(f"{setting.label}: accuracy {row['accuracy']:.3f}, acceleration {row['acceleration']:.2f}, "
+                       f"{row['tokens_per_second']:.0f} tokens/s")
+    return demo_report.add_speedups(rows)
+
+
+def _recipe_k_max() -> int:
+    from mtp_ds.config import load_recipe
+
+    return load_recipe(MTP_RECIPE, validate=False).packing.k_max
+
+
+def chunk_example(mtp_dir: Path, test_file: Path, out: Path, k_max: int) -> str:
+    """One held-out problem decoded with ConfAdapt 0.9, each forward pass's chunk coloured."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtp_ds.decoding import generate
+    from mtp_ds.generate_cli import render_chunks
+
+    tokenizer = AutoTokenizer.from_pretrained(mtp_dir)
+    model = AutoModelForCausalLM.from_pretrained(mtp_dir, dtype=torch.float32).eval()
+    question = json.loads(test_file.read_text().splitlines()[0])["question"]
+    prompt = PROMPT_TEMPLATE.replace("{prompt}", question)
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    result = generate(model, ids, strategy="confadapt", k_max=k_max, threshold=demo_report.TARGET_THRESHOLD,
+                      max_new_tokens=256, eos_token_id=tokenizer.eos_token_id)
+    footer = (f"\n[{result.num_new_tokens} tokens in {result.num_forward_passes} forward passes: "
+              f"{result.acceleration_factor:.2f} tokens/pass; ConfAdapt tau={demo_report.TARGET_THRESHOLD}, "
+              f"k_max={k_max}; superscripts: tokens accepted per pass]")
+    (out / "chunk_example.txt").write_text(prompt + "\n" + render_chunks(tokenizer, result.chunks(0), False)
+                                           + footer + "\n")
+    (out / "chunk_example.ansi").write_text(prompt + "\n" + render_chunks(tokenizer, result.chunks(0), True)
+                                            + footer + "\n")
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return prompt + "\n" + render_chunks(tokenizer, result.chunks(0), colour) + footer
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("train_problems", "test_problems", "vocab_size", "batch_size", "nproc"):
+        if getattr(args, flag) < 1:
+            print(f"mtp-ds demo: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", file=sys.stderr)
+            return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = Timings(out / "timings.json")
+
+    def timed(index, name, text, function, *function_args):
+        _banner(index, name, text)
+        started = time.perf_counter()
+        try:
+            return function(*function_args)
+        finally:
+            timings.add(name, time.perf_counter() - started)
+
+    data_dir = timed(1, "data", "GSM8K-style problems", stage_data, args, out)
+    tokenizer_dir = timed(2, "tokenizer", "sentencepiece BPE", stage_tokenizer, args, out, data_dir)
+    teacher_dir = timed(3, "pretrain", f"NTP teacher ({PRETRAIN_RECIPE.name})", stage_pretrain, args, out,
+                        data_dir, tokenizer_dir)
+    run_dir = timed(4, "mtp", f"MTP conversion on {args.nproc} ranks ({MTP_RECIPE.name})", stage_mtp, args, out,
+                    data_dir, teacher_dir)
+    mtp_dir = timed(5, "export", "Hugging Face checkpoint", stage_export, out, run_dir)
+    rows = timed(6, "eval", f"lm_eval on {args.test_problems} held-out problems", stage_eval, args, out,
+                 teacher_dir, mtp_dir, data_dir)
+
+    def summarise():
+        from mtp_ds.pareto import plot_pareto
+
+        example = chunk_example(mtp_dir, data_dir / "test.jsonl", out, _recipe_k_max())
+        plot = plot_pareto(demo_report.plot_rows(rows), out / "pareto.png", title="mtp-ds demo")
+        return example, plot
+
+    example, plot = timed(7, "summary", "table, Pareto plot, chunk example", summarise)
+    targets = demo_report.check_targets(rows, demo_seconds=timings.total(), test_problems=args.test_problems)
+    summary = demo_report.write_summary(out, rows, targets, timings.seconds)
+    print("\n" + example + "\n")
+    print(demo_report.format_table(rows) + "\n")
+    print(demo_report.format_targets(targets))
+    print(f"\n{summary}, {out / 'targets.json'}, {plot}, {out / 'chunk_example.txt'}; "
+          f"stage seconds {timings.seconds} (total {timings.total() / 60:.1f} min)")
+    return 1 if args.check and not all(t["passed"] for t in targets) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The demo's table: summary rows from lm-eval results, the printed table, and the issue's targets.
+
+Why separate from `mtp_ds.demo`: these are pure functions of plain dicts (no torch, no subprocesses), so the
+numbers that decide PASS/MISS are tested directly.
+
+A row: {"model": "teacher" | "mtp", "strategy": "static" | "confadapt", "k" (Static k; ConfAdapt: its k_max),
+"threshold" (null for static), "accuracy" (0-1), "acceleration" (tokens per forward pass of a sequence),
+"tokens_per_second", "wall_clock_speedup" (tokens/s over the MTP model's Static k=1), "accuracy_stderr",
+"samples"}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+METRIC = "exact_match,flexible-extract"
+TARGET_THRESHOLD = 0.9
+MIN_TEST_PROBLEMS = 200
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One lm-eval run of the demo: which checkpoint and how it decodes."""
+
+    model: str  # "teacher" or "mtp"
+    strategy: str  # "static" or "confadapt"
+    k: int  # Static k, or ConfAdapt's k_max
+    threshold: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.strategy == "static":
+            return f"{self.model}_static_k{self.k}"
+        return f"{self.model}_confadapt_t{self.threshold:g}_kmax{self.k}"
+
+    def model_args(self, pretrained: str) -> str:
+        args = f"pretrained={pretrained},strategy={self.strategy},dtype=float32"
+        if self.strategy == "static":
+            return f"{args},k={self.k}"
+        return f"{args},k_max={self.k},threshold={self.threshold}"
+
+
+def demo_settings(static_k: list[int], thresholds: list[float], k_max: int) -> list[Setting]:
+    """The teacher at k=1, then the MTP model at Static k (k=1 always included) and ConfAdapt per threshold."""
+    settings = [Setting("teacher", "static", 1)]
+    settings += [Setting("mtp", "static", k) for k in sorted({1, *static_k})]
+    settings += [Setting("mtp", "confadapt", k_max, tau) for tau in sorted(set(thresholds), reverse=True)]
+    return settings
+
+
+def summary_row(setting: Setting, results: dict, stats: dict) -> dict:
+    """A row from lm-eval's results JSON (accuracy) and the mtp model's decoding statistics."""
+    task_results = next(iter(results["results"].values()))
+    stderr = task_results.get(METRIC.replace(",", "_stderr,", 1))
+    return {
+        "model": setting.model, "strategy": setting.strategy, "k": setting.k, "threshold": setting.threshold,
+        "accuracy": task_results[METRIC], "acceleration": stats["acceleration_factor"],
+        "tokens_per_second": stats["tokens_per_second"], "wall_clock_speedup": None,
+        "accuracy_stderr": stderr if isinstance(stderr, (int, float)) else None,
+        "samples": stats.get("sequences"),
+    }
+
+
+def add_speedups(rows: list[dict]) -> list[dict]:
+    """wall_clock_speedup = tokens/s over the MTP model's Static k=1 tokens/s (measured in the same demo run)."""
+    base = next((row["tokens_per_second"] for row in rows
+                 if row["model"] == "mtp" and row["strategy"] == "static" and row["k"] == 1), None)
+    for row in rows:
+        row["wall_clock_speedup"] = row["tokens_per_second"] / base if base else None
+    return rows
+
+
+def _find(rows: list[dict], model: str, strategy: str, *, k: int | None = None, threshold: float | None = None):
+    for row in rows:
+        if row["model"] == model and row["strategy"] == strategy and (k is None or row["k"] == k) and (
+                threshold is None or row["threshold"] == threshold):
+            return row
+    return None
+
+
+def check_targets(rows: list[dict], *, demo_seconds: float | None, test_problems: int) -> list[dict]:
+    """The issue's targets, each {name, value, bound, passed}; a missing row or time counts as a miss."""
+    teacher = _find(rows, "teacher", "static", k=1)
+    mtp_k1 = _find(rows, "mtp", "static", k=1)
+    confadapt = _find(rows, "mtp", "confadapt", threshold=TARGET_THRESHOLD)
+
+    def target(name, value, bound, passed):
+        return {"name": name, "value": value, "bound": bound, "passed": bool(passed) if value is not None else False}
+
+    accel = confadapt["acceleration"] if confadapt else None
+    acc = confadapt["accuracy"] if confadapt else None
+    return [
+        target(f"ConfAdapt {TARGET_THRESHOLD} acceleration >= 2.5", accel, 2.5, accel is not None and accel >= 2.5),
+        target(f"ConfAdapt {TARGET_THRESHOLD} accuracy >= MTP k=1 accuracy - 0.03", acc,
+               mtp_k1 and round(mtp_k1["accuracy"] - 0.03, 6),
+               acc is not None and mtp_k1 and acc >= mtp_k1["accuracy"] - 0.03 - 1e-9),
+        target(f"ConfAdapt {TARGET_THRESHOLD} accuracy >= teacher accuracy - 0.05", acc,
+               teacher and round(teacher["accuracy"] - 0.05, 6),
+               acc is not None and teacher and acc >= teacher["accuracy"] - 0.05 - 1e-9),
+        target(f"held-out problems >= {MIN_TEST_PROBLEMS}", test_problems, MIN_TEST_PROBLEMS,
+               test_problems >= MIN_TEST_PROBLEMS),
+        target("whole demo < 20 minutes (s)", demo_seconds and round(demo_seconds, 1), 1200,
+               demo_seconds is not None and demo_seconds < 1200),
+    ]
+
+
+def format_table(rows: list[dict]) -> str:
+    """The table as Markdown (printed by the demo and pasted into the README)."""
+    lines = ["| model | decoding | accuracy | acceleration | tokens/s | speedup vs MTP k=1 |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        decoding = (f"Static k={row['k']}" if row["strategy"] == "static"
+                    else f"ConfAdapt τ={row['threshold']:g} (k_max {row['k']})")
+        speedup = f"{row['wall_clock_speedup']:.2f}x" if row.get("wall_clock_speedup") else "-"
+        lines.append(f"| {row['model']} | {decoding} | {row['accuracy']:.3f} | {row['acceleration']:.2f} | "
+                     f"{row['tokens_per_second']:.0f} | {speedup} |")
+    return "\n".join(lines)
+
+
+def format_targets(targets: list[dict]) -> str:
+    return "\n".join(f"{'PASS' if t['passed'] else 'MISS'}  {t['name']}: {t['value']} (bound {t['bound']})"
+                     for t in targets)
+
+
+def plot_rows(rows: list[dict]) -> list[dict]:
+    """Rows in the shape mtp_ds.pareto.plot_pareto draws (one task, acceleration as acceleration_factor)."""
+    return [{**row, "task": "held-out problems", "acceleration_factor": row["acceleration"]} for row in rows]
+
+
+def write_summary(out_dir: Path, rows: list[dict], targets: list[dict], timings: dict) -> Path:
+    path = out_dir / "summary.json"
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    (out_dir / "targets.json").write_text(json.dumps({"targets": targets, "timings": timings}, indent=2) + "\n")
+    return path

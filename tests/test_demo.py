@@ -1,0 +1,247 @@
+"""The embedded demo's parts: problem generator, sentencepiece tokenizer, NTP pretraining, report and targets.
+
+The whole demo (`mtp-ds demo --check`) runs in CI after the test suite; these tests pin the pieces it is
+made of, including the ones whose bugs would only show as bad numbers there.
+"""
+
+import json
+import random
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtp_ds import demo_report
+from mtp_ds.batching import collate
+from mtp_ds.config import ConfigError, DataConfig
+from mtp_ds.data import encode_example, format_text
+from mtp_ds.layout import pack
+from mtp_ds.objective import prefix_coordinates
+from mtp_ds.pretrain import LengthBucketSampler, learning_rate, load_pretrain_recipe, ntp_batch, pretrain
+from mtp_ds.synth_gsm import make_problem, make_split, write_splits
+
+EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+PROMPT_TEMPLATE = "Q: {prompt}\nA: Let's think step by step."
+
+
+# ------------------------------------------------------------------ data
+
+
+def test_problems_are_seeded_and_their_arithmetic_is_right():
+    assert make_split(50, seed=3) == make_split(50, seed=3)
+    assert make_split(50, seed=3) != make_split(50, seed=4)
+    operations = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
+    for problem in make_split(500, seed=0):
+        solution, _, final = problem["answer"].rpartition("\n#### ")
+        equations = EQUATION.findall(solution)
+        assert 1 <= len(equations) <= 7, problem
+        for left, op, right, result in equations:
+            assert operations[op](int(left), int(right)) == int(result), problem
+            if op == "/":
+                assert int(left) % int(right) == 0 and int(right) <= 9 and int(result) <= 9
+            if op == "+":
+                assert int(left) % 10 + int(right) % 10 < 10  # no carry
+            if op == "-":
+                assert int(left) % 10 >= int(right) % 10  # no borrow
+            if op == "*":
+                assert int(left) <= 9 and int(right) <= 9
+            assert 1 <= int(result) <= 99
+        assert int(final) == int(equations[-1][3]) and 2 <= solution.count(". ") + 1 <= 5
+        assert problem["question"].endswith("?") and set(problem) == {"question", "answer"}
+
+
+def test_splits_do_not_share_questions(tmp_path):
+    paths = write_splits(tmp_path, train=300, test=50, seed=1)
+    train = [json.loads(line) for line in paths["train"].read_text().splitlines()]
+    test = [json.loads(line) for line in paths["test"].read_text().splitlines()]
+    assert len(train) == 300 and len(test) == 50
+    assert not {row["question"] for row in train} & {row["question"] for row in test}
+
+
+def test_prompt_template_formats_like_the_lm_eval_task():
+    data = DataConfig(prompt_template=PROMPT_TEMPLATE, separator=" ")
+    text, start = format_text("How many?", "It is 4.\n#### 4", None, data)
+    assert text == "Q: How many?\nA: Let's think step by step. It is 4.\n#### 4" and text[start:].startswith("It is")
+
+
+# ------------------------------------------------------------------ tokenizer
+
+
+@pytest.fixture(scope="module")
+def spm_tokenizer_dir(tmp_path_factory):
+    from mtp_ds.spm_tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    texts = [PROMPT_TEMPLATE.replace("{prompt}", p["question"]) + " " + p["answer"] for p in make_split(2000, seed=0)]
+    train_tokenizer(texts, out, vocab_size=400)
+    return out
+
+
+def test_sentencepiece_tokenizer_matches_sentencepiece_and_round_trips(spm_tokenizer_dir):
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(spm_tokenizer_dir / "sentencepiece.model"))
+    tokenizer = AutoTokenizer.from_pretrained(spm_tokenizer_dir)
+    problems = make_split(100, seed=9)
+    texts = [PROMPT_TEMPLATE.replace("{prompt}", p["question"]) + " " + p["answer"] for p in problems]
+    for text in texts + ["Numbers 1234 and  two spaces\nnew line"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ids == processor.encode(text)
+        assert tokenizer.decode(ids) == text
+    digits = tokenizer.convert_ids_to_tokens(tokenizer("it is 1234", add_special_tokens=False)["input_ids"])
+    assert "1234" not in "".join(t for t in digits if len(t.strip("\u2581")) > 1)  # digits are split
+    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token) == ("</s>", "<pad>", "<unk>")
+    assert tokenizer("x")["input_ids"] == tokenizer("x", add_special_tokens=False)["input_ids"]  # no BOS added
+
+
+# ------------------------------------------------------------------ pretraining
+
+
+def test_ntp_batch_labels_follow_the_hugging_face_convention():
+    """The model's own shifted loss over `labels` == cross-entropy of the response's next tokens (no double shift)."""
+    from mtp_ds.tiny import tiny_model
+
+    model = tiny_model("qwen3", vocab_size=32)
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 2, 2, 2], "length": 6, "response_start": 3},
+            {"input_ids": [5, 9, 9, 9, 9, 9, 9, 2], "length": 8, "response_start": 2}]
+    input_ids, labels = ntp_batch(rows, loss_on_prompt=False)
+    assert input_ids.shape == (2, 8)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits
+        hf_loss = model(input_ids=input_ids, labels=labels).loss
+    predicting = [(0, p) for p in range(2, 5)] + [(1, p) for p in range(1, 7)]  # position p predicts p + 1
+    manual = F.cross_entropy(torch.stack([logits[r, p] for r, p in predicting]),
+                             torch.tensor([int(input_ids[r, p + 1]) for r, p in predicting]))
+    torch.testing.assert_close(hf_loss, manual)
+    _, all_labels = ntp_batch(rows, loss_on_prompt=True)
+    assert (all_labels[0, 1:6] == input_ids[0, 1:6]).all() and (all_labels[0, 6:] == -100).all()
+
+
+def test_length_buckets_cover_each_epoch_and_resume_exactly():
+    lengths = [random.Random(i).randint(10, 200) for i in range(103)]
+    sampler = LengthBucketSampler(lengths, 8, seed=0, window=4)
+    epoch0 = sampler.batches(0)
+    assert sorted(i for batch in epoch0 for i in batch) == list(range(103))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch0) / len(epoch0)
+    assert spread < 100  # batches hold similar lengths (random batches would spread ~170)
+    straight = [sampler.next_batch() for _ in range(20)]
+    resumed = LengthBucketSampler(lengths, 8, seed=0, window=4)
+    first = [resumed.next_batch() for _ in range(7)]
+    state = resumed.state_dict()
+    fresh = LengthBucketSampler(lengths, 8, seed=0, window=4)
+    fresh.load_state_dict(state)
+    assert first + [fresh.next_batch() for _ in range(13)] == straight
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    settings = load_pretrain_recipe.__globals__["PretrainSettings"](steps=100, lr=1e-3, warmup_steps=10,
+                                                                   min_lr_ratio=0.1)
+    assert learning_rate(0, settings) == pytest.approx(1e-4)
+    assert learning_rate(9, settings) == pytest.approx(1e-3)
+    assert learning_rate(100, settings) == pytest.approx(1e-4)
+    assert learning_rate(40, settings) > learning_rate(60, settings)
+
+
+@pytest.fixture()
+def pretrain_inputs(tmp_path, spm_tokenizer_dir):
+    paths = write_splits(tmp_path / "data", train=120, test=4, seed=0)
+    return [f"model.tokenizer={spm_tokenizer_dir}", f"data.path={paths['train']}",
+            "model.tiny_config.hidden_size=32", "model.tiny_config.intermediate_size=64",
+            "model.tiny_config.num_layers=2", "pretrain.batch_size=4", "pretrain.steps=4", "pretrain.save_every=2",
+            "pretrain.warmup_steps=1", f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+def test_pretraining_resumes_after_a_crash_to_the_same_weights(tmp_path, pretrain_inputs, monkeypatch):
+    import mtp_ds.pretrain as pretrain_module
+    from transformers import AutoModelForCausalLM
+
+    recipe_path = "recipes/tiny_cpu_pretrain.yaml"
+    straight = pretrain(load_pretrain_recipe(recipe_path, [*pretrain_inputs, f"pretrain.out_dir={tmp_path / 'a'}"]))
+    assert (straight / "DONE").exists() and not (straight / "pretrain_state.pt").exists()
+
+    save = pretrain_module._save_state
+
+    def save_then_crash(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt("simulated crash after the step-2 state was saved")
+
+    crashed_recipe = load_pretrain_recipe(recipe_path, [*pretrain_inputs, f"pretrain.out_dir={tmp_path / 'b'}"])
+    monkeypatch.setattr(pretrain_module, "_save_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(crashed_recipe)
+    monkeypatch.setattr(pretrain_module, "_save_state", save)
+    assert torch.load(tmp_path / "b" / "pretrain_state.pt", weights_only=False)["step"] == 2
+    resumed = pretrain(crashed_recipe)
+    a = AutoModelForCausalLM.from_pretrained(straight).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert pretrain(crashed_recipe) == resumed  # DONE: skipped
+
+
+def test_pretrain_recipe_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"^pretrain\.steps: must be >= 1, got 0$"):
+        load_pretrain_recipe("recipes/tiny_cpu_pretrain.yaml", ["pretrain.steps=0", "data.path=recipes"])
+    with pytest.raises(ConfigError, match=r"pretrain.bogus"):
+        load_pretrain_recipe("recipes/tiny_cpu_pretrain.yaml", ["pretrain.bogus=1"])
+    with pytest.raises(ConfigError, match=r"^data\.path: file .*missing.jsonl' does not exist$"):
+        load_pretrain_recipe("recipes/tiny_cpu_pretrain.yaml", [f"data.path={tmp_path / 'missing.jsonl'}"])
+
+
+# ------------------------------------------------------------------ MTP stage: prefix NTP follows the first anchor
+
+
+def test_prefix_ntp_positions_start_at_the_first_anchor():
+    from mtp_ds.tiny import word_tokenizer
+
+    tokenizer = word_tokenizer()
+    data = DataConfig(prompt_template=PROMPT_TEMPLATE, separator=" ", response_only_anchors=True, seq_len=48,
+                      add_bos=False)
+    encoded = encode_example("how many apples are there ?", "5 + 3 = 8 apples . the answer is : 8", tokenizer, data,
+                             tokenizer.eos_token_id)
+    sequence = pack(torch.tensor(encoded["input_ids"]), k=3, offset=1, mtp_token_id=len(tokenizer), k_max=4,
+                    first_anchor=encoded["first_anchor"], eos_token_id=tokenizer.eos_token_id)
+    batch = collate([sequence], pad_token_id=0)
+    rows, cols, _ = prefix_coordinates(batch)
+    sources = batch.source_index[rows, cols]
+    assert sources.numel() > 0 and int(sources.min()) >= encoded["first_anchor"] > 0
+    batch.first_anchor = None  # without it (hand-built batches): every ground-truth position
+    assert int(batch.source_index[prefix_coordinates(batch)[:2]].min()) == 0
+
+
+# ------------------------------------------------------------------ report and targets
+
+
+def _row(model, strategy, k, threshold, accuracy, acceleration, tps):
+    return {"model": model, "strategy": strategy, "k": k, "threshold": threshold, "accuracy": accuracy,
+            "acceleration": acceleration, "tokens_per_second": tps}
+
+
+def test_settings_and_summary_rows():
+    settings = demo_report.demo_settings([2, 3], [0.9, 0.8, 0.9], k_max=8)
+    assert [s.label for s in settings] == ["teacher_static_k1", "mtp_static_k1", "mtp_static_k2", "mtp_static_k3",
+                                           "mtp_confadapt_t0.9_kmax8", "mtp_confadapt_t0.8_kmax8"]
+    assert settings[-1].model_args("m") == "pretrained=m,strategy=confadapt,dtype=float32,k_max=8,threshold=0.8"
+    results = {"results": {"gsm8k_cot_mtp": {"exact_match,flexible-extract": 0.5,
+                                             "exact_match_stderr,flexible-extract": 0.03}}}
+    stats = {"acceleration_factor": 2.7, "tokens_per_second": 900.0, "sequences": 200}
+    row = demo_report.summary_row(settings[-1], results, stats)
+    assert row == {"model": "mtp", "strategy": "confadapt", "k": 8, "threshold": 0.8, "accuracy": 0.5,
+                   "acceleration": 2.7, "tokens_per_second": 900.0, "wall_clock_speedup": None,
+                   "accuracy_stderr": 0.03, "samples": 200}
+
+
+def test_targets_pass_and_miss():
+    rows = demo_report.add_speedups([
+        _row("teacher", "static", 1, None, 0.60, 1.0, 400.0), _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
+        _row("mtp", "confadapt", 8, 0.9, 0.56, 2.6, 1000.0)])
+    assert rows[2]["wall_clock_speedup"] == 2.0 and rows[0]["wall_clock_speedup"] == 0.8
+    targets = demo_report.check_targets(rows, demo_seconds=900.0, test_problems=200)
+    assert [t["passed"] for t in targets] == [True, True, True, True, True]
+    rows[2].update(accuracy=0.54, acceleration=2.4)
+    targets = demo_report.check_targets(rows, demo_seconds=1300.0, test_problems=199)
+    assert [t["passed"] for t in targets] == [False, False, False, False, False]
+    assert not any(t["passed"] for t in demo_report.check_targets([], demo_seconds=None, test_problems=200)[:3])
+    table = demo_report.format_table(rows)
+    assert "| mtp | ConfAdapt τ=0.9 (k_max 8) | 0.540 | 2.40 | 1000 | 2.00x |" in table
