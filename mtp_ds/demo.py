@@ -203,11 +203,21 @@ def run_lm_eval(setting: demo_report.Setting, model_dir: Path, test_file: Path, 
     return row
 
 
+def eval_settings(args) -> list[demo_report.Setting]:
+    """The lm-eval runs asked for; a one-line SystemExit naming the flag on a bad value (checked up front)."""
+    static_k = _numbers(args.static_k, int, "--static-k")
+    thresholds = _numbers(args.thresholds, float, "--thresholds")
+    if any(k < 1 for k in static_k):
+        raise SystemExit(f"mtp-ds demo: --static-k: every k must be >= 1, got {args.static_k!r}")
+    if any(not 0.0 <= tau <= 1.0 for tau in thresholds):
+        raise SystemExit(f"mtp-ds demo: --thresholds: every threshold must be in [0, 1], got {args.thresholds!r}")
+    return demo_report.demo_settings(static_k, thresholds, k_max=_recipe_k_max())
+
+
 def stage_eval(args, out: Path, teacher_dir: Path, mtp_dir: Path, data_dir: Path) -> list[dict]:
     from tqdm.auto import tqdm
 
-    settings = demo_report.demo_settings(_numbers(args.static_k, int, "--static-k"),
-                                         _numbers(args.thresholds, float, "--thresholds"), k_max=_recipe_k_max())
+    settings = eval_settings(args)
     rows = []
     progress = tqdm(settings, desc="lm_eval --model mtp", unit="run", dynamic_ncols=True)
     for setting in progress:
@@ -258,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) < 1:
             print(f"mtp-ds demo: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", file=sys.stderr)
             return 2
+    eval_settings(args)  # bad --static-k / --thresholds stop here, before anything is written
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     out = Path(args.out_dir)

@@ -59,6 +59,11 @@ def load_pretrain_recipe(path: str, overrides: list[str] = ()) -> PretrainRecipe
     for key in ("steps", "batch_size", "save_every"):
         if getattr(recipe.pretrain, key) < 1:
             raise ConfigError(f"pretrain.{key}: must be >= 1, got {getattr(recipe.pretrain, key)}")
+    for key, value, ok, requirement in (("lr", recipe.pretrain.lr, recipe.pretrain.lr > 0, "> 0"),
+                                        ("warmup_steps", recipe.pretrain.warmup_steps, recipe.pretrain.warmup_steps >= 0, ">= 0"),
+                                        ("min_lr_ratio", recipe.pretrain.min_lr_ratio, 0 <= recipe.pretrain.min_lr_ratio <= 1, "in [0, 1]")):
+        if not ok:
+            raise ConfigError(f"pretrain.{key}: must be {requirement}, got {value}")
     if not resolve_path(str(recipe.data.path)).exists():
         raise ConfigError(f"data.path: file {recipe.data.path!r} does not exist")
     return recipe

@@ -245,3 +245,21 @@ def test_targets_pass_and_miss():
     assert not any(t["passed"] for t in demo_report.check_targets([], demo_seconds=None, test_problems=200)[:3])
     table = demo_report.format_table(rows)
     assert "| mtp | ConfAdapt τ=0.9 (k_max 8) | 0.540 | 2.40 | 1000 | 2.00x |" in table
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--static-k", "0"], "mtp-ds demo: --static-k: every k must be >= 1, got '0'"),
+    (["--thresholds", "1.5"], "mtp-ds demo: --thresholds: every threshold must be in [0, 1], got '1.5'"),
+    (["--thresholds", "x"], "mtp-ds demo: --thresholds: expected a comma-separated list of numbers, got 'x'"),
+])
+def test_demo_refuses_bad_flags_before_writing_anything(tmp_path, flags, message):
+    from mtp_ds.demo import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--out-dir", str(tmp_path / "demo"), *flags])
+    assert str(stop.value) == message and not (tmp_path / "demo").exists()
+
+
+def test_pretrain_refuses_a_bad_learning_rate():
+    with pytest.raises(ConfigError, match=r"^pretrain\.lr: must be > 0, got 0\.0$"):
+        load_pretrain_recipe("recipes/tiny_cpu_pretrain.yaml", ["pretrain.lr=0", "data.path=recipes"])
