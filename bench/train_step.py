@@ -53,7 +53,6 @@ paper's recipe step (global batch 128 x 160 tokens, k in [2, 16]), micro-batch 1
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics

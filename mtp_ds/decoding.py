@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mtp_ds.attention import decoding_attention
 from mtp_ds.tokens import MaskTokens, as_mask_tokens, has_mask_tokens, mask_tokens_from_config
 
 STRATEGIES = ("static", "confadapt")
@@ -254,7 +255,8 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
 
     from transformers import DynamicCache
 
-    with torch.inference_mode():
+    # sdpa_gqa: MTP passes attend over the cached KV heads without copying them per query head (attention.py)
+    with torch.inference_mode(), decoding_attention(model):
         decoder = _BatchDecoder(model, mask_tokens, DynamicCache(), batch, input_ids.device)
         active = list(range(batch))
         first = True

@@ -1,0 +1,90 @@
+"""bench/decode.py's report: the decode and forward-cost tables, the issue's targets, the attention A/B.
+
+Why a separate file: decode.py reads top to bottom as the benchmark; how its numbers are judged and printed
+lives here, in one place.
+"""
+
+from __future__ import annotations
+
+TARGET_K1_VS_HF = 0.95  # our k=1 tokens/s >= 0.95 x HF greedy
+TARGET_B1_EFFICIENCY = 0.85  # batch 1: speedup vs HF >= 0.85 x acceleration factor
+TARGET_B16_CONFADAPT = 0.7  # batch 16: ConfAdapt speedup vs our batched k=1 >= 0.7 x acceleration factor
+
+def print_decode_table(rows, flush=False):
+    header = (f"{'batch':>5} {'setting':<19} {'tok/s':>9} {'passes':>6} {'accel':>6} {'ms/pass':>8} {'fwd ms':>7} "
+              f"{'other':>6} {'wall s':>7} "
+              f"{'x HF':>6} {'x k=1':>6} {'xHF/acc':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        hf = r.get("speedup_vs_hf")
+        k1 = r.get("speedup_vs_k1")
+        eff = hf / r["acceleration_factor"] if hf is not None else None
+        fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
+        note = f"  (rows == HF: {r['rows_identical_to_hf']})" if "rows_identical_to_hf" in r else ""
+        print(f"{r['batch']:>5} {r['setting']:<19} {r['tokens_per_s']:>9.1f} {r['forward_passes']:>6} "
+              f"{r['acceleration_factor']:>6.2f} {r['ms_per_pass']:>8.2f} {r['forward_ms_per_pass']:>7.2f} "
+              f"{r['other_ms_per_pass']:>6.2f} {r['wall_s']:>7.3f} {fmt(hf):>6} "
+              f"{fmt(k1):>6} {fmt(eff):>7}{note}")
+    print(flush=flush)
+
+def print_curve(curve):
+    names = list(dict.fromkeys(r["attention"] for r in curve))
+    print(f"forward cost vs new query tokens q (DynamicCache prefilled with {curve[0]['context']} tokens, "
+          "logits for all q positions, cropped back after each pass); per attention implementation: ms, x its q=1"
+          + (f", and {names[0]} ms / {names[-1]} ms" if len(names) > 1 else ""))
+    by = {(r["batch"], r["q"], r["attention"]): r for r in curve}
+    header = f"{'batch':>5} {'q':>4} " + " ".join(f"{name + ' ms':>13} {'x q=1':>6}" for name in names)
+    print(header + (f" {'sdpa/gqa':>9}" if len(names) > 1 else ""))
+    for batch, q in dict.fromkeys((r["batch"], r["q"]) for r in curve):
+        cells = [by[(batch, q, name)] for name in names]
+        line = f"{batch:>5} {q:>4} " + " ".join(f"{c['ms']:>13.2f} {c['ratio_to_q1']:>6.2f}" for c in cells)
+        print(line + (f" {cells[0]['ms'] / cells[-1]['ms']:>9.2f}" if len(names) > 1 else ""))
+    print()
+
+def evaluate_targets(rows):
+    """[(target, measured, PASS/MISS)] for the issue's three targets, from the decode rows.
+
+    Each MTP line also gives the forward-only bound: the same ratio computed from the time spent inside the
+    model's forward calls alone (what the ratio would be if the decoding loop around the model cost nothing).
+    Measured close to the bound = the loss is the model's forward cost growing with the query tokens, not ours.
+    """
+    out = []
+    by = {(r["batch"], r["setting"]): r for r in rows}
+    for batch in sorted({r["batch"] for r in rows}):
+        k1 = by.get((batch, "ours k=1"))
+        if k1 and "speedup_vs_hf" in k1:
+            ratio = k1["speedup_vs_hf"]
+            hf = by[(batch, "HF greedy")]
+            out.append((f"batch {batch}: our k=1 wall-clock >= {TARGET_K1_VS_HF:.2f} x HF greedy",
+                        f"{ratio:.3f} x HF ({k1['tokens_per_s']:.1f} vs {hf['tokens_per_s']:.1f} tok/s; "
+                        f"loop outside forward {k1['other_ms_per_pass']:.2f} vs {hf['other_ms_per_pass']:.2f} ms/pass)",
+                        ratio >= TARGET_K1_VS_HF))
+
+    def line(r, base, speedup, target):
+        eff = speedup / r["acceleration_factor"]
+        bound = base["forward_s"] / r["forward_s"] / r["acceleration_factor"]
+        return (f"{speedup:.2f}x / accel {r['acceleration_factor']:.2f} = {eff:.2f} "
+                f"(forward-only bound {bound:.2f})", eff >= target)
+
+    for (batch, name), r in sorted(by.items()):
+        if batch == 1 and name not in ("HF greedy", "ours k=1") and not name.endswith(" stock") \
+                and "speedup_vs_hf" in r:
+            measured, ok = line(r, by[(1, "HF greedy")], r["speedup_vs_hf"], TARGET_B1_EFFICIENCY)
+            out.append((f"batch 1: {name} speedup vs HF >= {TARGET_B1_EFFICIENCY} x accel", measured, ok))
+    for (batch, name), r in sorted(by.items()):
+        if batch == 16 and name.startswith("confadapt") and not name.endswith(" stock") and "speedup_vs_k1" in r:
+            measured, ok = line(r, by[(16, "ours k=1")], r["speedup_vs_k1"], TARGET_B16_CONFADAPT)
+            out.append((f"batch 16: {name} speedup vs k=1 >= {TARGET_B16_CONFADAPT} x accel", measured, ok))
+    return out
+
+def attention_ab(rows):
+    """[(batch, setting, stock wall / sdpa_gqa wall)] for each setting also run with the stock sdpa."""
+    by = {(r["batch"], r["setting"]): r for r in rows}
+    out = []
+    for (batch, name), stock in sorted(by.items()):
+        ours = by.get((batch, name.removesuffix(" stock")))
+        if name.endswith(" stock") and ours is not None:
+            out.append((batch, ours["setting"], stock["wall_s"] / ours["wall_s"]))
+    return out
+
