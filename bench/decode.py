@@ -17,11 +17,12 @@ What it measures, all in one process, the settings interleaved round-robin per r
   `model.generate(do_sample=False)`; `mtp_ds.decoding.generate` at k=1; Static k=2,3,4,8; ConfAdapt k_max 16
   at tau 0.9 and 0.8 (k_max: --k-max). Columns: tokens/s, forward passes (counted by a forward hook),
   acceleration factor (mean accepted tokens per pass), ms per pass, wall-clock speedup vs HF and vs our k=1 at
-  the same batch. For sdpa models with grouped KV heads also Static k=4 and ConfAdapt 0.9 with transformers'
-  stock sdpa ("... stock" rows), against the sdpa_gqa attention the decoder switches to (mtp_ds/attention.py).
-- the cost of one forward pass with q new query tokens (1, 2, 4, 8, 16, 32) on a DynamicCache prefilled with
-  a fixed context (512), cropped back after each pass: ms and the ratio to q=1 (why MTP pays off where a
-  decode step is memory-bound: the curve is nearly flat), with the stock sdpa and with sdpa_gqa.
+  the same batch. Also Static k=4 and ConfAdapt 0.9 of the same decoder on transformers' stock parts ("...
+  stock" rows: DynamicCache, stock sdpa) against the append-in-place cache (mtp_ds/kv_cache.py) and sdpa_gqa
+  attention (mtp_ds/attention.py) the decoder runs.
+- the cost of one forward pass with q new query tokens (1, 2, 4, 8, 16, 32) on a cache prefilled with a fixed
+  context (512), cropped back after each pass: ms and the ratio to q=1 (why MTP pays off where a decode step
+  is memory-bound: the curve is nearly flat), for the stock cache + attention, DynamicCache + sdpa_gqa, and ours.
 - targets, each printed PASS/MISS with its measured value: our k=1 within 5% of HF greedy (each batch size);
   at batch 1 each MTP setting's wall-clock speedup vs HF >= 0.85 x its acceleration factor; at batch 16
   ConfAdapt's speedup over batched k=1 >= 0.7 x its acceleration factor.
@@ -63,10 +64,10 @@ SETTINGS = [  # (name, kwargs for mtp_ds.decoding.generate; None = plain HF gree
     ("static k=8", dict(strategy="static", k=8)),
     ("confadapt 0.9", dict(strategy="confadapt", threshold=0.9)),  # k_max: --k-max (default 16)
     ("confadapt 0.8", dict(strategy="confadapt", threshold=0.8)),
-    # The same decoder with transformers' stock sdpa (KV heads copied per query head when q > 1), for the A/B of
-    # mtp_ds/attention.py; run only when the model is sdpa with grouped KV heads (otherwise they are the same).
-    ("static k=4 stock", dict(strategy="static", k=4, stock_attention=True)),
-    ("confadapt 0.9 stock", dict(strategy="confadapt", threshold=0.9, stock_attention=True)),
+    # The same decoder on transformers' stock DynamicCache (concatenates on every pass) and stock sdpa (copies the
+    # KV heads per query head when q > 1): the A/B of mtp_ds/kv_cache.py + mtp_ds/attention.py.
+    ("static k=4 stock", dict(strategy="static", k=4, stock=True)),
+    ("confadapt 0.9 stock", dict(strategy="confadapt", threshold=0.9, stock=True)),
 ]
 
 def parse_args(argv=None):
@@ -175,12 +176,20 @@ def stock_attention(model):
         model.config._attn_implementation = own
 
 
-def uses_gqa_attention(model) -> bool:
-    """Whether the decoder switches this model to sdpa_gqa (so the stock-attention rows measure something)."""
-    from mtp_ds.attention import IMPLEMENTATION, decoding_attention
+@contextlib.contextmanager
+def stock_decoder(model):
+    """Our decoder as it would run on transformers' stock parts: DynamicCache and the stock sdpa (the A/B rows)."""
+    from transformers import DynamicCache
 
-    with decoding_attention(model):
-        return model.config._attn_implementation == IMPLEMENTATION
+    import mtp_ds.decoding as decoding
+
+    own_cache = decoding.make_cache
+    decoding.make_cache = lambda reserve=0: DynamicCache()
+    try:
+        with stock_attention(model):
+            yield
+    finally:
+        decoding.make_cache = own_cache
 
 
 def run_setting(model, kwargs, ids, mask, args, mask_id, counter, new_tokens):
@@ -203,7 +212,7 @@ def run_setting(model, kwargs, ids, mask, args, mask_id, counter, new_tokens):
     if kwargs.get("strategy") == "confadapt":
         kwargs = dict(kwargs, k_max=args.k_max)
     kwargs = dict(kwargs)
-    with stock_attention(model) if kwargs.pop("stock_attention", False) else contextlib.nullcontext():
+    with stock_decoder(model) if kwargs.pop("stock", False) else contextlib.nullcontext():
         result = generate(model, ids, attention_mask=mask, mtp_token_id=mask_id, max_new_tokens=new_tokens,
                           eos_token_id=None, **kwargs)
     _sync(args.device)
@@ -271,57 +280,67 @@ def bench_decode(model, mask_id, base_vocab, args, settings, prompt_texts=None, 
 
 @torch.inference_mode()
 def bench_forward_curve(model, base_vocab, args):
-    """ms of one forward with q new tokens over a DynamicCache holding `context` tokens, per batch size.
+    """ms of one forward with q new tokens over a cache holding `context` tokens, per batch size and mode.
 
-    Measured with the attention the decoder runs (`sdpa_gqa` when the model is sdpa with grouped KV heads, see
-    mtp_ds/attention.py) and, interleaved in the same loop, with the model's own implementation, so the table
-    shows what the KV-head copy costs per pass.
+    Modes, interleaved in the same loop on the same tokens: "stock" = transformers' DynamicCache and the model's
+    own attention (what HF generate runs); "gqa" = DynamicCache with sdpa_gqa (mtp_ds/attention.py; only for sdpa
+    models with grouped KV heads); "ours" = what the decoder runs, the append-in-place cache (mtp_ds/kv_cache.py)
+    with sdpa_gqa where it applies. So the table shows what each of the two costs per pass.
     """
     from transformers import DynamicCache
 
     from mtp_ds.attention import IMPLEMENTATION, decoding_attention
+    from mtp_ds.kv_cache import make_cache
 
-    own = model.config._attn_implementation
     with decoding_attention(model):
-        modes = [(own, contextlib.nullcontext)]
-        if model.config._attn_implementation != own:
-            modes.append((IMPLEMENTATION, lambda: decoding_attention(model)))
-    queries = [int(q) for q in args.queries.split(",")]
+        folds = model.config._attn_implementation == IMPLEMENTATION
+    modes = [("stock", DynamicCache, contextlib.nullcontext)]
+    if folds:
+        modes.append(("gqa", DynamicCache, lambda: decoding_attention(model)))
+    modes.append(("ours", lambda: make_cache(reserve=args.context + max(queries_of(args))),
+                  lambda: decoding_attention(model)))
+    queries = queries_of(args)
     results = []
     gen = torch.Generator().manual_seed(args.seed)
     for batch in [int(b) for b in args.curve_batches.split(",")]:
-        cache = DynamicCache()
         prefix = torch.randint(4, base_vocab, (batch, args.context), generator=gen).to(args.device)
-        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        caches = {}
+        for name, new_cache, _ in modes:
+            caches[name] = new_cache()
+            model(input_ids=prefix, past_key_values=caches[name], use_cache=True, logits_to_keep=1)
         new = {q: torch.randint(4, base_vocab, (batch, q), generator=gen).to(args.device) for q in queries}
         positions = {q: torch.arange(args.context, args.context + q, device=args.device).expand(batch, -1)
                      for q in queries}
 
-        def one(q):
+        def one(q, cache):
             # logits for all q positions: an MTP pass reads every one of them
             model(input_ids=new[q], position_ids=positions[q], past_key_values=cache, use_cache=True,
                   logits_to_keep=q)
             cache.crop(-q)
 
-        samples = {(name, q): [] for name, _ in modes for q in queries}
+        samples = {(name, q): [] for name, _, _ in modes for q in queries}
         for repeat in range(args.curve_repeats + 2):  # the first two rounds warm up
-            for name, mode in modes:
-                with mode():
+            for name, _, attention in modes:
+                with attention():
                     for q in queries:
                         _sync(args.device)
                         start = time.perf_counter()
-                        one(q)
+                        one(q, caches[name])
                         _sync(args.device)
                         if repeat >= 2:
                             samples[(name, q)].append(time.perf_counter() - start)
-        assert cache.get_seq_length() == args.context
-        for name, _ in modes:
+        assert all(cache.get_seq_length() == args.context for cache in caches.values())
+        for name, _, _ in modes:
             ms1 = 1000 * statistics.median(samples[(name, queries[0])])
             for q in queries:
                 ms = 1000 * statistics.median(samples[(name, q)])
-                results.append({"batch": batch, "context": args.context, "q": q, "attention": name, "ms": ms,
+                results.append({"batch": batch, "context": args.context, "q": q, "mode": name, "ms": ms,
                                 "ratio_to_q1": ms / ms1, "ms_all": [1000 * s for s in samples[(name, q)]]})
     return results
+
+
+def queries_of(args) -> list[int]:
+    return [int(q) for q in args.queries.split(",")]
 
 
 def main(argv=None) -> int:
@@ -343,8 +362,6 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"unknown settings {sorted(unknown)}; choose from {[n for n, _ in SETTINGS]}")
         settings = [(n, kw) for n, kw in SETTINGS if n in wanted]
-    elif not uses_gqa_attention(model):
-        settings = [(n, kw) for n, kw in SETTINGS if not (kw or {}).get("stock_attention")]
 
     print(f"machine: {machine['cpu']}, {machine['usable_cores']} usable / {machine['logical_cores']} logical cores, "
           f"torch {machine['torch']} ({machine['torch_threads']} threads), transformers {machine['transformers']}"
@@ -376,9 +393,9 @@ def main(argv=None) -> int:
         for target, measured, ok in targets:
             print(f"  {'PASS' if ok else 'MISS'}  {target}: {measured}")
         ab = attention_ab(rows)
-        results["attention_ab"] = [{"batch": b, "setting": n, "stock_over_gqa": x} for b, n, x in ab]
+        results["stock_ab"] = [{"batch": b, "setting": n, "stock_over_ours": x} for b, n, x in ab]
         if ab:
-            print("decoder with sdpa_gqa vs with the stock sdpa (wall-clock ratio stock / gqa, > 1: gqa faster): "
+            print("decoder on stock DynamicCache + sdpa vs as shipped (wall-clock ratio stock / ours, > 1: ours faster): "
                   + "; ".join(f"batch {b} {n}: {x:.2f}" for b, n, x in ab))
     machine["load_avg_end"] = list(os.getloadavg())
     print(f"\nload avg at end: {', '.join(f'{x:.2f}' for x in machine['load_avg_end'])}")

@@ -29,18 +29,20 @@ def print_decode_table(rows, flush=False):
     print(flush=flush)
 
 def print_curve(curve):
-    names = list(dict.fromkeys(r["attention"] for r in curve))
-    print(f"forward cost vs new query tokens q (DynamicCache prefilled with {curve[0]['context']} tokens, "
-          "logits for all q positions, cropped back after each pass); per attention implementation: ms, x its q=1"
-          + (f", and {names[0]} ms / {names[-1]} ms" if len(names) > 1 else ""))
-    by = {(r["batch"], r["q"], r["attention"]): r for r in curve}
-    header = f"{'batch':>5} {'q':>4} " + " ".join(f"{name + ' ms':>13} {'x q=1':>6}" for name in names)
-    print(header + (f" {'sdpa/gqa':>9}" if len(names) > 1 else ""))
+    names = list(dict.fromkeys(r["mode"] for r in curve))
+    print(f"forward cost vs new query tokens q (cache prefilled with {curve[0]['context']} tokens, logits for all q "
+          "positions, cropped back after each pass); per mode: ms and x its q=1; last column stock ms / ours ms.\n"
+          "modes: stock = DynamicCache + the model's attention (HF generate); gqa = DynamicCache + sdpa_gqa; "
+          "ours = append-in-place cache + sdpa_gqa (the decoder)")
+    by = {(r["batch"], r["q"], r["mode"]): r for r in curve}
+    print(f"{'batch':>5} {'q':>4} " + " ".join(f"{name + ' ms':>9} {'x q=1':>6}" for name in names)
+          + f" {'stock/ours':>10}")
     for batch, q in dict.fromkeys((r["batch"], r["q"]) for r in curve):
         cells = [by[(batch, q, name)] for name in names]
-        line = f"{batch:>5} {q:>4} " + " ".join(f"{c['ms']:>13.2f} {c['ratio_to_q1']:>6.2f}" for c in cells)
-        print(line + (f" {cells[0]['ms'] / cells[-1]['ms']:>9.2f}" if len(names) > 1 else ""))
+        print(f"{batch:>5} {q:>4} " + " ".join(f"{c['ms']:>9.2f} {c['ratio_to_q1']:>6.2f}" for c in cells)
+              + f" {cells[0]['ms'] / cells[-1]['ms']:>10.2f}")
     print()
+
 
 def evaluate_targets(rows):
     """[(target, measured, PASS/MISS)] for the issue's three targets, from the decode rows.
@@ -79,7 +81,7 @@ def evaluate_targets(rows):
     return out
 
 def attention_ab(rows):
-    """[(batch, setting, stock wall / sdpa_gqa wall)] for each setting also run with the stock sdpa."""
+    """[(batch, setting, stock wall / our wall)] for each setting also run on the stock cache and attention."""
     by = {(r["batch"], r["setting"]): r for r in rows}
     out = []
     for (batch, name), stock in sorted(by.items()):

@@ -5,7 +5,8 @@ tokens (METHOD.md section 2). Decoding must give exactly what a plain causal mod
 prompt + accepted + masks (the contract the tests hold), yet never recompute the prompt and never fall back
 to decoding rows one by one when rows of a batch accept different numbers of tokens.
 
-Ragged KV cache design (one `DynamicCache` shared by the batch, plus a per-row "key is real" vector):
+Ragged KV cache design (one HF cache shared by the batch, plus a per-row "key is real" vector; the cache's
+layers append in place instead of concatenating, `mtp_ds/kv_cache.py`):
 - A pass feeds, per row, its pending inputs (the tokens accepted last pass; the prompt on the first pass)
   followed by the mask tokens, right-padded to the longest row. Position ids are explicit per row, so
   left padding and holes in the cache never shift a row's positions.
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mtp_ds.attention import decoding_attention
+from mtp_ds.kv_cache import make_cache
 from mtp_ds.tokens import MaskTokens, as_mask_tokens, has_mask_tokens, mask_tokens_from_config
 
 STRATEGIES = ("static", "confadapt")
@@ -104,7 +106,7 @@ def _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_
 
 
 class _RaggedCache:
-    """A HF `DynamicCache` shared by rows that advance by different amounts, plus which keys are real.
+    """A HF cache (`mtp_ds.kv_cache.make_cache`) shared by rows that advance by different amounts, plus which keys are real.
 
     `real_counts` (host ints, one per row: real keys in the cache) mirrors `key_valid.sum(dim=1)`, so deciding
     whether to compact, or whether the cache has any hole at all, never reads the device.
@@ -253,11 +255,12 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
     if max_new_tokens == 0:
         return GenerationResult([[] for _ in rows], [[] for _ in rows], 0, 0.0, ["length"] * batch)
 
-    from transformers import DynamicCache
-
     # sdpa_gqa: MTP passes attend over the cached KV heads without copying them per query head (attention.py)
     with torch.inference_mode(), decoding_attention(model):
-        decoder = _BatchDecoder(model, mask_tokens, DynamicCache(), batch, input_ids.device)
+        # room for the prompt, every new token and one pass's masks: a decode that keeps its cache dense never
+        # reallocates it (holes left by ragged acceptance may still grow it)
+        cache = make_cache(reserve=input_ids.shape[1] + max_new_tokens + k_run)
+        decoder = _BatchDecoder(model, mask_tokens, cache, batch, input_ids.device)
         active = list(range(batch))
         first = True
         while active:

@@ -21,6 +21,7 @@ batch is split. `global_supervision_counts` computes those counts before the fir
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from torch.utils.checkpoint import checkpoint
 
 from mtp_ds.batching import PackedBatch, model_attention_mask
 from mtp_ds.layout import IGNORE_INDEX
+
+if TYPE_CHECKING:  # imported where used: metrics is not needed to import the objective
+    from mtp_ds.metrics import MetricSums
 
 OBJECTIVE_KINDS = ("hard", "soft", "ground_truth")
 
@@ -193,7 +197,7 @@ class ObjectiveOutput:
     loss: torch.Tensor  # scalar, already divided by the global counts (times loss_multiplier)
     proposals: torch.Tensor  # (S,) student argmax per slot
     targets: torch.Tensor  # (S,) target id per slot (teacher argmax for soft), IGNORE_INDEX if unsupervised
-    metrics: "MetricSums" = field(repr=False, default=None)
+    metrics: MetricSums | None = field(repr=False, default=None)
 
 
 def _slot_loss_terms(logits, hard_targets, teacher_log_probs, soft_rows, temperature, mask_token_ids,
