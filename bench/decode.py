@@ -109,6 +109,8 @@ def parse_args(argv=None):
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     if args.sharpen is None:
         args.sharpen = 1.0 if args.model else 64.0
+    if args.model and not os.path.isfile(os.path.join(args.model, "config.json")):
+        p.error(f"--model {args.model!r} is not a Hugging Face model directory (no config.json)")
     if args.prompts and not args.model:
         p.error("--prompts needs --model (a trained checkpoint with its tokenizer)")
     if "{prompt}" not in args.prompt_template:
@@ -353,6 +355,10 @@ def main(argv=None) -> int:
         from transformers import AutoTokenizer
 
         prompt_texts = load_prompt_texts(args.prompts, args.prompt_field, args.prompt_template)
+        largest = max(int(b) for b in args.batch_sizes.split(","))
+        if not args.skip_decode and largest > len(prompt_texts):
+            raise SystemExit(f"--prompts: {args.prompts} has {len(prompt_texts)} records, fewer than the largest "
+                             f"--batch-sizes entry {largest}")
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     model, mask_id, base_vocab, model_info = build_model(args)
     settings = SETTINGS
@@ -395,7 +401,8 @@ def main(argv=None) -> int:
         ab = attention_ab(rows)
         results["stock_ab"] = [{"batch": b, "setting": n, "stock_over_ours": x} for b, n, x in ab]
         if ab:
-            print("decoder on stock DynamicCache + sdpa vs as shipped (wall-clock ratio stock / ours, > 1: ours faster): "
+            print("decoder on stock DynamicCache + sdpa vs as shipped "
+                  "(wall-clock ratio stock / ours, > 1: ours faster): "
                   + "; ".join(f"batch {b} {n}: {x:.2f}" for b, n, x in ab))
     machine["load_avg_end"] = list(os.getloadavg())
     print(f"\nload avg at end: {', '.join(f'{x:.2f}' for x in machine['load_avg_end'])}")

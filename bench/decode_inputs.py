@@ -32,6 +32,7 @@ PRESETS = {
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+
 def describe_machine(device: str) -> dict:
     import transformers
 
@@ -52,6 +53,7 @@ def describe_machine(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
     return info
+
 
 def build_model(args):
     """(model, mask_token_id, base_vocab, description) with the model in eval mode on args.device."""
@@ -105,6 +107,7 @@ def build_model(args):
         "attn_implementation": args.attn, "mtp_token_id": mask_id, "sharpen": args.sharpen,
     }
 
+
 def make_prompts(batch: int, prompt_len: int, base_vocab: int, pad_id: int, device, seed: int):
     """Left-padded random prompts (ids in [4, base_vocab)); row i has a length in [prompt_len/2, prompt_len]."""
     gen = torch.Generator().manual_seed(seed)
@@ -117,26 +120,36 @@ def make_prompts(batch: int, prompt_len: int, base_vocab: int, pad_id: int, devi
         mask[row, prompt_len - n:] = 1
     return ids.to(device), mask.to(device)
 
+
 def load_prompt_texts(path: str, field: str, template: str) -> list[str]:
-    """Prompt strings from a JSONL file: template.format(prompt=record[field]) for each record, in file order."""
+    """Prompt strings from a JSONL file: the template with {prompt} = record[field], for each record in order.
+
+    A bad file is a one-line SystemExit naming the file, line and flag.
+    """
     texts = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError as error:
+        raise SystemExit(f"--prompts: cannot read {path}: {error.strerror or error}") from None
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
             record = json.loads(line)
-            if field not in record:
-                raise SystemExit(f"{path}:{line_no}: record has no field {field!r} (--prompt-field); "
-                                 f"fields: {sorted(record)}")
-            texts.append(template.replace("{prompt}", str(record[field])))
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"{path}:{line_no}: not a JSON record (--prompts): {error.msg}") from None
+        if not isinstance(record, dict) or field not in record:
+            fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise SystemExit(f"{path}:{line_no}: record has no field {field!r} (--prompt-field); fields: {fields}")
+        texts.append(template.replace("{prompt}", str(record[field])))
     if not texts:
         raise SystemExit(f"{path}: no prompts")
     return texts
 
+
 def text_prompts(texts: list[str], batch: int, tokenizer, device):
     """The first `batch` prompt texts, tokenized and LEFT-padded (what lm-eval's batched generation feeds)."""
-    if batch > len(texts):
-        raise SystemExit(f"--prompts has {len(texts)} records, fewer than batch size {batch}")
     encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts[:batch]]
     width = max(map(len, encoded))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

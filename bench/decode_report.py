@@ -1,4 +1,4 @@
-"""bench/decode.py's report: the decode and forward-cost tables, the issue's targets, the attention A/B.
+"""bench/decode.py's report: the decode and forward-cost tables, the issue's targets, the stock-parts A/B.
 
 Why a separate file: decode.py reads top to bottom as the benchmark; how its numbers are judged and printed
 lives here, in one place.
@@ -9,6 +9,7 @@ from __future__ import annotations
 TARGET_K1_VS_HF = 0.95  # our k=1 tokens/s >= 0.95 x HF greedy
 TARGET_B1_EFFICIENCY = 0.85  # batch 1: speedup vs HF >= 0.85 x acceleration factor
 TARGET_B16_CONFADAPT = 0.7  # batch 16: ConfAdapt speedup vs our batched k=1 >= 0.7 x acceleration factor
+
 
 def print_decode_table(rows, flush=False):
     header = (f"{'batch':>5} {'setting':<19} {'tok/s':>9} {'passes':>6} {'accel':>6} {'ms/pass':>8} {'fwd ms':>7} "
@@ -27,6 +28,7 @@ def print_decode_table(rows, flush=False):
               f"{r['other_ms_per_pass']:>6.2f} {r['wall_s']:>7.3f} {fmt(hf):>6} "
               f"{fmt(k1):>6} {fmt(eff):>7}{note}")
     print(flush=flush)
+
 
 def print_curve(curve):
     names = list(dict.fromkeys(r["mode"] for r in curve))
@@ -79,6 +81,7 @@ def evaluate_targets(rows):
             measured, ok = line(r, by[(16, "ours k=1")], r["speedup_vs_k1"], TARGET_B16_CONFADAPT)
             out.append((f"batch 16: {name} speedup vs k=1 >= {TARGET_B16_CONFADAPT} x accel", measured, ok))
     return out
+
 
 def attention_ab(rows):
     """[(batch, setting, stock wall / our wall)] for each setting also run on the stock cache and attention."""

@@ -14,6 +14,8 @@ the cache, `crop`, `batch_select_indices`, `get_seq_length`), so the decoder's r
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _MIN_CAPACITY = 64  # entries; the first pass (the prompt) allocates at least this much headroom
@@ -29,8 +31,6 @@ def make_cache(reserve: int = 0):
     `reserve`: entries to allocate at the first update (e.g. prompt + new tokens + masks), so that a decode that
     stays within it never reallocates; more is still fine (the capacity doubles).
     """
-    import functools
-
     from transformers.cache_utils import DynamicCache
 
     cache = DynamicCache()

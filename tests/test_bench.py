@@ -66,3 +66,26 @@ def test_decode_bench_refuses_prompts_without_a_checkpoint():
     result = _bench("--prompts", PROMPTS)
     assert result.returncode == 2
     assert "--prompts needs --model" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "--prompts: cannot read {path}: No such file or directory"),
+    ("not_json", "{path}:2: not a JSON record (--prompts): Expecting property name enclosed in double quotes"),
+    ("too_few", "--prompts: {path} has 2 records, fewer than the largest --batch-sizes entry 4"),
+])
+def test_decode_bench_names_a_bad_prompts_file(checkpoint, tmp_path, problem, message):
+    path = tmp_path / "prompts.jsonl"
+    if problem != "missing":
+        second = "{not json" if problem == "not_json" else '{"question": "b"}'
+        path.write_text('{"question": "a"}\n' + second + "\n")
+    out = tmp_path / "decode.json"
+    result = _bench("--model", checkpoint, "--prompts", path, "--batch-sizes", "1,4", "--out", out)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == message.format(path=path)
+    assert not out.exists()
+
+
+def test_decode_bench_names_a_model_dir_without_config(tmp_path):
+    result = _bench("--model", tmp_path)
+    assert result.returncode == 2
+    assert f"--model '{tmp_path}' is not a Hugging Face model directory" in result.stderr.strip().splitlines()[-1]
