@@ -18,8 +18,8 @@ What it measures, all in one process, the settings interleaved round-robin per r
   at tau 0.9 and 0.8 (k_max: --k-max). Columns: tokens/s, forward passes (counted by a forward hook),
   acceleration factor (mean accepted tokens per pass), ms per pass, wall-clock speedup vs HF and vs our k=1 at
   the same batch. Also Static k=4 and ConfAdapt 0.9 of the same decoder on transformers' stock parts ("...
-  stock" rows: DynamicCache, stock sdpa) against the append-in-place cache (mtp_ds/kv_cache.py) and sdpa_gqa
-  attention (mtp_ds/attention.py) the decoder runs.
+  stock" rows: DynamicCache, stock sdpa) against the append-in-place cache (mtp_ds/decoding/kv_cache.py) and sdpa_gqa
+  attention (mtp_ds/decoding/attention.py) the decoder runs.
 - the cost of one forward pass with q new query tokens (1, 2, 4, 8, 16, 32) on a cache prefilled with a fixed
   context (512), cropped back after each pass: ms and the ratio to q=1 (why MTP pays off where a decode step
   is memory-bound: the curve is nearly flat), for the stock cache + attention, DynamicCache + sdpa_gqa, and ours.
@@ -65,7 +65,7 @@ SETTINGS = [  # (name, kwargs for mtp_ds.decoding.generate; None = plain HF gree
     ("confadapt 0.9", dict(strategy="confadapt", threshold=0.9)),  # k_max: --k-max (default 16)
     ("confadapt 0.8", dict(strategy="confadapt", threshold=0.8)),
     # The same decoder on transformers' stock DynamicCache (concatenates on every pass) and stock sdpa (copies the
-    # KV heads per query head when q > 1): the A/B of mtp_ds/kv_cache.py + mtp_ds/attention.py.
+    # KV heads per query head when q > 1): the A/B of mtp_ds/decoding/kv_cache.py + attention.py.
     ("static k=4 stock", dict(strategy="static", k=4, stock=True)),
     ("confadapt 0.9 stock", dict(strategy="confadapt", threshold=0.9, stock=True)),
 ]
@@ -183,15 +183,15 @@ def stock_decoder(model):
     """Our decoder as it would run on transformers' stock parts: DynamicCache and the stock sdpa (the A/B rows)."""
     from transformers import DynamicCache
 
-    import mtp_ds.decoding as decoding
+    import mtp_ds.decoding.decoder as decoder
 
-    own_cache = decoding.make_cache
-    decoding.make_cache = lambda reserve=0: DynamicCache()
+    own_cache = decoder.make_cache
+    decoder.make_cache = lambda reserve=0: DynamicCache()
     try:
         with stock_attention(model):
             yield
     finally:
-        decoding.make_cache = own_cache
+        decoder.make_cache = own_cache
 
 
 def run_setting(model, kwargs, ids, mask, args, mask_id, counter, new_tokens):
@@ -285,14 +285,14 @@ def bench_forward_curve(model, base_vocab, args):
     """ms of one forward with q new tokens over a cache holding `context` tokens, per batch size and mode.
 
     Modes, interleaved in the same loop on the same tokens: "stock" = transformers' DynamicCache and the model's
-    own attention (what HF generate runs); "gqa" = DynamicCache with sdpa_gqa (mtp_ds/attention.py; only for sdpa
-    models with grouped KV heads); "ours" = what the decoder runs, the append-in-place cache (mtp_ds/kv_cache.py)
+    own attention (what HF generate runs); "gqa" = DynamicCache with sdpa_gqa (mtp_ds/decoding/attention.py; only for sdpa
+    models with grouped KV heads); "ours" = what the decoder runs, the append-in-place cache (mtp_ds/decoding/kv_cache.py)
     with sdpa_gqa where it applies. So the table shows what each of the two costs per pass.
     """
     from transformers import DynamicCache
 
-    from mtp_ds.attention import IMPLEMENTATION, decoding_attention
-    from mtp_ds.kv_cache import make_cache
+    from mtp_ds.decoding.attention import IMPLEMENTATION, decoding_attention
+    from mtp_ds.decoding.kv_cache import make_cache
 
     with decoding_attention(model):
         folds = model.config._attn_implementation == IMPLEMENTATION

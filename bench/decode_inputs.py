@@ -69,7 +69,7 @@ def build_model(args):
         base_vocab = getattr(model.config, "mtp_base_vocab_size", None) or mask_id
         desc = f"checkpoint {args.model}"
     else:
-        from mtp_ds.tiny import tiny_model_config
+        from mtp_ds.models.tiny import tiny_model_config
 
         preset = dict(PRESETS[args.size])
         arch = preset.pop("arch", None) or args.arch or "qwen3"

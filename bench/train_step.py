@@ -1,22 +1,22 @@
 """Benchmark: one optimizer step of the MTP objective vs one step of plain NTP fine-tuning, side by side.
 
-Usage (repo root; a world of one process, set up like `mtp_ds.train.setup_distributed`; torchrun may launch it too):
+Usage (repo root; a world of one process, set up like `mtp_ds.train.distributed.setup_distributed`; torchrun may launch it too):
     DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 python bench/train_step.py --model tiny           # CPU, fp32, ZeRO-3
     DS_ACCELERATOR=cpu torchrun --nproc_per_node=1 bench/train_step.py --model small
     python bench/train_step.py --device cuda --model qwen3-4b                            # one H200, bf16
     python bench/train_step.py --device cuda --model qwen3-4b --micro-batch 32 --steps 10 --attn flex_attention
 
 What is measured (this is a benchmark, not a test; nothing here is timed by pytest):
-- The models are built by the trainer's own code (`mtp_ds.models.build_models`) from a recipe
+- The models are built by the trainer's own code (`mtp_ds.models.student.build_models`) from a recipe
   (recipes/tiny_cpu.yaml plus overrides): a random-weight Qwen3 of the preset's shape, the student wrapped by
   `deepspeed.initialize` with ZeRO-3 (ds_configs/zero3_cpu.json on CPU, ds_configs/zero3_bf16.json on CUDA,
-  resolved by `mtp_ds.ds_config.resolve_deepspeed_config`), the frozen teacher through
+  resolved by `mtp_ds.config.plan_run`), the frozen teacher through
   `deepspeed.init_inference` (teacher.mode=inference, tp 1) on the same device.
 - Every timed step packs the same kind of batch the trainer packs: global batch of `--seq-len` random token
   ids (no EOS, so every region is full), (k, offset) per sequence from `KOffsetSampler` (k in [2, k_max]
-  random per step like the recipes, or `--k K`), `mtp_ds.train.pack_micro_batches`. Packing is done before
+  random per step like the recipes, or `--k K`), `mtp_ds.data.pack_micro_batches`. Packing is done before
   the clock starts and is not part of either step.
-- MTP step: `mtp_ds.train.run_objective(state, batches, train=True)`, i.e. exactly the trainer's step:
+- MTP step: `mtp_ds.train.loop.run_objective(state, batches, train=True)`, i.e. exactly the trainer's step:
   supervision counts, per micro-batch student forward through the engine, greedy proposals at the slot rows,
   teacher forward on the student-forced sequence, hard-teacher CE at the slot rows, engine.backward/step.
 - NTP step (the baseline): the SAME engine and the SAME packed micro-batches (same T, same blocked-causal
@@ -153,26 +153,24 @@ def teacher_json(args) -> str:
 def build_state(args):
     """World of one (or torchrun's), models from the trainer's builders, the trainer's `state` dict."""
     os.chdir(REPO)  # recipes name their files relative to the repo root
-    from mtp_ds.data import load_tokenizer
-    from mtp_ds.ds_config import resolve_deepspeed_config, resolve_model_dtype, resolve_teacher_config
-    from mtp_ds.models import build_models
-    from mtp_ds.train import objective_config, setup_distributed
+    from mtp_ds.config import plan_run
+    from mtp_ds.models.loading import load_tokenizer
+    from mtp_ds.models.student import build_models
+    from mtp_ds.train.distributed import setup_distributed
+    from mtp_ds.train.loop import objective_config
 
     rank, world, local_rank = setup_distributed(args.device)
     recipe = build_recipe(args, world)
-    ds_config = resolve_deepspeed_config(recipe, world, device_type=args.device)
-    teacher_settings = resolve_teacher_config(recipe, world, device_type=args.device)
-    dtype = getattr(torch, resolve_model_dtype(recipe, ds_config))
+    plan = plan_run(recipe, world, device_type=args.device)
     tokenizer = load_tokenizer(recipe.model)
     device = torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu")
-    models = build_models(recipe, ds_config, teacher_settings, tokenizer=tokenizer, dtype=dtype,
-                          attn_implementation=recipe.model.attn_implementation, device=device)
+    models = build_models(recipe, plan, tokenizer=tokenizer, device=device)
     state = {
-        "recipe": recipe, "engine": models.engine, "student": models.student, "teacher": models.teacher,
-        "teacher_module": models.teacher_module, "mask_tokens": models.mask_tokens, "device": device,
-        "rank": rank, "world": world, "k_max": recipe.packing.k_max, "objective": objective_config(recipe),
-        "pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id, "dtype": dtype,
-        "ds_config": ds_config, "teacher_settings": teacher_settings,
+        "recipe": recipe, "plan": plan, "engine": models.engine, "student": models.student,
+        "teacher": models.teacher, "teacher_module": models.teacher_module, "mask_tokens": models.mask_tokens,
+        "device": device, "rank": rank, "world": world, "objective": objective_config(recipe),
+        "pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id, "dtype": getattr(torch, plan.dtype),
+        "ds_config": plan.deepspeed, "teacher_settings": plan.teacher,
     }
     return state
 
@@ -190,23 +188,23 @@ def step_batches(state, step: int):
     """This rank's packed micro-batches for timed step `step`: random ids (no EOS, no mask token), the
     recipe's (k, offset) draws, the trainer's packing."""
     from mtp_ds.batching import KOffsetSampler
-    from mtp_ds.data import rank_slice, split_micro
-    from mtp_ds.train import pack_micro_batches
+    from mtp_ds.data import pack_micro_batches, rank_slice, split_micro
 
     recipe = state["recipe"]
     vocab = int(state["teacher_module"].config.vocab_size)
     generator = torch.Generator().manual_seed(1000 + step)
     tokens = torch.randint(4, vocab, (recipe.train.global_batch_size, recipe.data.seq_len), generator=generator)
     tokens[torch.isin(tokens, torch.tensor(state["mask_tokens"].ids))] = 4
-    sampler = KOffsetSampler(k_min=recipe.packing.k_min, k_max=recipe.packing.k_max, static_k=recipe.packing.static_k,
-                             seed=recipe.train.seed)
+    packing = state["plan"].packing
+    sampler = KOffsetSampler(k_min=packing.k_min, k_max=packing.k_max, static_k=packing.static_k, seed=recipe.train.seed)
     draws = sampler.sample(step, recipe.train.global_batch_size)
     rows = rank_slice(list(range(recipe.train.global_batch_size)), state["rank"], state["world"])
     my_draws = rank_slice(draws, state["rank"], state["world"])
     micro = [RandomMicroBatch(tokens[chunk], torch.zeros(len(chunk), dtype=torch.long), draw_chunk)
              for chunk, draw_chunk in zip(split_micro(rows, recipe.train.micro_batch_size),
                                           split_micro(my_draws, recipe.train.micro_batch_size))]
-    return pack_micro_batches(micro, recipe, state["mask_tokens"], state["eos_id"], state["pad_id"], state["device"])
+    return pack_micro_batches(micro, packing, mask_tokens=state["mask_tokens"], eos_token_id=state["eos_id"],
+                              pad_token_id=state["pad_id"], device=state["device"])
 
 
 def set_attention(state, implementation: str) -> None:
@@ -218,8 +216,8 @@ def set_attention(state, implementation: str) -> None:
 # ------------------------------------------------------------------------------------------------ steps --
 
 def mtp_step(state, batches):
-    """The trainer's step, verbatim (mtp_ds.train.run_objective)."""
-    from mtp_ds.train import run_objective
+    """The trainer's step, verbatim (mtp_ds.train.loop.run_objective)."""
+    from mtp_ds.train.loop import run_objective
 
     run_objective(state, batches, train=True)
 

@@ -1,7 +1,7 @@
 """Accuracy vs acceleration factor (the paper's Figure 5 Pareto plot) from a sweep table.
 
 Why its own script: the sweep writes the table once (hours on a GPU); the plot is redrawn from the JSON as
-often as one likes, without lm-eval or torch (drawing: mtp_ds.pareto):
+often as one likes, without lm-eval or torch (drawing: mtp_ds.evaluation.pareto):
 
     python eval/pareto_plot.py outputs/sweep/sweep.json [outputs/sweep/pareto.png]
 """
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from mtp_ds.pareto import pareto_frontier, plot_pareto  # noqa: F401 - pareto_frontier re-exported for eval scripts
+from mtp_ds.evaluation.pareto import pareto_frontier, plot_pareto  # noqa: F401 - pareto_frontier re-exported for eval scripts
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Sweep decoding settings of one MTP checkpoint with lm-eval: accuracy vs acceleration (METHOD.md 6).
+"""Sweep decoding settings of one MTP checkpoint with lm-eval: accuracy vs acceleration (docs/METHOD.md section 6).
 
 Usage:
     python eval/sweep.py --pretrained DIR --out_dir outputs/sweep \
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     from lm_eval.tasks import TaskManager
     from tqdm import tqdm
 
-    from mtp_ds.lm_eval_model import MTPLM
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = MTPLM(pretrained=args.pretrained, batch_size=args.batch_size, device=device, dtype=args.dtype)

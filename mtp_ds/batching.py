@@ -119,7 +119,7 @@ def model_attention_mask(batch: PackedBatch, attn_implementation: str, dtype: to
 
 @dataclass(frozen=True)
 class KOffsetSampler:
-    """Block size k and region offset per sequence (METHOD.md 4), a pure function of (seed, step).
+    """Block size k and region offset per sequence (docs/METHOD.md section 4), a pure function of (seed, step).
 
     Stateless on purpose: every data-parallel rank draws the same values for a step (lockstep), and resuming
     at step s reproduces exactly what an uninterrupted run would have drawn. `static_k` is the ablation that

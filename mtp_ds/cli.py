@@ -19,11 +19,11 @@ import sys
 
 SUBCOMMANDS = {
     "train": ("mtp_ds.train", "Train an MTP student from a recipe (run under torchrun)."),
-    "pretrain": ("mtp_ds.pretrain", "Pretrain a small model as a plain next-token model (the demo's teacher)."),
-    "export": ("mtp_ds.export", "Export a DeepSpeed checkpoint to a Hugging Face checkpoint."),
-    "generate": ("mtp_ds.generate_cli", "Generate with Static k / ConfAdapt and show each pass's chunk."),
+    "pretrain": ("mtp_ds.demo.pretrain", "Pretrain a small model as a plain next-token model (the demo's teacher)."),
+    "export": ("mtp_ds.checkpoint.export", "Export a DeepSpeed checkpoint to a Hugging Face checkpoint."),
+    "generate": ("mtp_ds.decoding.cli", "Generate with Static k / ConfAdapt and show each pass's chunk."),
     "show-layout": ("mtp_ds.render", "Render a packed MTP training sequence and its attention mask."),
-    "demo": ("mtp_ds.demo", "Run the whole method end to end on a tiny model on CPU."),
+    "demo": ("mtp_ds.demo.run", "Run the whole method end to end on a tiny model on CPU."),
 }
 
 

@@ -1,4 +1,4 @@
-"""Packing many MTP problems into one training sequence (METHOD.md 4).
+"""Packing many MTP problems into one training sequence (docs/METHOD.md section 4).
 
 Why: one forward pass over a packed sequence trains R multi-token-prediction problems at once. Ground-truth
 tokens stay in order at their original positions; after each anchor x_i we insert k-1 mask tokens with
@@ -132,7 +132,7 @@ def pack(
     bidirectional: bool = False,
     eos_token_id: int | None = None,
 ) -> PackedSequence:
-    """Pack one ground-truth sequence (N,) into R MTP regions of block size k (METHOD.md 4).
+    """Pack one ground-truth sequence (N,) into R MTP regions of block size k (docs/METHOD.md section 4).
 
     Anchors sit at `first_anchor + offset + r * 2*k_max` for r < num_regions (default N // (2*k_max)); an
     anchor at or past the end of the sample (its first EOS, else N) is dropped. With `eos_token_id`, ground

@@ -2,7 +2,7 @@
 
 Why these: per-slot agreement between the student's proposal and the teacher's target says how far into a
 block the student is right; per-slot top-1 confidence and the accepted length ConfAdapt would take at a few
-thresholds are a cheap proxy for the acceleration factor the decoder will reach (METHOD.md 2).
+thresholds are a cheap proxy for the acceleration factor the decoder will reach (docs/METHOD.md section 2).
 """
 
 from __future__ import annotations

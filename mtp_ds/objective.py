@@ -1,4 +1,4 @@
-"""The student-forced online distillation objective (METHOD.md 3).
+"""The student-forced online distillation objective (docs/METHOD.md section 3).
 
 One step, for a packed batch:
 1. the student runs on the packed sequence; its greedy proposals y' at the k slots of every region are read;
@@ -108,29 +108,6 @@ def suppress_mask_tokens(logits: torch.Tensor, mask_token_ids) -> torch.Tensor:
     logits = logits.clone()
     logits[..., banned] = SUPPRESSED_LOGIT
     return logits
-
-
-class LocalTeacher:
-    """The frozen teacher as a plain module on this rank ("replica" mode; the DeepSpeed inference engine's
-    module in "inference" mode). Always causal: the chain rule needs slot j blind to later proposals."""
-
-    def __init__(self, model, *, chunk_size: int = 4096):
-        self.model = model
-        self.chunk_size = chunk_size
-
-    @torch.no_grad()
-    def __call__(self, batch: PackedBatch, input_ids, rows, cols, *, want: str, mask_token_ids=(),
-                 temperature: float = 1.0):
-        hidden = packed_hidden_states(self.model, batch, input_ids, bidirectional=False)[rows, cols]
-        head = self.model.get_output_embeddings()
-        outputs = []
-        for chunk in hidden.split(self.chunk_size):
-            # (1, rows, H): DeepSpeed AutoTP's sharded LM head slices a 3-D input
-            logits = suppress_mask_tokens(head(chunk.unsqueeze(0))[0].float(), mask_token_ids)
-            outputs.append(logits.argmax(-1) if want == "argmax" else F.log_softmax(logits / temperature, -1))
-        if not outputs:
-            return torch.zeros((0,), dtype=torch.long, device=hidden.device)
-        return torch.cat(outputs)
 
 
 # ------------------------------------------------------------------------------------------ supervision --
@@ -276,7 +253,7 @@ def mtp_objective(student, teacher, batch: PackedBatch, config: ObjectiveConfig,
                   global_counts: dict[str, float] | None = None, loss_multiplier: float = 1.0,
                   num_slot_metrics: int | None = None, student_forward=None) -> ObjectiveOutput:
     """Loss and metrics for one micro-batch. `teacher(batch, input_ids, rows, cols, want=, temperature=)`
-    returns teacher argmax ids or log-probs at (rows, cols) (see LocalTeacher); unused for ground_truth.
+    returns teacher argmax ids or log-probs at (rows, cols) (see mtp_ds.models.teacher); unused for ground_truth.
 
     `global_counts` defaults to this micro-batch's own counts (single micro-batch, single rank).
     `loss_multiplier` undoes an engine's own averaging (DeepSpeed divides by gradient-accumulation steps

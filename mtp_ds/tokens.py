@@ -5,7 +5,7 @@ mask tokens without being told. We record them in the model config (`mtp_token_i
 for the distinct-slot-token variant), which survives `save_pretrained` / `from_pretrained` with no custom
 code, so an exported checkpoint carries its own answer.
 
-New embedding rows are drawn with the mean and per-dimension variance of the existing rows (METHOD.md 2),
+New embedding rows are drawn with the mean and per-dimension variance of the existing rows (docs/METHOD.md section 2),
 seeded, for the input embedding and, when untied, for the output embedding too.
 """
 
@@ -87,16 +87,19 @@ def _num_rows(weight: torch.Tensor) -> int:
     return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
-def _gathered(parameters):
-    """Full, writable parameters for the duration of the block: a no-op unless ZeRO-3 partitioned them."""
+def _gathered(parameters, gather):
+    """Full, writable parameters for the duration of the block: a no-op unless ZeRO-3 partitioned them.
+
+    The partitioned case needs the caller's `gather` (mtp_ds.models.student.gathered_for_write): this module
+    stays free of DeepSpeed."""
     import contextlib
 
-    partitioned = [p for p in parameters if hasattr(p, "ds_id")]
-    if not partitioned:
+    if not any(hasattr(p, "ds_id") for p in parameters):
         return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
+    if gather is None:
+        raise ValueError("the model's embeddings are ZeRO-3 partitioned: pass gather= "
+                         "(mtp_ds.models.student.gathered_for_write) to add_mtp_tokens")
+    return gather(parameters)
 
 
 def _init_rows(weight: torch.Tensor, rows: list[int], num_existing: int, generator: torch.Generator) -> None:
@@ -109,10 +112,13 @@ def _init_rows(weight: torch.Tensor, rows: list[int], num_existing: int, generat
         weight[rows] = (mean + std * noise).to(device=weight.device, dtype=weight.dtype)
 
 
-def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int = 16, seed: int = 0) -> MaskTokens:
+def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int = 16, seed: int = 0,
+                   gather=None) -> MaskTokens:
     """Add `<MTP>` (or `<MTP_0>..<MTP_{k_max-1}>`) to `tokenizer` and `model`, in place; return the ids.
 
-    Idempotent: calling it on a model whose config already records these tokens returns them unchanged.
+    `gather(parameters)`: a context manager making partitioned parameters whole and writable (needed only for a
+    ZeRO-3 partitioned model). Idempotent: calling it on a model whose config already records these tokens
+    returns them unchanged.
     Raises ValueError if a token text already exists in the tokenizer with another meaning.
     """
     texts = slot_token_texts(k_max) if distinct_slots else [SHARED_TOKEN]
@@ -152,7 +158,7 @@ def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int
     untied = output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight
     to_gather = [input_embeddings.weight] + ([output_embeddings.weight] if untied else [])
     bias = getattr(output_embeddings, "bias", None) if untied else None
-    with _gathered(to_gather + ([bias] if bias is not None else [])):
+    with _gathered(to_gather + ([bias] if bias is not None else []), gather):
         _init_rows(input_embeddings.weight, ids, num_existing, generator)
         if untied:
             _init_rows(output_embeddings.weight, ids, num_existing, generator)
@@ -165,7 +171,6 @@ def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int
         model.config.mtp_token_ids = ids
     model.config.mtp_base_vocab_size = num_existing
     return MaskTokens(tuple(ids))
-
 
 
 def mask_tokens_from_tokenizer(tokenizer, *, distinct_slots: bool = False, k_max: int = 16) -> MaskTokens:

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mtp_ds.tiny import tiny_model, word_tokenizer  # noqa: E402
+from mtp_ds.models.tiny import tiny_model, word_tokenizer  # noqa: E402
 from mtp_ds.tokens import add_mtp_tokens  # noqa: E402
 
 ARCHS = ["qwen3", "llama"]

@@ -4,10 +4,10 @@ tensors and on whole models with ragged 4D masks; the decoder switches to it onl
 import pytest
 import torch
 
-import mtp_ds.attention as attention
+import mtp_ds.decoding.attention as attention
 from conftest import make_mtp_model
 from mtp_ds.decoding import generate
-from mtp_ds.tiny import tiny_model
+from mtp_ds.models.tiny import tiny_model
 
 
 def _reference_sdpa(query, key, value, mask):

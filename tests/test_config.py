@@ -10,7 +10,7 @@ from mtp_ds.config import (
     ConfigError, Recipe, apply_overrides, effective_config, gradient_accumulation_steps, load_recipe, parse_cli,
     resolve_deepspeed_config, resolve_teacher_config, save_effective_config,
 )
-from mtp_ds.ds_config import resolve_model_dtype
+from mtp_ds.config import resolve_model_dtype
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAIN_RECIPES = {"tiny_cpu_pretrain.yaml"}  # mtp_ds.pretrain's schema (tests/test_demo.py)
@@ -267,7 +267,7 @@ def test_config_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, mtp_ds.config, mtp_ds.ds_config; print(any(m in sys.modules for m in ('torch', 'datasets', 'transformers')))"
+    code = "import sys, mtp_ds.config, mtp_ds.config.run; print(any(m in sys.modules for m in ('torch', 'datasets', 'transformers')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 

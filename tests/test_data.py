@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import mtp_ds.data as data_module
+import mtp_ds.data.tokenize as data_module
 from mtp_ds.config import ConfigError, DataConfig, load_recipe
 from mtp_ds.data import (
-    EpochShuffleSampler, build_datasets, encode_example, load_tokenizer, rank_slice, step_micro_batches,
-    validation_batches,
+    EpochShuffleSampler, build_datasets, encode_example, rank_slice, step_micro_batches, validation_batches,
 )
-from mtp_ds.data_sources import group_hash, load_raw_dataset, split_indices
+from mtp_ds.data.sources import group_hash, load_raw_dataset, split_indices
 from mtp_ds.layout import pack
-from mtp_ds.tiny import word_tokenizer
-from mtp_ds.toy_math import generate_rows
+from mtp_ds.models.loading import load_tokenizer
+from mtp_ds.models.tiny import word_tokenizer
+from toy_math import generate_rows
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "tiny_cpu.yaml"

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import make_mtp_model
 
-from mtp_ds import decoding
+from mtp_ds.decoding import ragged_cache
 from mtp_ds.decoding import generate
-from mtp_ds.generate_cli import main as generate_main
-from mtp_ds.tiny import tiny_model, word_tokenizer
+from mtp_ds.decoding.cli import main as generate_main
+from mtp_ds.models.tiny import tiny_model, word_tokenizer
 
 PROMPTS = [
     "how many apples does the boy have ?",
@@ -162,7 +162,7 @@ def test_batch_with_holes_survives_compaction(monkeypatch):
     ids, attention_mask = _left_pad(prompts)
     settings = dict(mtp_token_id=mask_tokens, strategy="confadapt", k_max=6, threshold=0.5, max_new_tokens=30)
     plain = generate(model, ids, attention_mask=attention_mask, **settings)
-    monkeypatch.setattr(decoding, "_COMPACT_MIN_HOLES", 1)  # compact after every pass
+    monkeypatch.setattr(ragged_cache, "COMPACT_MIN_HOLES", 1)  # compact after every pass
     compacted = generate(model, ids, attention_mask=attention_mask, **settings)
     assert compacted.sequences == plain.sequences
 

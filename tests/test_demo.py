@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtp_ds import demo_report
+from mtp_ds.demo import report as demo_report
 from mtp_ds.batching import collate
 from mtp_ds.config import ConfigError, DataConfig
 from mtp_ds.data import encode_example, format_text
 from mtp_ds.layout import pack
 from mtp_ds.objective import prefix_coordinates
-from mtp_ds.pretrain import LengthBucketSampler, learning_rate, load_pretrain_recipe, ntp_batch, pretrain
-from mtp_ds.synth_gsm import make_problem, make_split, write_splits
+from mtp_ds.demo.pretrain import LengthBucketSampler, learning_rate, load_pretrain_recipe, ntp_batch, pretrain
+from mtp_ds.demo.synth_gsm import make_problem, make_split, write_splits
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 PROMPT_TEMPLATE = "Q: {prompt}\nA: Let's think step by step."
@@ -70,7 +70,7 @@ def test_prompt_template_formats_like_the_lm_eval_task():
 
 @pytest.fixture(scope="module")
 def spm_tokenizer_dir(tmp_path_factory):
-    from mtp_ds.spm_tokenizer import train_tokenizer
+    from mtp_ds.demo.spm_tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     texts = [PROMPT_TEMPLATE.replace("{prompt}", p["question"]) + " " + p["answer"] for p in make_split(2000, seed=0)]
@@ -101,7 +101,7 @@ def test_sentencepiece_tokenizer_matches_sentencepiece_and_round_trips(spm_token
 
 def test_ntp_batch_labels_follow_the_hugging_face_convention():
     """The model's own shifted loss over `labels` == cross-entropy of the response's next tokens (no double shift)."""
-    from mtp_ds.tiny import tiny_model
+    from mtp_ds.models.tiny import tiny_model
 
     model = tiny_model("qwen3", vocab_size=32)
     rows = [{"input_ids": [5, 6, 7, 8, 9, 2, 2, 2], "length": 6, "response_start": 3},
@@ -154,7 +154,7 @@ def pretrain_inputs(tmp_path, spm_tokenizer_dir):
 
 
 def test_pretraining_resumes_after_a_crash_to_the_same_weights(tmp_path, pretrain_inputs, monkeypatch):
-    import mtp_ds.pretrain as pretrain_module
+    import mtp_ds.demo.pretrain as pretrain_module
     from transformers import AutoModelForCausalLM
 
     recipe_path = "recipes/tiny_cpu_pretrain.yaml"
@@ -193,7 +193,7 @@ def test_pretrain_recipe_errors_name_the_field(tmp_path):
 
 
 def test_prefix_ntp_positions_start_at_the_first_anchor():
-    from mtp_ds.tiny import word_tokenizer
+    from mtp_ds.models.tiny import word_tokenizer
 
     tokenizer = word_tokenizer()
     data = DataConfig(prompt_template=PROMPT_TEMPLATE, separator=" ", response_only_anchors=True, seq_len=48,
@@ -237,14 +237,28 @@ def test_targets_pass_and_miss():
         _row("teacher", "static", 1, None, 0.60, 1.0, 400.0), _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
         _row("mtp", "confadapt", 8, 0.9, 0.56, 2.6, 1000.0)])
     assert rows[2]["wall_clock_speedup"] == 2.0 and rows[0]["wall_clock_speedup"] == 0.8
-    targets = demo_report.check_targets(rows, demo_seconds=900.0, test_problems=200)
-    assert [t["passed"] for t in targets] == [True, True, True, True, True]
+    targets = demo_report.check_targets(rows, test_problems=200)
+    assert [t["passed"] for t in targets] == [True, True, True, True]
     rows[2].update(accuracy=0.54, acceleration=2.4)
-    targets = demo_report.check_targets(rows, demo_seconds=1300.0, test_problems=199)
-    assert [t["passed"] for t in targets] == [False, False, False, False, False]
-    assert not any(t["passed"] for t in demo_report.check_targets([], demo_seconds=None, test_problems=200)[:3])
+    targets = demo_report.check_targets(rows, test_problems=199)
+    assert [t["passed"] for t in targets] == [False, False, False, False]
+    assert not any(t["passed"] for t in demo_report.check_targets([], test_problems=200)[:3])
     table = demo_report.format_table(rows)
     assert "| mtp | ConfAdapt τ=0.9 (k_max 8) | 0.540 | 2.40 | 1000 | 2.00x |" in table
+
+
+def test_run_time_is_reported_beside_its_goal_never_a_target(tmp_path):
+    """A slow machine (the same deterministic run took 28.6 minutes on a busy CI machine) must not fail --check."""
+    rows = [_row("teacher", "static", 1, None, 0.60, 1.0, 400.0), _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
+            _row("mtp", "confadapt", 8, 0.9, 0.57, 2.6, 1000.0)]
+    targets = demo_report.check_targets(rows, test_problems=200)
+    assert all(t["passed"] for t in targets) and not any("minute" in t["name"] for t in targets)
+    slow = demo_report.time_report(28.6 * 60)
+    assert slow["within_goal"] is False and slow["seconds"] == 1716.0
+    assert demo_report.format_time(slow).startswith("TIME  28.6 min, over the 20-minute goal")
+    demo_report.write_summary(tmp_path, rows, targets, {"pretrain": 1000.0, "mtp": 716.0})
+    saved = json.loads((tmp_path / "targets.json").read_text())
+    assert saved["time"] == slow and saved["timings"] == {"pretrain": 1000.0, "mtp": 716.0}
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -253,7 +267,7 @@ def test_targets_pass_and_miss():
     (["--thresholds", "x"], "mtp-ds demo: --thresholds: expected a comma-separated list of numbers, got 'x'"),
 ])
 def test_demo_refuses_bad_flags_before_writing_anything(tmp_path, flags, message):
-    from mtp_ds.demo import main
+    from mtp_ds.demo.run import main
 
     with pytest.raises(SystemExit) as stop:
         main(["--out-dir", str(tmp_path / "demo"), *flags])

@@ -4,8 +4,8 @@ the decoder's operations (append, crop, row selection, reassignment), and append
 import pytest
 import torch
 
-from mtp_ds.kv_cache import make_cache
-from mtp_ds.tiny import tiny_model
+from mtp_ds.decoding.kv_cache import make_cache
+from mtp_ds.models.tiny import tiny_model
 
 
 def _forward(model, cache, ids, start):

@@ -65,7 +65,7 @@ def _load_task_utils():
 # --- the hook: installed, cheap at start-up, leaves built-in models alone, guarded against recursion -------
 
 def test_pth_is_installed_in_site_packages(require_installed):
-    assert _installed_pth().read_text().strip() == "import mtp_ds._lm_eval_hook"
+    assert _installed_pth().read_text().strip() == "import mtp_ds.evaluation.lm_eval_hook"
 
 
 def test_python_startup_imports_neither_lm_eval_nor_torch(require_installed):
@@ -82,10 +82,10 @@ def test_hf_and_mtp_both_resolve_with_hook_installed(require_installed):
 
 
 def test_hook_imported_twice_neither_recurses_nor_registers_twice():
-    hook_path = REPO / "mtp_ds" / "_lm_eval_hook.py"
+    hook_path = REPO / "mtp_ds" / "evaluation" / "lm_eval_hook.py"
     code = f"""
 import importlib.util, sys
-import mtp_ds._lm_eval_hook as first
+import mtp_ds.evaluation.lm_eval_hook as first
 spec = importlib.util.spec_from_file_location("second_copy_of_hook", {str(hook_path)!r})
 second = importlib.util.module_from_spec(spec); spec.loader.exec_module(second)
 second.install(); first.install()
@@ -101,7 +101,7 @@ print(get_model("hf").__name__, "mtp" in lm_eval.api.registry.model_registry)
 # --- the model class in-process -----------------------------------------------------------------------------
 
 def test_bad_model_arg_names_the_arg(tiny_mtp_dir):
-    from mtp_ds.lm_eval_model import MTPLM
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
 
     with pytest.raises(ValueError, match=r"model arg strategy='bogus'"):
         MTPLM(pretrained=str(tiny_mtp_dir), strategy="bogus", device="cpu")
@@ -111,8 +111,8 @@ def test_bad_model_arg_names_the_arg(tiny_mtp_dir):
 
 def test_checkpoint_without_mask_token_is_refused_except_at_k1(tmp_path):
     """A base model (the demo's teacher) runs at static k=1 with HF greedy's tokens; any MTP setting is refused."""
-    from mtp_ds.lm_eval_model import MTPLM
-    from mtp_ds.tiny import tiny_model, word_tokenizer
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
+    from mtp_ds.models.tiny import tiny_model, word_tokenizer
 
     tokenizer = word_tokenizer()
     model = tiny_model("qwen3", vocab_size=len(tokenizer))
@@ -129,7 +129,7 @@ def test_checkpoint_without_mask_token_is_refused_except_at_k1(tmp_path):
 
 
 def test_model_generate_pads_rows_and_counts_passes(tiny_mtp_dir, tmp_path):
-    from mtp_ds.lm_eval_model import MTPLM
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
 
     stats_path = tmp_path / "stats.json"
     lm = MTPLM(pretrained=str(tiny_mtp_dir), strategy="static", k=3, device="cpu", dtype="float32",

@@ -9,8 +9,9 @@ from conftest import make_mtp_model
 
 from mtp_ds.batching import KOffsetSampler, collate
 from mtp_ds.layout import pack
+from mtp_ds.models.teacher import LocalTeacher
 from mtp_ds.objective import (
-    LocalTeacher, ObjectiveConfig, global_supervision_counts, mtp_objective, prefix_coordinates, slot_coordinates,
+    ObjectiveConfig, global_supervision_counts, mtp_objective, prefix_coordinates, slot_coordinates,
     suppress_mask_tokens,
 )
 

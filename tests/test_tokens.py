@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import make_mtp_model
 
-from mtp_ds.tiny import tiny_model, word_tokenizer
+from mtp_ds.models.tiny import tiny_model, word_tokenizer
 from mtp_ds.tokens import (
     SHARED_TOKEN, add_mtp_tokens, mask_tokens_from_config, mask_tokens_from_tokenizer, slot_token_texts,
 )

@@ -106,7 +106,7 @@ def test_export_round_trip(straight, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mtp_ds.decoding import generate
-    from mtp_ds.export import main as export_main
+    from mtp_ds.checkpoint.export import main as export_main
 
     checkpoint = straight / "step00000006"
     assert export_main([str(checkpoint), str(tmp_path / "fp32"), "--dtype", "float32"]) == 0

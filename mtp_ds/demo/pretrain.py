@@ -1,7 +1,7 @@
 """Plain next-token pretraining of a small model from a config: the demo's teacher (stage 1).
 
 Usage:
-    mtp-ds pretrain recipes/tiny_cpu_pretrain.yaml [section.key=value ...]   (or python -m mtp_ds.pretrain)
+    mtp-ds pretrain recipes/tiny_cpu_pretrain.yaml [section.key=value ...]   (or python -m mtp_ds.demo.pretrain)
 
 Why a separate, single-process loop: the MTP method starts from a *trained* causal LM. On a CPU build machine
 that model has to be trained first, in minutes, and a tiny model trains fastest as one process using every
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mtp_ds import config_values
+from mtp_ds.config import values as config_values
 from mtp_ds.config import ConfigError, DataConfig, ModelConfig, read_recipe_file, resolve_path
 
 STATE_FILE = "pretrain_state.pt"
@@ -132,7 +132,7 @@ class LengthBucketSampler:
 
 
 def _save_state(path: Path, model, optimizer, step: int, sampler) -> None:
-    from mtp_ds.checkpoint import rng_state
+    from mtp_ds.checkpoint.store import rng_state
 
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -144,10 +144,10 @@ def pretrain(recipe: PretrainRecipe) -> Path:
     """Train (or resume, or skip when DONE) and return the Hugging Face checkpoint directory."""
     from tqdm.auto import tqdm
 
-    from mtp_ds.checkpoint import set_rng_state
-    from mtp_ds.data import load_tokenizer, tokenize_dataset
-    from mtp_ds.data_sources import load_raw_dataset
-    from mtp_ds.models import load_base_model
+    from mtp_ds.checkpoint.store import set_rng_state
+    from mtp_ds.data.sources import load_raw_dataset
+    from mtp_ds.data.tokenize import tokenize_dataset
+    from mtp_ds.models.loading import load_base_model, load_tokenizer
 
     settings = recipe.pretrain
     out_dir = Path(settings.out_dir)

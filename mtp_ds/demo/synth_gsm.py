@@ -7,7 +7,7 @@ of 2-4 steps (start, then add / remove / multiply / share) over one running quan
 objects, containers and phrasings. All intermediate results stay in 1..99 and products use one-digit
 factors, so a tiny model can learn the arithmetic in minutes.
 
-    python -m mtp_ds.synth_gsm outputs/demo/data --train 20000 --test 200 --seed 0
+    python -m mtp_ds.demo.synth_gsm outputs/demo/data --train 20000 --test 200 --seed 0
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Seeded toy arithmetic word problems in the MetaMathQA schema (query, response, original_question, type).
 
-Why: the CPU recipe, the tests and the demo need a real-looking math SFT set without downloading anything.
-Every word is in `mtp_ds.tiny.TINY_WORDS` (numbers are split into digits by the word tokenizer), so
+Why: the CPU recipe (`recipes/tiny_cpu.yaml` reads tests/fixtures/toy_metamath.jsonl, written by this file)
+and the tests need a real-looking math SFT set without downloading anything. Test-only, so it lives here.
+Every word is in `mtp_ds.models.tiny.TINY_WORDS` (numbers are split into digits by the word tokenizer), so
 `word_tokenizer()` encodes the rows with no <unk>. Like MetaMathQA, each original question comes with a few
 augmentations (same question with a reworded answer, or a reworded question) that share `original_question`,
 which is what the seed-question-stratified split groups on.
 
-    python -m mtp_ds.toy_math tests/fixtures/toy_metamath.jsonl --questions 120 --seed 0
+    python tests/toy_math.py tests/fixtures/toy_metamath.jsonl --questions 120 --seed 0
 """
 
 from __future__ import annotations

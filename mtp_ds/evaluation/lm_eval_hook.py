@@ -2,13 +2,13 @@
 
 Why a post-import hook: lm-eval 0.4.x has no model plugin discovery (no entry points are read), so a model
 from another package has to be put into `lm_eval.api.registry.model_registry` by code that runs inside the
-`lm_eval` process. The wheel ships `mtp_ds_lm_eval.pth`, whose one import line runs this module at every
+`lm_eval` process. The wheel ships `mtp_ds_lm_eval.pth` (from packaging/), whose one import line runs this module at every
 Python start. It must stay stdlib-only and cheap: importing lm_eval (or torch) here would cost ~100 ms+ on
 every interpreter start.
 
 So this module only puts a tiny finder on `sys.meta_path`. When `lm_eval.models` is first imported, the
 finder wraps its loader; right after the real module has run (and registered the built-in models), we add a
-lazy `"mtp" -> "mtp_ds.lm_eval_model:MTPLM"` entry. Registering any earlier would make the registry
+lazy `"mtp" -> "mtp_ds.evaluation.lm_eval_model:MTPLM"` entry. Registering any earlier would make the registry
 non-empty before `lm_eval.models` ran, and `get_model` then never imports it: every built-in model (`hf`)
 would disappear.
 
@@ -20,7 +20,7 @@ finder skips every finder carrying that marker, so two copies can never call eac
 import sys
 
 MODEL_NAME = "mtp"
-MODEL_TARGET = "mtp_ds.lm_eval_model:MTPLM"
+MODEL_TARGET = "mtp_ds.evaluation.lm_eval_model:MTPLM"
 HOOKED_MODULE = "lm_eval.models"
 _MARKER = "_mtp_ds_lm_eval_hook"
 

@@ -14,9 +14,27 @@ from __future__ import annotations
 import copy
 import json
 
-from mtp_ds.config import ConfigError, Recipe, gradient_accumulation_steps, resolve_path
+from mtp_ds.config.paths import resolve_path
+from mtp_ds.config.schema import Recipe
+from mtp_ds.config.values import ConfigError
 
 AUTO = "auto"
+
+
+def gradient_accumulation_steps(recipe: Recipe, world_size: int) -> int:
+    """global = micro * accumulation * data-parallel size; a one-line error when that cannot hold."""
+    train = recipe.train
+    if world_size < 1:
+        raise ConfigError(f"world_size must be >= 1, got {world_size}")
+    per_step = train.micro_batch_size * world_size
+    if train.global_batch_size % per_step:
+        raise ConfigError(
+            f"train.global_batch_size={train.global_batch_size} is not divisible by train.micro_batch_size * world_size "
+            f"= {train.micro_batch_size} * {world_size} = {per_step}"
+        )
+    if recipe.teacher.mode == "inference" and world_size % recipe.teacher.tp_size:
+        raise ConfigError(f"teacher.tp_size={recipe.teacher.tp_size} does not divide world_size={world_size}")
+    return train.global_batch_size // per_step
 
 
 def load_json_config(path: str, key: str) -> dict:

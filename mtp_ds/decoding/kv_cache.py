@@ -9,7 +9,7 @@ does with the mask tokens' entries after every pass) only moves `length` back.
 
 The layer keeps `DynamicLayer`'s interface (`keys`/`values` read as the cached tensors, assigning them replaces
 the cache, `crop`, `batch_select_indices`, `get_seq_length`), so the decoder's ragged-cache bookkeeping
-(`mtp_ds.decoding._RaggedCache`) and the models' mask code work unchanged. Nothing here imports DeepSpeed.
+(`mtp_ds.decoding.ragged_cache.RaggedCache`) and the models' mask code work unchanged. Nothing here imports DeepSpeed.
 """
 
 from __future__ import annotations

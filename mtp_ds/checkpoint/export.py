@@ -29,7 +29,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from mtp_ds.checkpoint import COMPLETE
+    from mtp_ds.checkpoint.store import COMPLETE
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not (checkpoint / COMPLETE).exists():

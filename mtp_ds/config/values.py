@@ -1,7 +1,7 @@
 """Typed values for nested config dataclasses: type checking, building from plain dicts, `key=value` overrides.
 
-Why separate from `config.py`: this is generic machinery (a root dataclass whose fields are section
-dataclasses of scalars, lists and mappings); `config.py` keeps only the recipe's schema and its rules. Every
+Why separate from `schema.py`: this is generic machinery (a root dataclass whose fields are section
+dataclasses of scalars, lists and mappings); `schema.py` keeps only the recipe's sections, `recipe.py` its rules. Every
 error is a one-line ConfigError naming the dotted key. Stdlib + yaml only.
 """
 

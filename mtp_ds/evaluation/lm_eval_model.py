@@ -10,7 +10,7 @@ Model args (besides HFLM's own: pretrained, batch_size, device, dtype, ...):
   the decoding statistics to). The mask token id is read from the loaded model's config (`mtp_token_id`); a
   checkpoint without one (a base model, e.g. the teacher) is accepted for strategy=static,k=1 only.
 
-Statistics (METHOD.md 6: report the effective k): per task and for the whole run, the acceleration factor
+Statistics (docs/METHOD.md section 6: report the effective k): per task and for the whole run, the acceleration factor
 (mean and std of tokens accepted per forward pass of a sequence), forward passes, generated tokens and
 tokens/s. They go into `get_model_info()` (so into the results JSON under `config.mtp_decoding`), into one
 log line per task, and into `stats_path` if given.
@@ -30,11 +30,11 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from mtp_ds.decoding import STRATEGIES, generate
 from mtp_ds.tokens import has_mask_tokens, mask_tokens_from_config
 
 logger = logging.getLogger("lm_eval.mtp_ds")
 
-STRATEGIES = ("static", "confadapt")
 _SAMPLING_KWARGS = ("do_sample", "temperature")  # the only generation kwargs the MTP decoder honours
 
 
@@ -195,8 +195,6 @@ class MTPLM(HFLM):
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs) -> torch.Tensor:
         """Same contract as HFLM's: return (batch, context_len + new) ids; rows are padded after their end."""
-        from mtp_ds.decoding import generate
-
         attention_mask = generation_kwargs.pop("attention_mask", None)
         temperature = self._sampling_temperature(generation_kwargs)
         started = time.perf_counter()

@@ -1,19 +1,19 @@
 """Multi-token decoding with `<MTP>` mask tokens: Static k and ConfAdapt, batched, on the HF KV cache.
 
 Why this module exists: an MTP model predicts k tokens per forward pass when its input ends with k-1 mask
-tokens (METHOD.md section 2). Decoding must give exactly what a plain causal model would give on
+tokens (docs/METHOD.md section 2). Decoding must give exactly what a plain causal model would give on
 prompt + accepted + masks (the contract the tests hold), yet never recompute the prompt and never fall back
 to decoding rows one by one when rows of a batch accept different numbers of tokens.
 
 Ragged KV cache design (one HF cache shared by the batch, plus a per-row "key is real" vector; the cache's
-layers append in place instead of concatenating, `mtp_ds/kv_cache.py`):
+layers append in place instead of concatenating, `kv_cache.py`; the bookkeeping is `ragged_cache.py`):
 - A pass feeds, per row, its pending inputs (the tokens accepted last pass; the prompt on the first pass)
   followed by the mask tokens, right-padded to the longest row. Position ids are explicit per row, so
   left padding and holes in the cache never shift a row's positions.
 - After the pass the cache is cropped by the tail no row needs (everything past the longest row's pending
   inputs); what is left of a shorter row's masks/padding stays in the cache as holes, marked False in
   `key_valid` and hidden by the 4D additive attention mask (causal among new tokens + key validity).
-- When holes exceed `_COMPACT_MIN_HOLES` columns, the cache is compacted: per row, real entries are moved
+- When holes exceed `COMPACT_MIN_HOLES` columns, the cache is compacted: per row, real entries are moved
   to the right (stable order, so attention is unchanged: keys already carry their rotary positions) and the
   all-hole columns on the left are dropped.
 - Finished rows leave the batch (the cache is index-selected), so they cost nothing afterwards.
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mtp_ds.attention import decoding_attention
-from mtp_ds.kv_cache import make_cache
+from mtp_ds.decoding.attention import decoding_attention
+from mtp_ds.decoding.kv_cache import make_cache
+from mtp_ds.decoding.ragged_cache import RaggedCache
 from mtp_ds.tokens import MaskTokens, as_mask_tokens, has_mask_tokens, mask_tokens_from_config
 
 STRATEGIES = ("static", "confadapt")
-_COMPACT_MIN_HOLES = 64  # compact once this many cache columns are wasted on holes in the widest row
 
 
 @dataclass
@@ -103,76 +103,6 @@ def _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_
                              f"{tuple(input_ids.shape)}")
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("attention_mask must describe LEFT-padded prompts (every row's last position is real)")
-
-
-class _RaggedCache:
-    """A HF cache (`mtp_ds.kv_cache.make_cache`) shared by rows that advance by different amounts, plus which keys are real.
-
-    `real_counts` (host ints, one per row: real keys in the cache) mirrors `key_valid.sum(dim=1)`, so deciding
-    whether to compact, or whether the cache has any hole at all, never reads the device.
-    """
-
-    def __init__(self, cache, batch_size: int, device):
-        self.cache = cache
-        self.key_valid = torch.zeros((batch_size, 0), dtype=torch.bool, device=device)
-        self.real_counts = [0] * batch_size
-
-    @property
-    def width(self) -> int:
-        return self.key_valid.shape[1]
-
-    @property
-    def dense(self) -> bool:
-        """True when every cached key of every row is real (no left padding, no holes)."""
-        return all(count == self.width for count in self.real_counts)
-
-    def attention_mask(self, new_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(B, 1, q, cache+q) additive mask: cached keys if real; new keys if real and causal (or the diagonal)."""
-        q_len = new_valid.shape[1]
-        # causal among the new keys, plus the diagonal so that no query row is fully masked
-        causal = torch.ones((q_len, q_len), dtype=torch.bool, device=new_valid.device).tril()
-        new_part = (causal[None] & new_valid[:, None, :]) | causal.diagonal().diag_embed()[None]
-        cached_part = self.key_valid[:, None, :].expand(-1, q_len, -1)
-        allowed = torch.cat([cached_part, new_part], dim=2)[:, None]
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=new_valid.device)
-        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-
-    def commit(self, block_len: int, kept_valid: torch.Tensor, kept_counts: list[int]) -> None:
-        """After a pass over `block_len` new entries, keep the first kept_valid.shape[1] of them.
-
-        `kept_counts[b]` = kept_valid[b].sum(), given by the caller from host values.
-        """
-        to_remove = block_len - kept_valid.shape[1]
-        if to_remove > 0:
-            self.cache.crop(-to_remove)  # negative = number of entries to drop (transformers 5 contract)
-        self.key_valid = torch.cat([self.key_valid, kept_valid], dim=1)
-        self.real_counts = [count + kept for count, kept in zip(self.real_counts, kept_counts)]
-        self._compact_if_sparse()
-
-    def select_rows(self, rows: list[int], device) -> None:
-        index = torch.tensor(rows, device=device)
-        self.cache.batch_select_indices(index)
-        self.key_valid = self.key_valid[index]
-        self.real_counts = [self.real_counts[row] for row in rows]
-        self._compact_if_sparse()
-
-    def _compact_if_sparse(self, min_holes: int | None = None) -> None:
-        min_holes = _COMPACT_MIN_HOLES if min_holes is None else min_holes
-        width = self.width
-        max_real = max(self.real_counts, default=0)
-        layers = getattr(self.cache, "layers", None)
-        if width - max_real < max(min_holes, 1) or not layers or not all(hasattr(x, "keys") for x in layers):
-            return
-        # Stable sort on validity moves holes left and keeps the real keys in their order; then drop the
-        # columns that are holes in every row.
-        order = torch.sort(self.key_valid.to(torch.int8), dim=1, stable=True).indices[:, width - max_real:]
-        for layer in layers:
-            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
-                continue
-            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-            layer.keys = torch.gather(layer.keys, 2, index)
-            layer.values = torch.gather(layer.values, 2, index.expand(-1, -1, -1, layer.values.shape[3]))
-        self.key_valid = torch.gather(self.key_valid, 1, order)
 
 
 @dataclass
@@ -325,7 +255,7 @@ class _BatchDecoder:
     def __init__(self, model, mask_tokens: MaskTokens, cache, batch_size: int, device):
         self.model = model
         self.mask_tokens = mask_tokens
-        self.kv = _RaggedCache(cache, batch_size, device)
+        self.kv = RaggedCache(cache, batch_size, device)
         self.device = device
         self.dtype = next(model.parameters()).dtype
         self.num_forward_passes = 0

@@ -23,44 +23,13 @@ from pathlib import Path
 
 import torch
 
-from mtp_ds.batching import KOffsetSampler, collate
+from mtp_ds.batching import KOffsetSampler
 from mtp_ds.config import ConfigError
-from mtp_ds.layout import pack
 from mtp_ds.objective import ObjectiveConfig, global_supervision_counts, mtp_objective
+from mtp_ds.train.distributed import setup_distributed
 
 log = logging.getLogger("mtp_ds")
 DONE_FILE = "DONE"  # written when the run reached train.steps (the Slurm scripts do not requeue then)
-
-
-def _single_process_environment() -> None:
-    """`python -m mtp_ds.train ...` without a launcher: a world of one on a free local port."""
-    if "RANK" in os.environ:
-        return
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-
-
-def setup_distributed(device_type: str) -> tuple[int, int, int]:
-    import deepspeed
-
-    _single_process_environment()
-    deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
-    if device_type == "cpu":
-        # DeepSpeed's shared-memory all-reduce kernel crashes (SIGSEGV) under AutoTP on CPU; plain gloo is exact.
-        import deepspeed.comm.comm as ds_comm
-
-        if hasattr(ds_comm.cdb, "shm_vector_kernel_level"):
-            ds_comm.cdb.shm_vector_kernel_level = 0
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
-    return rank, world, local_rank
 
 
 def objective_config(recipe) -> ObjectiveConfig:
@@ -72,18 +41,15 @@ def objective_config(recipe) -> ObjectiveConfig:
     )
 
 
-def pack_micro_batches(micro_batches, recipe, mask_tokens, eos_token_id, pad_token_id, device):
-    """SampleBatch (unpacked token ids + draws) -> PackedBatch per micro-batch."""
-    packed = []
-    for micro in micro_batches:
-        sequences = [
-            pack(micro.token_ids[row], k=k, offset=offset, mtp_token_id=mask_tokens, k_max=recipe.packing.k_max,
-                 num_regions=recipe.num_regions, first_anchor=int(micro.first_anchor[row]),
-                 bidirectional=recipe.packing.bidirectional, eos_token_id=eos_token_id)
-            for row, (k, offset) in enumerate(micro.draws)
-        ]
-        packed.append(collate(sequences, pad_token_id=pad_token_id).to(device))
-    return packed
+def pack_step(state, dataset, indices, draws):
+    """This rank's packed micro-batches of one global batch (indices + their (k, offset) draws)."""
+    from mtp_ds.data import pack_micro_batches, step_micro_batches
+
+    micro = step_micro_batches(dataset, indices, rank=state["rank"], world_size=state["world"],
+                               micro_batch_size=state["recipe"].train.micro_batch_size, draws=draws)
+    return pack_micro_batches(micro, state["plan"].packing, mask_tokens=state["mask_tokens"],
+                              eos_token_id=state["data"].eos_token_id, pad_token_id=state["pad_id"],
+                              device=state["device"])
 
 
 def run_objective(state, batches, *, train: bool):
@@ -96,7 +62,7 @@ def run_objective(state, batches, *, train: bool):
         with torch.set_grad_enabled(train):
             output = mtp_objective(state["student"], state["teacher"], batch, config,
                                    mask_token_ids=state["mask_tokens"].ids, global_counts=counts,
-                                   loss_multiplier=multiplier, num_slot_metrics=state["k_max"],
+                                   loss_multiplier=multiplier, num_slot_metrics=state["plan"].packing.k_max,
                                    student_forward=engine)
         if train:
             engine.backward(output.loss)
@@ -106,15 +72,11 @@ def run_objective(state, batches, *, train: bool):
 
 
 def train_step(state, step: int) -> dict:
-    recipe, data = state["recipe"], state["data"]
-    from mtp_ds.data import step_micro_batches
-
+    recipe = state["recipe"]
     started = time.perf_counter()
     global_indices = state["sampler"].next_batch()
     draws = state["k_sampler"].sample(step, len(global_indices))
-    micro = step_micro_batches(data.train, global_indices, rank=state["rank"], world_size=state["world"],
-                               micro_batch_size=recipe.train.micro_batch_size, draws=draws)
-    batches = pack_micro_batches(micro, recipe, state["mask_tokens"], data.eos_token_id, state["pad_id"], state["device"])
+    batches = pack_step(state, state["data"].train, global_indices, draws)
     state["engine"].train()
     metrics, counts = run_objective(state, batches, train=True)
     summary = metrics.summary()
@@ -151,21 +113,18 @@ def check_finite(record: dict, engine, last_saved) -> None:
 
 def validate(state, step: int) -> dict:
     """Teacher-forced metrics on fixed validation batches with fixed (k, offset) draws."""
-    from mtp_ds.data import step_micro_batches, validation_batches
+    from mtp_ds.data import validation_batches
 
-    recipe, data = state["recipe"], state["data"]
+    recipe, data, packing = state["recipe"], state["data"], state["plan"].packing
     if len(data.validation) == 0:
         return {}
-    sampler = KOffsetSampler(k_min=recipe.packing.k_min, k_max=recipe.packing.k_max,
-                             static_k=recipe.packing.static_k, per_sequence_k=True, seed=recipe.train.seed + 1)
+    sampler = KOffsetSampler(k_min=packing.k_min, k_max=packing.k_max, static_k=packing.static_k,
+                             per_sequence_k=True, seed=recipe.train.seed + 1)
     state["engine"].eval()
     total = None
     for index, indices in enumerate(validation_batches(data.validation, global_batch_size=recipe.train.global_batch_size,
                                                        num_batches=recipe.train.eval_batches)):
-        micro = step_micro_batches(data.validation, indices, rank=state["rank"], world_size=state["world"],
-                                   micro_batch_size=recipe.train.micro_batch_size,
-                                   draws=sampler.sample(index, len(indices)))
-        batches = pack_micro_batches(micro, recipe, state["mask_tokens"], data.eos_token_id, state["pad_id"], state["device"])
+        batches = pack_step(state, data.validation, indices, sampler.sample(index, len(indices)))
         metrics, _ = run_objective(state, batches, train=False)
         total = metrics if total is None else total + metrics
     state["engine"].train()
@@ -173,7 +132,7 @@ def validate(state, step: int) -> dict:
 
 
 def save(state, step: int) -> Path:
-    from mtp_ds.checkpoint import save_checkpoint
+    from mtp_ds.checkpoint.store import save_checkpoint
 
     recipe = state["recipe"]
     client_state = {"step": step, "sampler": state["sampler"].state_dict(),
@@ -183,57 +142,49 @@ def save(state, step: int) -> Path:
                            hf_config=state["student"].config, tokenizer=state["tokenizer"])
 
 
-def prepare(recipe, rank: int, world: int, local_rank: int, device_type: str) -> dict:
-    """Everything before the first step. Validation of all inputs happens before anything is written."""
-    from mtp_ds.config import effective_config, gradient_accumulation_steps, resolve_attn_implementation
-    from mtp_ds.data import EpochShuffleSampler, build_datasets, load_tokenizer
-    from mtp_ds.ds_config import resolve_deepspeed_config, resolve_model_dtype, resolve_teacher_config
-    from mtp_ds.models import build_models, device_for_rank
+def prepare(recipe, plan, rank: int, local_rank: int) -> dict:
+    """Everything before the first step: tokenizer, data (rank 0 first), models, samplers. `plan`: the
+    run's `mtp_ds.config.RunPlan`, resolved before the process group started."""
+    from mtp_ds.data import EpochShuffleSampler, build_datasets
+    from mtp_ds.models.loading import device_for_rank, load_tokenizer
+    from mtp_ds.models.student import build_models
 
-    grad_accum = gradient_accumulation_steps(recipe, world)
-    ds_config = resolve_deepspeed_config(recipe, world, device_type=device_type)
-    teacher_settings = resolve_teacher_config(recipe, world, device_type=device_type)
-    dtype = getattr(torch, resolve_model_dtype(recipe, ds_config))
     tokenizer = load_tokenizer(recipe.model)
     for first in (True, False):  # rank 0 tokenises and fills the cache, then the others read it
         if (rank == 0) == first:
             data = build_datasets(recipe, tokenizer)
         torch.distributed.barrier()
     device = device_for_rank(local_rank)
-    models = build_models(recipe, ds_config, teacher_settings, tokenizer=tokenizer, dtype=dtype,
-                          attn_implementation=resolve_attn_implementation(recipe, device_type), device=device)
+    models = build_models(recipe, plan, tokenizer=tokenizer, device=device)
+    packing = plan.packing
     return {
-        "recipe": recipe, "data": data, "engine": models.engine, "student": models.student, "teacher": models.teacher,
-        "mask_tokens": models.mask_tokens, "tokenizer": models.tokenizer, "device": device, "rank": rank,
-        "world": world, "grad_accum": grad_accum, "k_max": recipe.packing.k_max,
+        "recipe": recipe, "plan": plan, "data": data, "engine": models.engine, "student": models.student,
+        "teacher": models.teacher, "mask_tokens": models.mask_tokens, "tokenizer": models.tokenizer,
+        "device": device, "rank": rank, "world": plan.world_size,
         "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else data.eos_token_id,
         "objective": objective_config(recipe),
         "sampler": EpochShuffleSampler(len(data.train), global_batch_size=recipe.train.global_batch_size,
                                        seed=recipe.train.seed),
-        "k_sampler": KOffsetSampler(k_min=recipe.packing.k_min, k_max=recipe.packing.k_max,
-                                    static_k=recipe.packing.static_k, per_sequence_k=recipe.packing.per_sequence_k,
-                                    seed=recipe.train.seed),
-        "effective_config": effective_config(recipe, ds_config, world_size=world, device_type=device_type,
-                                             teacher_deepspeed=teacher_settings, gradient_accumulation_steps=grad_accum),
+        "k_sampler": KOffsetSampler(k_min=packing.k_min, k_max=packing.k_max, static_k=packing.static_k,
+                                    per_sequence_k=packing.per_sequence_k, seed=recipe.train.seed),
+        "effective_config": plan.effective_config(recipe),
     }
 
 
 def train(recipe, *, device_type: str) -> int:
     from tqdm import tqdm
 
-    from mtp_ds.checkpoint import find_resume_checkpoint, load_checkpoint
-    from mtp_ds.tracking import MetricsWriter, StopRequest
+    from mtp_ds.checkpoint.store import find_resume_checkpoint, load_checkpoint
+    from mtp_ds.config import plan_run
+    from mtp_ds.train.tracking import MetricsWriter, StopRequest
 
-    from mtp_ds.config import gradient_accumulation_steps
-    from mtp_ds.ds_config import resolve_deepspeed_config, resolve_teacher_config
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # fail on batch / TP conflicts before any process group
-    gradient_accumulation_steps(recipe, world_size)
-    resolve_deepspeed_config(recipe, world_size, device_type=device_type)
-    resolve_teacher_config(recipe, world_size, device_type=device_type)
+    # resolved once, before any process group: batch / TP / precision conflicts stop here with one line
+    plan = plan_run(recipe, int(os.environ.get("WORLD_SIZE", "1")), device_type=device_type)
     stop = StopRequest()
     rank, world, local_rank = setup_distributed(device_type)
-    state = prepare(recipe, rank, world, local_rank, device_type)
+    if world != plan.world_size:
+        raise RuntimeError(f"WORLD_SIZE={plan.world_size} but the process group has {world} ranks")
+    state = prepare(recipe, plan, rank, local_rank)
     start_step, last_saved = 0, None
     resume_from = find_resume_checkpoint(recipe.checkpoint.resume, recipe.checkpoint.dir)
     if resume_from is not None:

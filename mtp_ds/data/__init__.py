@@ -1,0 +1,26 @@
+"""From a recipe's data section to per-step micro-batches of packed token ids.
+
+    raw = load_raw_dataset(recipe.data)                      # sources.py: MetaMathQA / Magpie / JSONL / Parquet
+    data = build_datasets(recipe, tokenizer)                 # tokenize.py: format, tokenise (cached), split
+    sampler = EpochShuffleSampler(len(data.train), global_batch_size=..., seed=recipe.train.seed)  # samplers.py
+    micro = step_micro_batches(data.train, sampler.next_batch(), rank=, world_size=, micro_batch_size=, draws=)
+    batches = pack_micro_batches(micro, plan.packing, mask_tokens=, eos_token_id=, pad_token_id=, device=)
+
+Rank 0 tokenises first and fills the cache; the other ranks then read it.
+"""
+
+from mtp_ds.data.micro_batches import (
+    SampleBatch, gather_batch, pack_micro_batches, rank_slice, split_micro, step_micro_batches,
+)
+from mtp_ds.data.samplers import EpochShuffleSampler, validation_batches
+from mtp_ds.data.sources import group_hash, load_raw_dataset, source_paths, split_indices
+from mtp_ds.data.tokenize import (
+    TokenizedData, build_datasets, encode_example, eos_token_id, format_text, tokenize_dataset, tokenizer_fingerprint,
+)
+
+__all__ = [
+    "EpochShuffleSampler", "SampleBatch", "TokenizedData", "build_datasets", "encode_example", "eos_token_id",
+    "format_text", "gather_batch", "group_hash", "load_raw_dataset", "pack_micro_batches", "rank_slice",
+    "source_paths", "split_indices", "split_micro", "step_micro_batches", "tokenize_dataset",
+    "tokenizer_fingerprint", "validation_batches",
+]

@@ -1,0 +1,84 @@
+"""The KV cache of a batch whose rows advance by different amounts: which cached keys are real, and compaction.
+
+Why: with ConfAdapt, rows of one batch accept different numbers of tokens per pass, yet they share one HF
+cache (one forward for the whole batch). The rejected masks and the padding of shorter rows stay in the cache
+as holes; `key_valid` marks them and the 4D additive mask hides them, so each row attends exactly to its own
+real keys. Compaction moves real entries right (stable order, keys already carry their rotary positions)
+once holes waste `COMPACT_MIN_HOLES` columns.
+"""
+
+from __future__ import annotations
+
+import torch
+
+COMPACT_MIN_HOLES = 64  # compact once this many cache columns are wasted on holes in the widest row
+
+
+class RaggedCache:
+    """A HF cache (`mtp_ds.decoding.kv_cache.make_cache`) shared by rows that advance by different amounts, plus which keys are real.
+
+    `real_counts` (host ints, one per row: real keys in the cache) mirrors `key_valid.sum(dim=1)`, so deciding
+    whether to compact, or whether the cache has any hole at all, never reads the device.
+    """
+
+    def __init__(self, cache, batch_size: int, device):
+        self.cache = cache
+        self.key_valid = torch.zeros((batch_size, 0), dtype=torch.bool, device=device)
+        self.real_counts = [0] * batch_size
+
+    @property
+    def width(self) -> int:
+        return self.key_valid.shape[1]
+
+    @property
+    def dense(self) -> bool:
+        """True when every cached key of every row is real (no left padding, no holes)."""
+        return all(count == self.width for count in self.real_counts)
+
+    def attention_mask(self, new_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1, q, cache+q) additive mask: cached keys if real; new keys if real and causal (or the diagonal)."""
+        q_len = new_valid.shape[1]
+        # causal among the new keys, plus the diagonal so that no query row is fully masked
+        causal = torch.ones((q_len, q_len), dtype=torch.bool, device=new_valid.device).tril()
+        new_part = (causal[None] & new_valid[:, None, :]) | causal.diagonal().diag_embed()[None]
+        cached_part = self.key_valid[:, None, :].expand(-1, q_len, -1)
+        allowed = torch.cat([cached_part, new_part], dim=2)[:, None]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=new_valid.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+    def commit(self, block_len: int, kept_valid: torch.Tensor, kept_counts: list[int]) -> None:
+        """After a pass over `block_len` new entries, keep the first kept_valid.shape[1] of them.
+
+        `kept_counts[b]` = kept_valid[b].sum(), given by the caller from host values.
+        """
+        to_remove = block_len - kept_valid.shape[1]
+        if to_remove > 0:
+            self.cache.crop(-to_remove)  # negative = number of entries to drop (transformers 5 contract)
+        self.key_valid = torch.cat([self.key_valid, kept_valid], dim=1)
+        self.real_counts = [count + kept for count, kept in zip(self.real_counts, kept_counts)]
+        self._compact_if_sparse()
+
+    def select_rows(self, rows: list[int], device) -> None:
+        index = torch.tensor(rows, device=device)
+        self.cache.batch_select_indices(index)
+        self.key_valid = self.key_valid[index]
+        self.real_counts = [self.real_counts[row] for row in rows]
+        self._compact_if_sparse()
+
+    def _compact_if_sparse(self, min_holes: int | None = None) -> None:
+        min_holes = COMPACT_MIN_HOLES if min_holes is None else min_holes
+        width = self.width
+        max_real = max(self.real_counts, default=0)
+        layers = getattr(self.cache, "layers", None)
+        if width - max_real < max(min_holes, 1) or not layers or not all(hasattr(x, "keys") for x in layers):
+            return
+        # Stable sort on validity moves holes left and keeps the real keys in their order; then drop the
+        # columns that are holes in every row.
+        order = torch.sort(self.key_valid.to(torch.int8), dim=1, stable=True).indices[:, width - max_real:]
+        for layer in layers:
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys = torch.gather(layer.keys, 2, index)
+            layer.values = torch.gather(layer.values, 2, index.expand(-1, -1, -1, layer.values.shape[3]))
+        self.key_valid = torch.gather(self.key_valid, 1, order)

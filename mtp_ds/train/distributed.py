@@ -1,0 +1,43 @@
+"""Process-group setup for the trainer (torchrun / srun launch, or a single process without a launcher).
+
+Why a module of its own: launch details (the launcher's environment, the backend per device type, a DeepSpeed
+CPU kernel that must be switched off) stay out of the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def _single_process_environment() -> None:
+    """`python -m mtp_ds.train ...` without a launcher: a world of one on a free local port."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def setup_distributed(device_type: str) -> tuple[int, int, int]:
+    """Start the process group; returns (rank, world size, local rank)."""
+    import deepspeed
+
+    _single_process_environment()
+    deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+    if device_type == "cpu":
+        # DeepSpeed's shared-memory all-reduce kernel crashes (SIGSEGV) under AutoTP on CPU; plain gloo is exact.
+        import deepspeed.comm.comm as ds_comm
+
+        if hasattr(ds_comm.cdb, "shm_vector_kernel_level"):
+            ds_comm.cdb.shm_vector_kernel_level = 0
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    return rank, world, local_rank
