@@ -292,7 +292,7 @@ def bench_forward_curve(model, base_vocab, args):
     from transformers import DynamicCache
 
     from mtp_ds.decoding.attention import IMPLEMENTATION, decoding_attention
-    from mtp_ds.decoding.kv_cache import make_cache
+    from mtp_ds.decoding.kv_cache import cache_argument, make_cache
 
     with decoding_attention(model):
         folds = model.config._attn_implementation == IMPLEMENTATION
@@ -309,14 +309,14 @@ def bench_forward_curve(model, base_vocab, args):
         caches = {}
         for name, new_cache, _ in modes:
             caches[name] = new_cache()
-            model(input_ids=prefix, past_key_values=caches[name], use_cache=True, logits_to_keep=1)
+            model(input_ids=prefix, **{cache_argument(model): caches[name]}, use_cache=True, logits_to_keep=1)
         new = {q: torch.randint(4, base_vocab, (batch, q), generator=gen).to(args.device) for q in queries}
         positions = {q: torch.arange(args.context, args.context + q, device=args.device).expand(batch, -1)
                      for q in queries}
 
         def one(q, cache):
             # logits for all q positions: an MTP pass reads every one of them
-            model(input_ids=new[q], position_ids=positions[q], past_key_values=cache, use_cache=True,
+            model(input_ids=new[q], position_ids=positions[q], **{cache_argument(model): cache}, use_cache=True,
                   logits_to_keep=q)
             cache.crop(-q)
 

@@ -53,6 +53,7 @@ paper's recipe step (global batch 128 x 160 tokens, k in [2, 16]), micro-batch 1
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -102,6 +103,7 @@ def parse_args(argv=None):
                         help=f"device peak for MFU (default {H200_BF16_DENSE_TFLOPS} on CUDA, none on CPU)")
     parser.add_argument("--memory-check", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="also write the numbers (per attention) to this JSON file")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra recipe overrides (recipes/tiny_cpu.yaml keys), e.g. objective.kind=soft")
     args = parser.parse_args(argv)
@@ -326,6 +328,7 @@ def time_steps(state, args, steps_batches):
             KINDS[kind](state, batches)
     seconds = {kind: [] for kind in order}
     peaks = {kind: 0 for kind in order}
+    compiles_before = compile_count()  # kernels compiled inside the clock: a recompile per new shape shows here
     for index in range(args.steps):
         batches = steps_batches[args.warmup + index]
         shift = index % len(order)  # rotate the order so drift and cache effects hit every kind alike
@@ -337,7 +340,7 @@ def time_steps(state, args, steps_batches):
             synchronize(device)
             seconds[kind].append(time.perf_counter() - started)
             peaks[kind] = max(peaks[kind], memory.peak_bytes())
-    return seconds, peaks, memory.kind
+    return seconds, peaks, memory.kind, compile_count() - compiles_before
 
 
 # ------------------------------------------------------------------------------------------ memory rule --
@@ -471,6 +474,24 @@ def table(state, args, seconds, peaks, memory_kind, tokens, attention) -> list[s
     return lines
 
 
+def record(state, args, seconds, peaks, tokens, attention, compiles) -> dict:
+    """The numbers of one attention's table, for `--out`: s/step, peak memory, MFU, kernel compiles."""
+    params = matmul_parameters(state["teacher_module"])
+    median = {kind: statistics.median(values) for kind, values in seconds.items()}
+    mtp_tflops = 8 * params * tokens / median["mtp"] / 1e12
+    return {"attention": attention, "median_seconds": median, "peak_gib": {k: v / 1024**3 for k, v in peaks.items()},
+            "packed_tokens_per_step": tokens, "mtp_tflops": mtp_tflops,
+            "mtp_mfu": mtp_tflops / args.peak_tflops if args.peak_tflops else None,
+            "compiles_while_timed": compiles}
+
+
+def compile_count() -> int:
+    """Graphs torch.compile has built so far in this process (FlexAttention's kernels are compiled)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def step_ratios(seconds, base: str) -> list[float]:
     return [m / n for m, n in zip(seconds["mtp"], seconds[base])]
 
@@ -505,9 +526,11 @@ def main(argv=None) -> int:
     say(f"timed steps' k: {ks}; setup (models, engines, packing) took {time.perf_counter() - setup_started:.1f} s")
     ok = True
     attentions = ["sdpa", "flex_attention"] if args.attn == "both" else [args.attn]
+    records = []
     for attention in attentions:
         set_attention(state, attention)
-        seconds, peaks, memory_kind = time_steps(state, args, steps_batches)
+        seconds, peaks, memory_kind, compiles = time_steps(state, args, steps_batches)
+        records.append(record(state, args, seconds, peaks, tokens, attention, compiles))
         say("")
         for line in table(state, args, seconds, peaks, memory_kind, tokens,
                           "dense additive mask (sdpa)" if attention == "sdpa" else "FlexAttention block mask"):
@@ -529,6 +552,11 @@ def main(argv=None) -> int:
         say(f"memory rule: {'PASS' if rule_ok else 'FAIL'}")
         ok = ok and rule_ok
     say(load_line())
+    if args.out and is_main:
+        report = {"args": vars(args), "device": str(device), "runs": records,
+                  "memory_rule": ok if args.memory_check else None}
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        say(f"wrote {args.out}")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0 if ok else 1

@@ -52,14 +52,21 @@ class PackedBatch:
         return flex_mask_mod(self.anchor_of, self.region_of, self.mask_slot, self.valid, bidirectional)
 
 
-def collate(sequences: list[PackedSequence], *, pad_token_id: int) -> PackedBatch:
-    """Stack packed sequences; padding tokens are invalid (attend nothing, attended by nothing)."""
+def collate(sequences: list[PackedSequence], *, pad_token_id: int, pad_to: int | None = None) -> PackedBatch:
+    """Stack packed sequences; padding tokens are invalid (attend nothing, attended by nothing).
+
+    `pad_to`: pad to this packed length instead of the longest sequence's (a fixed shape for compiled
+    FlexAttention kernels); a longer sequence is an error."""
     if not sequences:
         raise ValueError("collate needs at least one packed sequence")
     if len({seq.bidirectional for seq in sequences}) != 1:
         raise ValueError("all sequences of a batch must share the bidirectional setting")
     batch = len(sequences)
     length = max(seq.input_ids.numel() for seq in sequences)
+    if pad_to is not None:
+        if length > pad_to:
+            raise ValueError(f"a packed sequence of length {length} does not fit pad_to={pad_to}")
+        length = pad_to
     regions = max(seq.num_regions for seq in sequences)
     block = max(seq.k for seq in sequences)
 

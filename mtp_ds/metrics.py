@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mtp_ds.acceptance import confident_run_length
+
 
 @dataclass
 class MetricSums:
@@ -35,11 +37,8 @@ class MetricSums:
         confidence_grid = torch.zeros(batch.slot_index.shape, device=device)
         confidence_grid[rows, regions, slots] = confidences.float()
         region_valid = batch.slot_valid[..., 0]
-        accept = []
-        for threshold in thresholds:
-            confident = (confidence_grid >= threshold) & batch.slot_valid
-            run = confident.long().cumprod(-1).sum(-1).clamp(min=1)  # ConfAdapt always accepts one token
-            accept.append(run[region_valid].float().sum())
+        accept = [confident_run_length(confidence_grid, threshold, batch.slot_valid)[region_valid].float().sum()
+                  for threshold in thresholds]
         scalars = torch.stack([
             region_valid.sum().float().to(device), slot_loss.float(), entropy.float(),
             (prefix_loss if prefix_loss is not None else torch.zeros((), device=device)).float(),

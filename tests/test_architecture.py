@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mtp_ds"
 
 METHOD = ("mtp_ds.tokens", "mtp_ds.layout", "mtp_ds.batching", "mtp_ds.objective", "mtp_ds.metrics",
-          "mtp_ds.decoding")
+          "mtp_ds.acceptance", "mtp_ds.decoding")
 ROOMS = {  # room -> module-name prefixes (a prefix matches itself and everything below it)
     "method": METHOD,
     "config": ("mtp_ds.config",),
@@ -240,7 +240,7 @@ def test_public_paths_of_the_method_are_importable():
     from mtp_ds.objective import mtp_objective  # noqa: F401
     from mtp_ds.tokens import add_mtp_tokens  # noqa: F401
 
-    assert callable(pack) and generate.__module__ == "mtp_ds.decoding.decoder"
+    assert pack.__module__ == "mtp_ds.layout" and generate.__module__ == "mtp_ds.decoding.decoder"
 
 
 # ---------------------------------------------------------------------------------- paths after the moves --

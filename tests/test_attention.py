@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import mtp_ds.decoding.attention as attention
+from mtp_ds.decoding.kv_cache import cache_argument
 from conftest import make_mtp_model
 from mtp_ds.decoding import generate
 from mtp_ds.models.tiny import tiny_model
@@ -52,10 +53,10 @@ def test_model_logits_equal_sdpa_with_ragged_mask(arch, monkeypatch):
     with torch.inference_mode():
         for fold in (False, True):
             cache = DynamicCache()
-            model(input_ids=ids[:, :cached], past_key_values=cache, use_cache=True)
+            model(input_ids=ids[:, :cached], **{cache_argument(model): cache}, use_cache=True)
             with attention.decoding_attention(model) if fold else torch.inference_mode():
                 logits.append(model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=positions,
-                                    past_key_values=cache, use_cache=True).logits)
+                                    **{cache_argument(model): cache}, use_cache=True).logits)
     assert len(folds) == model.config.num_hidden_layers  # the folded path really ran, once per layer
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
     assert model.config._attn_implementation == "sdpa"

@@ -263,3 +263,11 @@ def test_rank_slices_cover_the_global_batch_without_overlap():
     with pytest.raises(ValueError):
         rank_slice(global_batch, 0, 5)
     assert validation_batches(list(range(5)), global_batch_size=4, num_batches=2) == [[0, 1, 2, 3], [4, 0, 1, 2]]
+
+
+def test_eos_token_is_any_vocabulary_entry_even_the_unk_token():
+    """SmolLM2's <|endoftext|> (the token that only ends samples under its chat template) is also its unk token."""
+    tokenizer = word_tokenizer()
+    assert data_module.eos_token_id(tokenizer, DataConfig(eos_token="<unk>")) == tokenizer.unk_token_id
+    with pytest.raises(ConfigError, match=r"^data\.eos_token: 'nope' is not a token of this tokenizer$"):
+        data_module.eos_token_id(tokenizer, DataConfig(eos_token="nope"))

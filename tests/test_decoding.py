@@ -4,9 +4,12 @@ The contract: with the cache, batched, decoding gives exactly the tokens of a no
 plain causal forward over prompt + accepted + [MTP]*(k-1) each pass; k=1 is Hugging Face greedy.
 """
 
+import warnings
+
 import pytest
 import torch
-from conftest import make_mtp_model
+from conftest import DEVICES, make_mtp_model
+from test_acceptance import paper_rule
 
 from mtp_ds.decoding import ragged_cache
 from mtp_ds.decoding import generate
@@ -39,22 +42,26 @@ def _left_pad(rows: list[list[int]], pad_id: int = 0):
     return ids, mask
 
 
+UNSURE_FIRST = []  # ConfAdapt passes seen by the reference whose slot 0 is below tau but slot 1 is not
+
+
 def reference_decode(model, prompt, mask_tokens, *, strategy="static", k=1, k_max=16, threshold=0.9,
                      max_new_tokens=32, stop_ids=()):
-    """No cache: each pass is a plain causal forward over prompt + accepted + masks; same acceptance rules."""
+    """No cache: each pass is a plain causal forward over prompt + accepted + masks. ConfAdapt keeps the
+    paper's run (tests/test_acceptance.py's reference): from slot 0 while confidence >= tau, at least one."""
     k_run = k if strategy == "static" else k_max
     generated, per_pass = [], []
     while len(generated) < max_new_tokens:
         masks = [mask_tokens.for_slot(j) for j in range(1, k_run)]
         with torch.no_grad():
-            logits = model(torch.tensor([prompt + generated + masks])).logits[0, -k_run:].float()
+            logits = model(torch.tensor([prompt + generated + masks], device=model.device)).logits[0, -k_run:].float()
         logits[:, list(mask_tokens.ids)] = float("-inf")
         confidences, tokens = torch.softmax(logits, dim=-1).max(dim=-1)
         count = k_run
         if strategy == "confadapt":
-            count = 1
-            while count < k_run and confidences[count] >= threshold:
-                count += 1
+            count = paper_rule(confidences.tolist(), threshold)
+            if k_run > 1 and confidences[0] < threshold <= confidences[1]:
+                UNSURE_FIRST.append(confidences[:2].tolist())
         block = tokens[:count].tolist()
         stopped = False
         for i, token in enumerate(block):
@@ -71,7 +78,7 @@ def reference_decode(model, prompt, mask_tokens, *, strategy="static", k=1, k_ma
 
 def _assert_matches_reference(model, tokenizer, mask_tokens, prompt_text, **kwargs):
     prompt = _ids(tokenizer, prompt_text)
-    result = generate(model, torch.tensor([prompt]), mtp_token_id=mask_tokens, **kwargs)
+    result = generate(model, torch.tensor([prompt], device=model.device), mtp_token_id=mask_tokens, **kwargs)
     reference_kwargs = {key: value for key, value in kwargs.items() if key != "eos_token_id"}
     eos = kwargs.get("eos_token_id")
     stop_ids = () if eos is None else ([eos] if isinstance(eos, int) else eos)
@@ -81,15 +88,30 @@ def _assert_matches_reference(model, tokenizer, mask_tokens, prompt_text, **kwar
     return result
 
 
-def test_conftest_helper_importable():
-    assert callable(make_mtp_model)
+def test_decoding_passes_the_cache_under_the_current_name():
+    """transformers renamed the forward's `past_key_values` to `cache` (the old name warns that it goes away in
+    5.40); the decoder uses whichever name the installed version's forward takes, so it never warns."""
+    from mtp_ds.decoding.kv_cache import cache_argument
+
+    model, tokenizer, mask_tokens = make_mtp_model("llama")
+    import inspect
+
+    assert cache_argument(model) in inspect.signature(model.forward).parameters
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = generate(model, torch.tensor([_ids(tokenizer, PROMPTS[0])]), mtp_token_id=mask_tokens,
+                          strategy="static", k=3, max_new_tokens=6)
+    assert result.num_new_tokens == 6
+    assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
-def test_k1_equals_hf_greedy(arch):
+def test_k1_equals_hf_greedy(arch, device):
     model, tokenizer, mask_tokens = make_mtp_model(arch)
+    model.to(device)
     for text in PROMPTS[:2]:
-        prompt = torch.tensor([_ids(tokenizer, text)])
+        prompt = torch.tensor([_ids(tokenizer, text)], device=device)
         ours = generate(model, prompt, mtp_token_id=mask_tokens, k=1, max_new_tokens=24)
         with torch.no_grad():
             hf = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=24,
@@ -98,18 +120,22 @@ def test_k1_equals_hf_greedy(arch):
         assert ours.tokens_per_pass[0] == [1] * 24 and ours.acceleration_factor == 1.0
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
-def test_static_k_equals_no_cache_reference(arch):
+def test_static_k_equals_no_cache_reference(arch, device):
     model, tokenizer, mask_tokens = make_mtp_model(arch)
+    model.to(device)
     for k in (2, 3, 4, 5):
         result = _assert_matches_reference(model, tokenizer, mask_tokens, PROMPTS[0], strategy="static", k=k,
                                            max_new_tokens=20)
         assert result.num_forward_passes == -(-20 // k)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
-def test_confadapt_equals_no_cache_reference(arch):
+def test_confadapt_equals_no_cache_reference(arch, device):
     model, tokenizer, mask_tokens = _sharpened(arch)
+    model.to(device)
     factors = []
     for threshold in (0.0, 0.4, 0.7, 1.0):
         result = _assert_matches_reference(model, tokenizer, mask_tokens, PROMPTS[0], strategy="confadapt",
@@ -117,6 +143,8 @@ def test_confadapt_equals_no_cache_reference(arch):
         factors.append(result.acceleration_factor)
     assert factors[0] == 6.0 and factors[-1] == 1.0  # tau=0 accepts all k_max, tau=1 (almost) only one
     assert any(1.0 < factor < 6.0 for factor in factors), factors
+    # the case where the paper's rule differs from "always keep slot 0, run from slot 1" did occur
+    assert UNSURE_FIRST, "no pass had an unsure slot 0 followed by a confident slot 1"
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
@@ -260,14 +288,21 @@ def test_temperature_samples_single_token_passes_only():
     assert run(1, k=3) == greedy  # passes of 3 tokens stay greedy
 
 
-def test_bf16_batch_runs_with_model_dtype_masks():
+def test_bf16_left_padded_batch_equals_each_row_decoded_alone():
+    """In bf16 the 4D masks are built in the model's dtype; a ragged left-padded batch still gives every row
+    exactly the tokens and passes it gets alone (sharpened logits keep bf16 rounding away from the argmax)."""
     model, tokenizer, mask_tokens = _sharpened("llama")
     model.to(torch.bfloat16)
-    ids, attention_mask = _left_pad([_ids(tokenizer, text) for text in PROMPTS])
-    result = generate(model, ids, attention_mask=attention_mask, mtp_token_id=mask_tokens, strategy="confadapt",
-                      k_max=4, threshold=0.5, max_new_tokens=10)
-    assert [len(row) for row in result.sequences] == [10, 10, 10]
-    assert not {token for row in result.sequences for token in row} & set(mask_tokens.ids)
+    rows = [_ids(tokenizer, text) for text in PROMPTS]
+    ids, attention_mask = _left_pad(rows)
+    for settings in ({"strategy": "confadapt", "k_max": 4, "threshold": 0.5}, {"strategy": "static", "k": 3}):
+        result = generate(model, ids, attention_mask=attention_mask, mtp_token_id=mask_tokens, max_new_tokens=10,
+                          **settings)
+        for index, row in enumerate(rows):
+            alone = generate(model, torch.tensor([row]), mtp_token_id=mask_tokens, max_new_tokens=10, **settings)
+            assert result.sequences[index] == alone.sequences[0], settings
+            assert result.tokens_per_pass[index] == alone.tokens_per_pass[0], settings
+        assert not {token for row in result.sequences for token in row} & set(mask_tokens.ids)
 
 
 def test_model_without_mask_token_names_mtp_token_id():

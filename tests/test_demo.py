@@ -19,7 +19,7 @@ from mtp_ds.data import encode_example, format_text
 from mtp_ds.layout import pack
 from mtp_ds.objective import prefix_coordinates
 from mtp_ds.demo.pretrain import LengthBucketSampler, learning_rate, load_pretrain_recipe, ntp_batch, pretrain
-from mtp_ds.demo.synth_gsm import make_problem, make_split, write_splits
+from mtp_ds.demo.synth_gsm import make_split, write_splits
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 PROMPT_TEMPLATE = "Q: {prompt}\nA: Let's think step by step."

@@ -4,13 +4,13 @@ the decoder's operations (append, crop, row selection, reassignment), and append
 import pytest
 import torch
 
-from mtp_ds.decoding.kv_cache import make_cache
+from mtp_ds.decoding.kv_cache import cache_argument, make_cache
 from mtp_ds.models.tiny import tiny_model
 
 
 def _forward(model, cache, ids, start):
     positions = torch.arange(start, start + ids.shape[1]).expand(ids.shape[0], -1)
-    return model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits
+    return model(input_ids=ids, position_ids=positions, **{cache_argument(model): cache}, use_cache=True).logits
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])

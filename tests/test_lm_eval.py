@@ -18,6 +18,8 @@ import torch
 
 from conftest import make_mtp_model
 
+from mtp_ds.decoding import generate
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "eval" / "tasks"
 FIXTURE = REPO / "tests" / "fixtures" / "gsm8k_3.jsonl"
@@ -128,6 +130,30 @@ def test_checkpoint_without_mask_token_is_refused_except_at_k1(tmp_path):
     assert ours.tolist() == reference.tolist()
 
 
+def test_every_eos_id_of_the_generation_config_stops_as_in_hf_generate(tmp_path):
+    """Llama 3.1 and Qwen3 list several EOS ids in generation_config; `--model hf` stops at each of them, so
+    `--model mtp` must too (else it decodes past the real end and skews the acceleration)."""
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
+
+    model, tokenizer, _ = make_mtp_model("qwen3")
+    context = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        free = model.generate(context, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    new_tokens = free[0, 4:].tolist()
+    second_eos = next(t for t in new_tokens[2:] if t != tokenizer.eos_token_id)  # a token the model does emit
+    cut = new_tokens.index(second_eos) + 1
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, second_eos]
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    lm = MTPLM(pretrained=str(tmp_path), device="cpu", dtype="float32")
+    assert set(lm.stop_token_ids) == {tokenizer.eos_token_id, second_eos}
+    ours = lm._model_generate(context, max_length=16, stop=[])
+    assert ours[0, 4:].tolist() == new_tokens[:cut]
+    with torch.no_grad():
+        hf = lm.model.generate(context, max_new_tokens=12, do_sample=False, pad_token_id=0)  # its generation_config
+    assert hf[0, 4:4 + cut].tolist() == new_tokens[:cut] and hf.shape[1] == 4 + cut
+
+
 def test_model_generate_pads_rows_and_counts_passes(tiny_mtp_dir, tmp_path):
     from mtp_ds.evaluation.lm_eval_model import MTPLM
 
@@ -137,11 +163,16 @@ def test_model_generate_pads_rows_and_counts_passes(tiny_mtp_dir, tmp_path):
     context = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
     attention_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     out = lm._model_generate(context, max_length=11, stop=[], attention_mask=attention_mask)
-    assert out.shape[0] == 2 and 5 < out.shape[1] <= 11
     assert torch.equal(out[:, :5], context)
+    direct = generate(lm.model, context, attention_mask=attention_mask, strategy="static", k=3, max_new_tokens=6,
+                      eos_token_id=lm.stop_token_ids)
+    pad = lm.tokenizer.pad_token_id
+    assert [[t for t in row if t != pad] for row in out[:, 5:].tolist()] == [
+        [t for t in seq if t != pad] for seq in direct.sequences]
     report = lm.decoding_report()
     assert report["strategy"] == "static" and report["k"] == 3
-    assert 1.0 <= report["acceleration_factor"] <= 3.0 and report["generated_tokens"] > 0
+    assert report["acceleration_factor"] == direct.acceleration_factor
+    assert report["generated_tokens"] == direct.num_new_tokens and report["forward_passes"] == direct.num_forward_passes
     assert "mtp_decoding" in lm.get_model_info()
     lm._write_stats()
     assert json.loads(stats_path.read_text())["generated_tokens"] == report["generated_tokens"]

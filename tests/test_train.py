@@ -92,6 +92,38 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), (a["step"], a["grad_norm"], b["grad_norm"])
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_trains_on_one_gpu_with_nccl(tmp_path):
+    """The tiny recipe on one GPU: NCCL process group, ZeRO-3 student and inference-engine teacher on cuda:0."""
+    env = {key: value for key, value in os.environ.items() if key != "DS_ACCELERATOR"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone", "-m",
+               "mtp_ds.train", RECIPE, f"checkpoint.dir={tmp_path}", *FAST, "train.steps=4", "train.eval_every=2",
+               "checkpoint.every=4"]  # fp32 (the recipe's JSONs): agreement at step 0 is exact
+    result = subprocess.run(command, cwd=REPO, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = metrics(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and records[0]["agreement/slot0"] == 1.0
+    assert all(r["loss"] == r["loss"] for r in records) and (tmp_path / "step00000004" / "COMPLETE").exists()
+    effective = (tmp_path / "step00000004" / "effective_config.yaml").read_text()
+    assert "device_type: cuda" in effective
+
+
+def test_data_parallel_ranks_match_one_rank_with_the_whole_batch(tmp_path):
+    """2 ranks x micro-batch 4 vs 1 rank x micro-batch 8, same global batch of 8: the loss is normalised by
+    the global slot count and DeepSpeed's rank averaging is undone, so loss and global grad norm agree."""
+    common = ["train.steps=3", "train.eval_every=0", "checkpoint.every=0", "train.global_batch_size=8"]
+    run_trainer(tmp_path / "one", *common, "train.micro_batch_size=8", ranks=1)
+    run_trainer(tmp_path / "two", *common, "train.micro_batch_size=4", ranks=2)
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        assert a["supervised_slots"] == b["supervised_slots"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a["step"], a["loss"], b["loss"])
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), (a["step"], a["grad_norm"], b["grad_norm"])
+
+
 @pytest.mark.parametrize("teacher", [["teacher.tp_size=2"], ["teacher.mode=replica"],
                                      ["teacher.mode=zero3", "teacher.ds_config=ds_configs/teacher_zero3.json"]],
                          ids=["inference_tp2", "replica", "zero3"])

@@ -22,7 +22,7 @@ class ModelConfig:
     tiny_config: dict | None = None  # instead of name_or_path: random weights from mtp_ds.models.tiny.tiny_model_config(**this); needs "arch"
     tokenizer: str | None = None  # tokenizer path/hub id; "builtin:word" = mtp_ds.models.tiny.word_tokenizer(); default name_or_path
     dtype: str = "auto"  # auto (follow the DeepSpeed precision) | bfloat16 | float16 | float32
-    attn_implementation: str = "auto"  # auto (flex_attention on GPU, sdpa on CPU) | flex_attention | sdpa | eager
+    attn_implementation: str = "auto"  # auto (= sdpa, dense packed mask) | flex_attention (block mask; for long seq_len) | sdpa | eager
     gradient_checkpointing: bool = False
     distinct_slot_tokens: bool = False  # <MTP_0>..<MTP_{k_max-1}> instead of one shared <MTP> token
 

@@ -69,7 +69,7 @@ def pack_micro_batches(micro_batches: list[SampleBatch], packing, *, mask_tokens
                        pad_token_id: int, device) -> list:
     """SampleBatch (unpacked token ids + draws) -> one `batching.PackedBatch` per micro-batch, on `device`.
 
-    `packing`: a `mtp_ds.config.PackingPlan` (k_max, num_regions, bidirectional are read)."""
+    `packing`: a `mtp_ds.config.PackingPlan` (k_max, num_regions, bidirectional, pad_to are read)."""
     packed = []
     for micro in micro_batches:
         sequences = [
@@ -78,5 +78,5 @@ def pack_micro_batches(micro_batches: list[SampleBatch], packing, *, mask_tokens
                  bidirectional=packing.bidirectional, eos_token_id=eos_token_id)
             for row, (k, offset) in enumerate(micro.draws)
         ]
-        packed.append(collate(sequences, pad_token_id=pad_token_id).to(device))
+        packed.append(collate(sequences, pad_token_id=pad_token_id, pad_to=packing.pad_to).to(device))
     return packed

@@ -58,8 +58,9 @@ def _encode_text(text: str, response_char: int, tokenizer) -> tuple[list[int], i
 def eos_token_id(tokenizer, data: DataConfig) -> int:
     """The end-of-sample id: data.eos_token, else the tokenizer's EOS."""
     token = data.eos_token or tokenizer.eos_token
-    token_id = tokenizer.convert_tokens_to_ids(token) if token is not None else None
-    if token_id is None or token_id == tokenizer.unk_token_id:
+    # membership, not "id != unk": some tokenizers (SmolLM2) make their end-of-text token the unk token too
+    token_id = tokenizer.get_vocab().get(token) if token is not None else None
+    if token_id is None:
         raise ConfigError(f"data.eos_token: {token!r} is not a token of this tokenizer")
     return int(token_id)
 

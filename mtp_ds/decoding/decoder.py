@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mtp_ds.acceptance import confident_run_length
 from mtp_ds.decoding.attention import decoding_attention
-from mtp_ds.decoding.kv_cache import make_cache
+from mtp_ds.decoding.kv_cache import cache_argument, make_cache
 from mtp_ds.decoding.ragged_cache import RaggedCache
 from mtp_ds.tokens import MaskTokens, as_mask_tokens, has_mask_tokens, mask_tokens_from_config
 
@@ -116,15 +117,12 @@ class _Row:
     stop_reason: str = ""
 
 
-def _accept_count(strategy: str, confidences: list[float] | None, num_predictions: int, k: int,
-                  threshold: float) -> int:
-    """How many leading predictions a pass accepts: k for Static, the confident run (>= 1) for ConfAdapt."""
+def _accept_count(strategy: str, confident_run: int | None, num_predictions: int, k: int) -> int:
+    """How many leading predictions a pass keeps: k for Static; for ConfAdapt the confident run computed by
+    `mtp_ds.acceptance.confident_run_length` (the paper's rule, shared with the training metric)."""
     if strategy == "static":
         return min(k, num_predictions)
-    count = 1
-    while count < num_predictions and confidences[count] >= threshold:
-        count += 1
-    return count
+    return confident_run
 
 
 def _stop_string_cut(tokenizer, generated: list[int], block: list[int], stop_strings) -> int | None:
@@ -201,11 +199,12 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
                 first = False
             else:
                 logits = decoder.step([rows[b] for b in active], num_masks)
-            tokens, confidences = _read_predictions(logits, mask_tokens, strategy == "confadapt")
+            tokens, confident_runs = _read_predictions(logits, mask_tokens,
+                                                       threshold if strategy == "confadapt" else None)
             sample_from = logits[:, 0] if temperature else None
             for slot, b in enumerate(active):
                 row = rows[b]
-                count = _accept_count(strategy, confidences and confidences[slot], len(tokens[slot]), k_run, threshold)
+                count = _accept_count(strategy, confident_runs and confident_runs[slot], len(tokens[slot]), k_run)
                 block = tokens[slot][:count]
                 # sample only when the strategy itself chose one token, not when the budget cut the block
                 if sample_from is not None and count == 1 and (k_run == 1 or len(tokens[slot]) > 1):
@@ -225,19 +224,21 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
     )
 
 
-def _read_predictions(logits: torch.Tensor, mask_tokens: MaskTokens, with_confidences: bool = True
-                      ) -> tuple[list[list[int]], list[list[float]] | None]:
-    """Greedy token and (if asked) its softmax probability per position, with the mask ids never eligible.
+def _read_predictions(logits: torch.Tensor, mask_tokens: MaskTokens, threshold: float | None = None
+                      ) -> tuple[list[list[int]], list[int] | None]:
+    """Greedy token per position, with the mask ids never eligible, and (with a ConfAdapt `threshold`) each
+    row's confident run length from the softmax top-1 probabilities.
 
-    One device-to-host transfer per pass (tokens and confidences travel together); Static k needs no softmax.
+    One device-to-host transfer per pass (tokens and run lengths travel together); Static k needs no softmax.
     """
     logits = logits.float()
     logits[..., list(mask_tokens.ids)] = float("-inf")
-    if not with_confidences:
+    if threshold is None:
         return logits.argmax(dim=-1).tolist(), None
     confidences, tokens = torch.softmax(logits, dim=-1).max(dim=-1)
-    both = torch.stack([tokens.to(torch.float64), confidences.to(torch.float64)]).tolist()  # ids < 2**53: exact
-    return [[int(t) for t in row] for row in both[0]], both[1]
+    runs = confident_run_length(confidences, threshold)
+    both = torch.cat([tokens, runs[:, None]], dim=1).tolist()
+    return [row[:-1] for row in both], [row[-1] for row in both]
 
 
 def _sample(logits: torch.Tensor, temperature: float, mask_tokens: MaskTokens, generator) -> int:
@@ -261,6 +262,7 @@ class _BatchDecoder:
         self.num_forward_passes = 0
         # Only the anchor..last-mask logits are read; models that can skip the rest of the lm_head should.
         self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.cache_argument = cache_argument(model)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, new_valid: torch.Tensor | None,
                  anchors: list[int], num_predictions: int) -> torch.Tensor:
@@ -274,7 +276,7 @@ class _BatchDecoder:
         keep = width - min(anchors)
         extra = {"logits_to_keep": keep} if self.takes_logits_to_keep else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=self.kv.cache, use_cache=True, **extra)
+                         **{self.cache_argument: self.kv.cache}, use_cache=True, **extra)
         self.num_forward_passes += 1
         logits = out.logits
         offset = width - logits.shape[1]  # logits[:, j] is the prediction at input column offset + j

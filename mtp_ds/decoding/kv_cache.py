@@ -15,10 +15,17 @@ the cache, `crop`, `batch_select_indices`, `get_seq_length`), so the decoder's r
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
 _MIN_CAPACITY = 64  # entries; the first pass (the prompt) allocates at least this much headroom
+
+
+def cache_argument(model) -> str:
+    """Name of the model forward's KV-cache argument: `cache` where transformers renamed it (it warns that
+    `past_key_values` goes away in 5.40), `past_key_values` in the releases before the rename."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _grow_capacity(needed: int, capacity: int) -> int:

@@ -115,7 +115,17 @@ class MTPLM(HFLM):
             except ValueError as err:
                 raise ValueError(f"model arg pretrained={getattr(pretrained, 'name_or_path', pretrained)!r}: "
                                  f"{err}") from None
+        self.stop_token_ids = self._stop_token_ids()
         self.reset_stats()
+
+    def _stop_token_ids(self) -> list[int]:
+        """The tokenizer's end-of-text id plus every id of the model's `generation_config.eos_token_id` (an int
+        or a list: Llama 3.1 and Qwen3 define several), i.e. every id at which HF `generate` (`--model hf`) stops."""
+        ids = [self.eot_token_id]
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if configured is not None:
+            ids += [configured] if isinstance(configured, int) else list(configured)
+        return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
     # --- settings and statistics -------------------------------------------------------------------------
 
@@ -203,7 +213,7 @@ class MTPLM(HFLM):
             result = generate(
                 self.model, context, mtp_token_id=self.mask_tokens, strategy=self.strategy, k=self.k,
                 k_max=self.k_max, threshold=self.threshold, max_new_tokens=max(0, max_length - context.shape[1]),
-                eos_token_id=self.eot_token_id, attention_mask=attention_mask, tokenizer=self.tokenizer,
+                eos_token_id=self.stop_token_ids, attention_mask=attention_mask, tokenizer=self.tokenizer,
                 stop_strings=list(stop or []), temperature=temperature,
             )
         seconds = time.perf_counter() - started

@@ -6,7 +6,12 @@ and weights (or the same seeded random tiny model), in the dtype and attention k
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from mtp_ds.config import ModelConfig
 
 
 def load_tokenizer(model: ModelConfig):

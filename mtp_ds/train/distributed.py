@@ -1,7 +1,7 @@
 """Process-group setup for the trainer (torchrun / srun launch, or a single process without a launcher).
 
-Why a module of its own: launch details (the launcher's environment, the backend per device type, a DeepSpeed
-CPU kernel that must be switched off) stay out of the training loop.
+Why a module of its own: launch details (the launcher's environment, the device chosen before NCCL starts,
+the backend per device type, a DeepSpeed CPU kernel that must be switched off) stay out of the training loop.
 """
 
 from __future__ import annotations
@@ -25,10 +25,17 @@ def _single_process_environment() -> None:
 
 
 def setup_distributed(device_type: str) -> tuple[int, int, int]:
-    """Start the process group; returns (rank, world size, local rank)."""
+    """Start the process group; returns (rank, world size, local rank).
+
+    On CUDA the rank's device is selected BEFORE the process group starts: NCCL binds its communicator to the
+    current device, and ranks that all start on cuda:0 would share one GPU (or hang in the first collective).
+    """
     import deepspeed
 
     _single_process_environment()
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
     if device_type == "cpu":
         # DeepSpeed's shared-memory all-reduce kernel crashes (SIGSEGV) under AutoTP on CPU; plain gloo is exact.
@@ -37,7 +44,4 @@ def setup_distributed(device_type: str) -> tuple[int, int, int]:
         if hasattr(ds_comm.cdb, "shm_vector_kernel_level"):
             ds_comm.cdb.shm_vector_kernel_level = 0
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
     return rank, world, local_rank
