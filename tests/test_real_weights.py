@@ -123,7 +123,7 @@ def _lm_eval(model_type, checkpoint, out_dir, model_args=""):
 def test_lm_eval_mtp_at_k1_answers_as_lm_eval_hf(checkpoint, tmp_path):
     hf = _lm_eval("hf", checkpoint, tmp_path / "hf")
     mtp = _lm_eval("mtp", checkpoint, tmp_path / "mtp", ",strategy=static,k=1")
-    assert sorted(hf) == [0, 1, 2]
+    assert sorted(hf) == [0, 1, 2] and all(resps[0][0].strip() for resps, _ in hf.values())  # real answers
     assert mtp == hf  # raw generations and extracted answers, document by document
 
 
