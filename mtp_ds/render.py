@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mtp_ds.layout import IGNORE_INDEX, PackedSequence, pack
 
@@ -85,6 +86,26 @@ def render_png(packed: PackedSequence, path: str, tokenizer=None) -> None:
     plt.close(figure)
 
 
+def _bad_flag(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, as one line, before anything is packed, printed or written; None if nothing.
+
+    pack() drops every anchor at or past the sample's end (its EOS, else its length), so an --offset there would
+    show a sequence without a single MTP region."""
+    if args.png is not None:
+        png = Path(args.png)
+        if not png.parent.is_dir():
+            return f"--png {args.png}: directory {str(png.parent)!r} does not exist"
+        if png.is_dir():
+            return f"--png {args.png}: is a directory, give a file name"
+    if args.eos_at is not None and not 1 <= args.eos_at < args.length:
+        return f"--eos-at {args.eos_at}: must be in [1, {args.length - 1}] (inside --length {args.length}, after token 0)"
+    end, limit = (args.length, "--length") if args.eos_at is None else (args.eos_at, "--eos-at")
+    if args.length >= 1 and not 0 <= args.offset < end:
+        return (f"--offset {args.offset}: the first anchor must lie before the sample's end ({limit} {end}), "
+                f"so --offset must be in [0, {end - 1}]")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtp-ds show-layout", description=__doc__.split("\n\n")[0])
     parser.add_argument("--length", type=int, default=24, help="ground-truth tokens (ids 0..length-1)")
@@ -95,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bidirectional", action="store_true")
     parser.add_argument("--png", default=None, help="also write the mask as a PNG here")
     args = parser.parse_args(argv)
+    problem = _bad_flag(args)
+    if problem:
+        print(f"mtp-ds show-layout: {problem}", file=sys.stderr)
+        return 2
     import torch
 
     token_ids = torch.arange(args.length)

@@ -1,7 +1,9 @@
+# shellcheck shell=bash
 # Shared by the sbatch scripts in slurm/: sourced, never run. Checks required variables up front with one clear
 # message each, activates the project's environment (the job must do it itself: no `pip install` in a job),
 # launches one torchrun per node, handles preemption (checkpoint, exit, requeue), and falls back to the local
-# machine when the script runs without Slurm (`bash slurm/X.sh`).
+# machine when the script runs without Slurm (`bash slurm/X.sh`). Before anything starts, the recipe and its
+# overrides are loaded and validated by the trainer's own parser, so a misspelt key costs one line, not a job.
 #
 # Variables a user sets (all optional unless a script says otherwise):
 #   RECIPE           recipe YAML (each train_*.sh has its default)
@@ -11,7 +13,9 @@
 #   HF_CACHE         Hugging Face cache directory (sets HF_HOME)
 #   MTP_DS_VENV      virtualenv to activate (default: the repo's .venv); MTP_DS_ACTIVATE: any setup line instead
 #   MTP_DS_SHUTDOWN_TIMEOUT  seconds ranks get to checkpoint after a signal (default 240)
-#   MTP_DS_DRY_RUN=1 print the srun / torchrun command lines for every node instead of running
+#   MTP_DS_DRY_RUN=1 validate the recipe + overrides, then print the srun / torchrun command lines for every node
+#                    instead of running; needs the environment (mtp_ds importable) but no GPU, torch or Slurm
+#                    (without scontrol it reads the first host of SLURM_JOB_NODELIST itself and says so)
 # Trailing arguments of the sbatch script are recipe overrides: sbatch slurm/train_qwen3.sh train.steps=1000
 
 mtp_require() {  # mtp_require VAR "what it is"
@@ -21,7 +25,7 @@ mtp_require() {  # mtp_require VAR "what it is"
     fi
 }
 
-mtp_activate() {
+mtp_python_env() {  # the environment's python with mtp_ds importable: all a dry run needs (no torch import)
     # MTP_DS_VENV: a virtualenv to activate (default: the repo's .venv when present); MTP_DS_ACTIVATE: any other
     # shell line that sets up the environment (e.g. "module load cuda; conda activate mtp").
     if [ -n "${MTP_DS_ACTIVATE:-}" ]; then
@@ -39,9 +43,17 @@ mtp_activate() {
         exit 2
     }
     if [ -n "${HF_CACHE:-}" ]; then export HF_HOME="$HF_CACHE"; fi
+}
+
+mtp_accelerator() {  # DS_ACCELERATOR=cpu where torch sees no CUDA device (imports torch: seconds, not for dry runs)
     if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
         export DS_ACCELERATOR=cpu
     fi
+}
+
+mtp_activate() {  # the environment and the accelerator
+    mtp_python_env
+    mtp_accelerator
 }
 
 # The repository root: SLURM_SUBMIT_DIR under sbatch (the script itself is copied to a spool dir), else ours.
@@ -50,7 +62,7 @@ if [ -n "${SLURM_JOB_ID:-}" ] && [ -n "${SLURM_SUBMIT_DIR:-}" ] && [ -f "$SLURM_
 else
     MTP_DS_REPO=${MTP_DS_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 fi
-cd "$MTP_DS_REPO"
+cd "$MTP_DS_REPO" || { echo "error: MTP_DS_REPO=$MTP_DS_REPO is not a directory" >&2; exit 2; }
 mkdir -p logs
 
 mtp_gpus_per_node() {
@@ -61,10 +73,57 @@ mtp_gpus_per_node() {
     fi
 }
 
-mtp_master_addr() {  # the first host of the job (or this machine without Slurm)
-    if [ -n "${SLURM_JOB_NODELIST:-}" ]; then scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1
-    else echo 127.0.0.1
+mtp_first_host() {  # mtp_first_host LIST: the first host of a Slurm node list ("gpu[01-04,07],cpu3" -> gpu01)
+    # Only for dry runs where scontrol is absent: each [..] group of the first entry gives its first number, as
+    # written (zero padding kept), as scontrol does; what scontrol would refuse (text after the last group, a
+    # bracket left open) is refused here too rather than guessed at.
+    local rest=$1 host="" groups=0 group='^([^],[]*)\[([0-9]+)([-,][0-9]+)*\](.*)$'
+    while [[ "$rest" =~ $group ]]; do
+        host+=${BASH_REMATCH[1]}${BASH_REMATCH[2]}
+        rest=${BASH_REMATCH[4]}
+        groups=$((groups + 1))
+    done
+    rest=${rest%%,*}
+    host+=$rest
+    if [ -z "$host" ] || [[ "$host" == *[][]* ]] || { [ "$groups" -gt 0 ] && [ -n "$rest" ]; }; then
+        echo "error: SLURM_JOB_NODELIST=$1 is not a Slurm node list (e.g. gpu[01-04],cpu7)" >&2
+        exit 2
     fi
+    echo "$host"
+}
+
+mtp_master_addr() {  # the first host of the job (or this machine without Slurm)
+    if [ -z "${SLURM_JOB_NODELIST:-}" ]; then echo 127.0.0.1; return; fi
+    local hosts
+    if command -v scontrol >/dev/null; then
+        # All of it, then the first line here: with `| head -n1` head exits early and, on a long node list,
+        # scontrol dies of SIGPIPE, which pipefail turns into the script's silent exit 141.
+        hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST") || {
+            echo "error: SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST: scontrol show hostnames failed" >&2; exit 2; }
+        echo "${hosts%%$'\n'*}"
+    elif [ "${MTP_DS_DRY_RUN:-0}" = 1 ]; then
+        hosts=$(mtp_first_host "$SLURM_JOB_NODELIST") || exit $?  # errexit does not reach into $(...)
+        echo "mtp-ds: dry run without scontrol: MASTER_ADDR=$hosts, SLURM_JOB_NODELIST's first host as read here" >&2
+        echo "$hosts"
+    else
+        echo "error: SLURM_JOB_NODELIST is set but scontrol (slurm-client), to name its first node, is not on PATH" >&2
+        exit 2
+    fi
+}
+
+mtp_check_recipe() {  # mtp_check_recipe [key=value ...]: the trainer's arguments, parsed by the trainer's code
+    # `python -m mtp_ds.train RECIPE checkpoint.dir=OUTPUT_DIR [key=value ...]` reads its arguments with
+    # mtp_ds.config.parse_cli (stdlib + yaml: one quick python start); a bad key or value stops here with the
+    # trainer's one-line message instead of on every rank after the launch.
+    python -c '
+import sys
+from mtp_ds.config import ConfigError, parse_cli
+try:
+    parse_cli(sys.argv[1:])
+except ConfigError as error:
+    print("error: " + " ".join(str(error).split()), file=sys.stderr)
+    sys.exit(2)
+' "$RECIPE" "checkpoint.dir=$OUTPUT_DIR" "$@" || exit $?
 }
 
 mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
@@ -72,6 +131,14 @@ mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
     shift
     [ -f "$RECIPE" ] || { echo "error: RECIPE=$RECIPE does not exist (a recipes/*.yaml file)" >&2; exit 2; }
     OUTPUT_DIR=${OUTPUT_DIR:-outputs/$(basename "$RECIPE" .yaml)}
+    # What Slurm sets, checked before the port arithmetic and srun use it (a job id of "abc" would otherwise be
+    # read by $((...)) as an unset variable name, and --nodes=0 would pass a dry run).
+    if [ -n "${SLURM_JOB_ID:-}" ] && ! [[ "$SLURM_JOB_ID" =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: SLURM_JOB_ID=$SLURM_JOB_ID is not a positive integer" >&2; exit 2
+    fi
+    if [ -n "${SLURM_NNODES:-}" ] && ! [[ "$SLURM_NNODES" =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: SLURM_NNODES=$SLURM_NNODES is not a positive integer" >&2; exit 2
+    fi
     local nnodes=${SLURM_NNODES:-1}
     export RECIPE OUTPUT_DIR
     export MTP_DS_NNODES=$nnodes MTP_DS_GPUS_PER_NODE
@@ -86,6 +153,8 @@ mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
     if [ -n "${SLURM_JOB_ID:-}" ]; then
         launcher=(srun --nodes="$nnodes" --ntasks-per-node=1 --kill-on-bad-exit=1 "${launcher[@]}")
     fi
+    mtp_python_env
+    mtp_check_recipe "$@"
     if [ "${MTP_DS_DRY_RUN:-0}" = 1 ]; then
         echo "launch:$(printf ' %q' "${launcher[@]}" "$@")"
         local node
@@ -94,32 +163,50 @@ mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
         done
         return 0
     fi
-    mtp_activate
+    mtp_accelerator
     echo "mtp-ds: $nnodes node(s) x $MTP_DS_GPUS_PER_NODE rank(s), recipe $RECIPE, output $OUTPUT_DIR, rendezvous $MASTER_ADDR:$MASTER_PORT"
 
     # Bash runs a trap only between commands, so the launch runs in the background and we `wait` for it.
+    # USR1 (Slurm's warning before the time limit), TERM (preemption, kill) and INT (Ctrl-C) make the ranks
+    # checkpoint at the next step boundary and exit; this script passes each on to the launch exactly once.
+    # Once, because torchrun signalled twice cuts its graceful shutdown short and signals the ranks again: so
+    # the launch runs in its own process group (set -m), where a Ctrl-C to this script's group does not reach
+    # it directly. Through srun, INT and TERM travel as USR1: srun answers one SIGINT with a task-status print
+    # and SIGTERM with SIGKILL to its tasks, and passes USR1 on. HUP and QUIT (terminal closed, Ctrl-\) used
+    # to reach the launch through the group: they are passed on as they are, and ask for no checkpoint.
     MTP_DS_SIGNALLED=""
+    local launch_pid="" term_as=TERM int_as=INT
+    if [ "${launcher[0]}" = srun ]; then term_as=USR1 int_as=USR1; fi
     trap 'MTP_DS_SIGNALLED=USR1; kill -USR1 "$launch_pid" 2>/dev/null || true' USR1
-    trap 'MTP_DS_SIGNALLED=TERM; kill -TERM "$launch_pid" 2>/dev/null || true' TERM
-    "${launcher[@]}" "$@" &
-    local launch_pid=$!
+    trap 'MTP_DS_SIGNALLED=TERM; kill -"$term_as" "$launch_pid" 2>/dev/null || true' TERM
+    trap 'MTP_DS_SIGNALLED=INT; kill -"$int_as" "$launch_pid" 2>/dev/null || true' INT
+    trap 'kill -HUP "$launch_pid" 2>/dev/null || true' HUP
+    trap 'kill -QUIT "$launch_pid" 2>/dev/null || true' QUIT
+    rm -f "$OUTPUT_DIR/STOPPED"
+    set -m
+    "${launcher[@]}" "$@" </dev/null &
+    launch_pid=$!
+    set +m
     local status=0
     while true; do
         wait "$launch_pid" && status=0 || status=$?
         kill -0 "$launch_pid" 2>/dev/null || break  # wait returned because of a trap: keep waiting
     done
-    trap - USR1 TERM
+    trap - USR1 TERM INT HUP QUIT
 
     if [ -f "$OUTPUT_DIR/DONE" ]; then
         echo "mtp-ds: training finished ($(cat "$OUTPUT_DIR/DONE") steps); not requeued"
         return 0
     fi
     if [ -n "$MTP_DS_SIGNALLED" ]; then
+        # OUTPUT_DIR/STOPPED: written by rank 0 after its save-and-stop (removed before every launch)
+        local saved="no new checkpoint (stopped before the first step or during the save): the newest earlier one is resumed"
+        if [ -f "$OUTPUT_DIR/STOPPED" ]; then saved="checkpoint saved at step $(cat "$OUTPUT_DIR/STOPPED")"; fi
         if [ -n "${SLURM_JOB_ID:-}" ]; then
-            echo "mtp-ds: preempted (SIG$MTP_DS_SIGNALLED): checkpoint saved, requeueing job $SLURM_JOB_ID"
+            echo "mtp-ds: preempted (SIG$MTP_DS_SIGNALLED): $saved; requeueing job $SLURM_JOB_ID"
             scontrol requeue "$SLURM_JOB_ID"
         else
-            echo "mtp-ds: stopped (SIG$MTP_DS_SIGNALLED): checkpoint saved; run the same command again to resume"
+            echo "mtp-ds: stopped (SIG$MTP_DS_SIGNALLED): $saved; run the same command again to resume"
         fi
         return 0
     fi

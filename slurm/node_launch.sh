@@ -8,11 +8,13 @@
 #                         MTP_DS_RDZV_ID MTP_DS_SHUTDOWN_TIMEOUT; MTP_DS_DRY_RUN=1 prints instead of running.
 set -euo pipefail
 
+# shellcheck disable=SC2054  # the commas below are torchrun's list syntax, not array separators
 launch=(torchrun
     --nnodes="$MTP_DS_NNODES"
     --nproc_per_node="$MTP_DS_GPUS_PER_NODE"
-    # SIGUSR1 (Slurm's warning signal) and SIGTERM reach the ranks, which checkpoint and exit; torchrun waits
-    # MTP_DS_SHUTDOWN_TIMEOUT seconds for that before SIGKILL
+    # SIGUSR1 (Slurm's warning signal), SIGTERM and SIGINT (Ctrl-C, passed on by slurm/common.sh) reach the
+    # ranks, which checkpoint at the next step boundary and exit; torchrun waits MTP_DS_SHUTDOWN_TIMEOUT seconds
+    # for that before SIGKILL. SIGHUP / SIGQUIT: torchrun's defaults, passed on as well.
     --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
     --shutdown-timeout="$MTP_DS_SHUTDOWN_TIMEOUT")
 if [ "$MTP_DS_NNODES" -gt 1 ] || [ -n "${SLURM_JOB_ID:-}" ]; then

@@ -172,7 +172,7 @@ def test_pretraining_resumes_after_a_crash_to_the_same_weights(tmp_path, pretrai
     with pytest.raises(KeyboardInterrupt):
         pretrain(crashed_recipe)
     monkeypatch.setattr(pretrain_module, "_save_state", save)
-    assert torch.load(tmp_path / "b" / "pretrain_state.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "b" / "pretrain_state.pt", weights_only=True)["step"] == 2
     resumed = pretrain(crashed_recipe)
     a = AutoModelForCausalLM.from_pretrained(straight).state_dict()
     b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()

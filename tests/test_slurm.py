@@ -8,7 +8,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,13 +38,42 @@ def slurm_cluster_up() -> bool:
     return result.returncode == 0 and any(state in result.stdout for state in ("idle", "mixed", "allocated"))
 
 
-needs_scontrol = pytest.mark.skipif(shutil.which("scontrol") is None and not os.environ.get("MTP_DS_REQUIRE_SLURM"),
-                                    reason="scontrol (slurm-client) is not installed")
 needs_cluster = pytest.mark.skipif(not slurm_cluster_up() and not os.environ.get("MTP_DS_REQUIRE_SLURM"),
                                    reason="no Slurm cluster is running (CI starts one: .ci/slurm_cluster.sh start)")
 
+SLURM_COMMANDS = {"scontrol", "srun", "sbatch", "salloc", "sinfo", "squeue", "scancel", "sacct", "sstat"}
 
-@needs_scontrol
+
+@pytest.fixture(scope="module")
+def path_without_slurm(tmp_path_factory) -> str:
+    """$PATH as on a machine without slurm-client: each directory holding a Slurm command is replaced by a copy
+    made of links to everything else in it (this machine may have the client installed)."""
+    root, entries = tmp_path_factory.mktemp("no-slurm-path"), []
+    for index, entry in enumerate(os.environ["PATH"].split(os.pathsep)):
+        directory = Path(entry)
+        if not directory.is_dir() or not any((directory / name).exists() for name in SLURM_COMMANDS):
+            entries.append(entry)
+            continue
+        shadow = root / str(index)
+        shadow.mkdir()
+        for item in directory.iterdir():
+            if item.name not in SLURM_COMMANDS:
+                (shadow / item.name).symlink_to(item)
+        entries.append(str(shadow))
+    path = os.pathsep.join(entries)
+    assert not any(shutil.which(name, path=path) for name in SLURM_COMMANDS)
+    return path
+
+
+def fake_command(directory: Path, name: str, body: str) -> Path:
+    """A test double for a command on PATH (a Slurm client binary, torchrun): a Python script."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / name
+    script.write_text(f"#!{sys.executable}\n{body}")
+    script.chmod(0o755)
+    return script
+
+
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 def test_multinode_command_lines(nodes):
     result = run_script("train_qwen3.sh", "train.steps=10", MTP_DS_DRY_RUN="1", SLURM_JOB_ID="4242",
@@ -73,6 +104,179 @@ def test_required_variables_fail_up_front():
         assert len(result.stderr.strip().splitlines()) == 1
     result = run_script("eval_gsm8k.sh")
     assert result.returncode == 2 and result.stderr.strip().startswith("error: set MODEL_DIR")
+
+
+def test_long_node_list_does_not_kill_the_script(tmp_path):
+    # `scontrol show hostnames | head -n1` under pipefail: head exits after one line, scontrol dies of SIGPIPE
+    # on a long list and the script with it (exit 141, no message)
+    fake_command(tmp_path / "bin", "scontrol", (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # a C program: dies of SIGPIPE\n"
+        "assert sys.argv[1:3] == ['show', 'hostnames'], sys.argv\n"
+        "sys.stdout.write(''.join(f'node{i:06d}\\n' for i in range(1, 200001)))\n"))
+    result = run_script("train_qwen3.sh", MTP_DS_DRY_RUN="1", SLURM_JOB_ID="4242", SLURM_NNODES="2",
+                        SLURM_JOB_NODELIST="node[000001-200000]", GPUS_PER_NODE="8",
+                        PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert "--rdzv_endpoint=node000001:24242" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"SLURM_JOB_ID": "abc"}, "error: SLURM_JOB_ID=abc is not a positive integer"),
+    ({"SLURM_NNODES": "0"}, "error: SLURM_NNODES=0 is not a positive integer"),
+    ({"SLURM_NNODES": "two"}, "error: SLURM_NNODES=two is not a positive integer"),
+])
+def test_slurm_variables_fail_up_front(env, message):
+    result = run_script("train_qwen3.sh", **{"MTP_DS_DRY_RUN": "1", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "2",
+                                             "SLURM_JOB_NODELIST": "gpu[1-2]", **env})
+    assert result.returncode == 2 and result.stderr.strip() == message, (result.returncode, result.stderr)
+
+
+@pytest.mark.parametrize("dry_run", ["1", "0"])
+def test_misspelt_override_fails_before_the_launch(dry_run, tmp_path):
+    # the trainer's own parse of its arguments (recipe, checkpoint.dir=$OUTPUT_DIR, overrides), in the script
+    result = run_script("train_tiny.sh", "train.stepz=5", MTP_DS_DRY_RUN=dry_run, OUTPUT_DIR=str(tmp_path / "run"))
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith("error: unknown recipe key 'train.stepz'"), result.stderr
+    assert "launch:" not in result.stdout and not (tmp_path / "run").exists()
+
+
+def readme_dry_run_example() -> str:
+    section = (REPO / "README.md").read_text().split("## On a Slurm cluster", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("MTP_DS_DRY_RUN=1 ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_readme_dry_run_example_works_without_slurm(path_without_slurm):
+    command = readme_dry_run_example()  # exactly as the README shows it (its trailing comment included)
+    result = subprocess.run(["bash", "-c", command], cwd=REPO, env=script_env(PATH=path_without_slurm),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("launch: srun --nodes=2 ") and len(lines) == 3, result.stdout
+    assert all("--rdzv_endpoint=gpu1:20001" in line for line in lines[1:]), result.stdout
+    assert "scontrol" in result.stderr and "gpu1" in result.stderr  # says where MASTER_ADDR came from
+
+
+@pytest.mark.parametrize("nodelist, first", [
+    ("gpu[1-2]", "gpu1"), ("gpu[01-04,07],cpu3", "gpu01"), ("n1,n[2-3]", "n1"), ("rack[2-3]-n[005-008]", "rack2-n005"),
+    ("node-7", "node-7"), ("x[10,2-3]", "x10"), ("a[1-2]b[3-4]", "a1b3"),
+])
+def test_dry_run_without_scontrol_reads_the_first_host_itself(nodelist, first, path_without_slurm):
+    result = run_script("train_qwen3.sh", MTP_DS_DRY_RUN="1", SLURM_JOB_ID="7", SLURM_NNODES="2",
+                        SLURM_JOB_NODELIST=nodelist, PATH=path_without_slurm)
+    assert result.returncode == 0, result.stderr
+    assert f"--rdzv_endpoint={first}:20007" in result.stdout, result.stdout
+    if shutil.which("scontrol"):  # the real client, where installed, agrees
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               check=True).stdout
+        assert hosts.splitlines()[0] == first
+
+
+@pytest.mark.parametrize("nodelist", ["gpu[1-2", "gpu[a-b]", "x[1-2]y", "gpu]1["])
+def test_dry_run_without_scontrol_refuses_a_malformed_node_list(nodelist, path_without_slurm):
+    result = run_script("train_qwen3.sh", MTP_DS_DRY_RUN="1", SLURM_JOB_ID="7", SLURM_NNODES="2",
+                        SLURM_JOB_NODELIST=nodelist, PATH=path_without_slurm)
+    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: SLURM_JOB_NODELIST={nodelist} "), \
+        result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # (scontrol 22.05 prints "gpu]" for the first: no guide)
+
+
+# A test double for torchrun / srun: records its arguments and every signal it gets, stops on the first (after a
+# moment, so that a duplicate would be seen too) and exits 0, as ranks do after a checkpoint.
+RECORDING_LAUNCHER = """\
+import json, os, signal, sys, time
+from pathlib import Path
+out = Path(os.environ["FAKE_LAUNCH_LOG"])
+got = []
+for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+    signal.signal(number, lambda n, _f: got.append(signal.Signals(n).name))
+(out / "argv.json").write_text(json.dumps([Path(sys.argv[0]).name] + sys.argv[1:]))
+while not got:
+    time.sleep(0.05)
+time.sleep(1.0)
+(out / "signals.json").write_text(json.dumps(got))
+Path(os.environ["OUTPUT_DIR"]).mkdir(parents=True, exist_ok=True)
+(Path(os.environ["OUTPUT_DIR"]) / "STOPPED").write_text("7\\n")  # what rank 0 writes after its save
+"""
+FAKE_SCONTROL = """\
+import os, sys
+from pathlib import Path
+if sys.argv[1:3] == ["show", "hostnames"]:
+    print("gpu1")
+else:
+    with open(Path(os.environ["FAKE_LAUNCH_LOG"]) / "scontrol.log", "a") as log:
+        log.write(" ".join(sys.argv[1:]) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("sent, how, launcher, received", [
+    ("INT", "group", "torchrun", "SIGINT"),  # Ctrl-C in a terminal: the script's whole process group
+    ("INT", "script", "torchrun", "SIGINT"),  # kill -INT <script>
+    ("INT", "group", "srun", "SIGUSR1"),  # srun would print task states on one SIGINT, not pass it on
+    ("TERM", "script", "srun", "SIGUSR1"),  # srun would SIGKILL its tasks on SIGTERM
+    ("USR1", "script", "srun", "SIGUSR1"),  # --signal=B:USR1@300
+])
+def test_signal_reaches_the_launch_once_and_the_script_stops_cleanly(sent, how, launcher, received, tmp_path):
+    bin_dir, log_dir = tmp_path / "bin", tmp_path / "log"
+    log_dir.mkdir()
+    fake_command(bin_dir, launcher, RECORDING_LAUNCHER)
+    fake_command(bin_dir, "scontrol", FAKE_SCONTROL)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "gpu1"} if launcher == "srun" else {}
+    env = script_env(**slurm, OUTPUT_DIR=str(tmp_path / "run"), FAKE_LAUNCH_LOG=str(log_dir),
+                     MTP_DS_ACTIVATE=f"source {REPO}/.venv/bin/activate; PATH={bin_dir}:$PATH")
+    process = subprocess.Popen(["bash", "slurm/train_tiny.sh", "train.steps=200"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: (log_dir / "argv.json").exists() or process.poll() is not None, 120, "the launch")
+        assert process.poll() is None, process.communicate()
+        number = getattr(signal, f"SIG{sent}")
+        if how == "group":
+            os.killpg(process.pid, number)
+        else:
+            os.kill(process.pid, number)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, (process.returncode, stdout, stderr)
+    assert json.loads((log_dir / "signals.json").read_text()) == [received]  # once: never twice
+    if launcher == "srun":
+        assert f"preempted (SIG{sent}): checkpoint saved at step 7; requeueing job 4242" in stdout, stdout
+        assert (log_dir / "scontrol.log").read_text() == "requeue 4242\n"
+    else:
+        assert f"stopped (SIG{sent}): checkpoint saved at step 7; run the same command again to resume" in stdout, stdout
+        argv = " ".join(json.loads((log_dir / "argv.json").read_text()))
+        assert re.search(r"--signals-to-handle=\S*SIGINT", argv) and "--shutdown-timeout=240" in argv, argv
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
+    """Ctrl-C (SIGINT to the script's process group) on a real 2-rank run: a checkpoint at the next step
+    boundary, exit 0. NEEDS the trainer side: ranks that handle SIGINT like SIGTERM (mtp_ds/train/tracking.py
+    StopRequest.SIGNALS); without it the ranks die of KeyboardInterrupt and no checkpoint is written."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(["bash", "slurm/train_tiny.sh", "train.steps=200", "checkpoint.every=0"], cwd=REPO,
+                               env=script_env(OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: process.poll() is not None
+                 or ((out / "metrics.jsonl").exists() and len(metric_steps(out)) >= 3), 300, "3 training steps")
+        assert process.poll() is None, process.communicate()
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, (process.returncode, stdout[-3000:], stderr[-3000:])
+    saved = sorted(path for path in out.glob("step*")
+                   if re.fullmatch(r"step\d{8}", path.name) and (path / "COMPLETE").exists())
+    assert saved, (sorted(p.name for p in out.iterdir()), stderr[-3000:])
+    assert 3 <= int(saved[-1].name[4:]) < 200 and not (out / "DONE").exists()
+    assert f"stopped (SIGINT): checkpoint saved at step {int(saved[-1].name[4:])}; run the same command again to resume" \
+        in stdout, stdout[-3000:]
 
 
 @pytest.mark.slow
@@ -139,7 +343,7 @@ def test_preemption_requeues_and_resumes_without_losing_or_repeating_steps(tmp_p
         subprocess.run(["scancel", job_id], capture_output=True)
     log = (REPO / "logs" / f"mtp-qwen3-4b-{job_id}.out").read_text()
     saved = int(re.search(r"resumed from \S+step(\d+) at step (\d+)", log).group(1))
-    assert f"preempted (SIGUSR1): checkpoint saved, requeueing job {job_id}" in log
+    assert re.search(rf"preempted \(SIGUSR1\): checkpoint saved at step \d+; requeueing job {job_id}", log), log[-3000:]
     assert 10 <= saved < steps and (out / f"step{saved:08d}" / "COMPLETE").exists()
     assert f"training finished ({steps} steps); not requeued" in log
     assert metric_steps(out) == list(range(1, steps + 1))  # no duplicated or lost steps

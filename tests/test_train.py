@@ -168,7 +168,7 @@ def _data_file(tmp_path, name, rows):
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "batch_conflict", "missing_model", "missing_field", "empty_data",
-                                  "k_max_too_large"])
+                                  "k_max_too_large", "not_json", "unknown_optimizer", "string_lr", "resume_not_checkpoint"])
 def test_config_errors_are_one_line_and_write_nothing(tmp_path, case):
     out = tmp_path / "out"
     overrides = {
@@ -178,7 +178,14 @@ def test_config_errors_are_one_line_and_write_nothing(tmp_path, case):
         "missing_field": [_data_file(tmp_path, "no_response.jsonl", [{"query": "q", "original_question": "q", "type": "t"}])],
         "empty_data": [_data_file(tmp_path, "empty.jsonl", [])],
         "k_max_too_large": ["packing.k_max=40"],
+        "not_json": [_data_file(tmp_path, "torn.jsonl", [{"query": "q", "response": "r", "original_question": "q"}])],
+        "unknown_optimizer": ["train.deepspeed_overrides.optimizer.type=AdamWW"],
+        "string_lr": ["train.deepspeed_overrides.optimizer.params.lr=1e-4x"],
+        "resume_not_checkpoint": [f"checkpoint.resume={tmp_path}"],
     }[case]
+    if case == "not_json":
+        with open(tmp_path / "torn.jsonl", "a") as handle:
+            handle.write('{"query": "q2", "response": \n')
     expected = {
         "unknown_key": "unknown recipe key 'train.stepz'; valid keys in 'train': global_batch_size",
         "batch_conflict": "train_batch_size",
@@ -186,6 +193,10 @@ def test_config_errors_are_one_line_and_write_nothing(tmp_path, case):
         "missing_field": "response",
         "empty_data": "empty",
         "k_max_too_large": "packing.k_max=40",
+        "not_json": "torn.jsonl' line 2 is not JSON",
+        "unknown_optimizer": "optimizer.type='AdamWW' is not a DeepSpeed optimizer",
+        "string_lr": "optimizer.params.lr must be a number, got '1e-4x'",
+        "resume_not_checkpoint": "is not a complete checkpoint (no COMPLETE file)",
     }[case]
     result = run_trainer(out, *overrides, ranks=0, expect_ok=False)
     message = [line for line in result.stderr.splitlines() if line.startswith("mtp-ds train:")]

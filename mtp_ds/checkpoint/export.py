@@ -8,42 +8,78 @@ Why offline: DeepSpeed's zero_to_fp32 consolidates the ZeRO shards on CPU withou
 runs anywhere (a login node) from the files alone. The checkpoint's `hf/` folder carries the model config
 (with `mtp_token_id`) and the tokenizer with `<MTP>`, so the result loads with plain
 `AutoModelForCausalLM.from_pretrained` (no custom code, no trust_remote_code) and decodes with mtp_ds.
+
+Why weights_only: zero_to_fp32 would unpickle the ZeRO shards in full, so a crafted shard could run its own code
+on the machine that exports; it runs under `mtp_ds.checkpoint.safe_load.weights_only_loads`, and a shard that
+needs anything beyond tensors, plain containers and DeepSpeed's own types is refused with one line naming it,
+before anything is written. Argument mistakes
+(OUT_DIR a file, no COMPLETE, no hf/) are refused first, before DeepSpeed or a model is touched.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import sys
 from pathlib import Path
 
 import torch
 
+from mtp_ds.checkpoint.safe_load import deepspeed_shard_types, refused_shard, weights_only_loads
+
 log = logging.getLogger("mtp_ds")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def consolidated_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """zero_to_fp32's fp32 state dict of the checkpoint, every pickle in it read with weights_only=True."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with weights_only_loads():
+        try:
+            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        except (pickle.UnpicklingError, RuntimeError):  # RuntimeError: torch cannot mmap a non-zip pickle
+            refused = refused_shard(checkpoint)
+            if refused is None:
+                raise
+    shard, reason = refused
+    allowed = ", ".join(kind.__name__ for kind in deepspeed_shard_types())
+    raise ValueError(f"{shard}: refusing to unpickle it ({reason}): export reads DeepSpeed's shards with "
+                     f"torch.load(weights_only=True), which allows tensors, plain containers and {allowed} only")
+
+
+def _check_arguments(checkpoint: Path, out_dir: Path, dtype: str) -> None:
+    """What is wrong with the arguments, as a one-line ValueError, before DeepSpeed or any model is touched."""
+    from mtp_ds.checkpoint.store import COMPLETE
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    existing = next(path for path in (out_dir, *out_dir.parents) if path.exists())
+    if not existing.is_dir():
+        where = "is an existing file" if existing == out_dir else f"is inside {str(existing)!r}, an existing file"
+        raise ValueError(f"OUT_DIR {str(out_dir)!r} {where}, not a directory")
+    if not (checkpoint / COMPLETE).exists():
+        raise ValueError(f"CHECKPOINT {str(checkpoint)!r} is not a complete mtp-ds checkpoint (no {COMPLETE} file)")
+    if not (checkpoint / "hf" / "config.json").is_file():
+        raise ValueError(f"CHECKPOINT {str(checkpoint)!r} has {COMPLETE} but no hf/ folder with config.json (the "
+                         "model config with mtp_token_id and the tokenizer, saved with every mtp-ds checkpoint)")
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "bfloat16",
                       max_shard_size: str = "5GB") -> Path:
     """Consolidate, load into the HF class of the checkpoint's config, and save_pretrained."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    _check_arguments(checkpoint, out_dir, dtype)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from mtp_ds.checkpoint.store import COMPLETE
+    from mtp_ds.objective import HiddenStatesModel
 
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if not (checkpoint / COMPLETE).exists():
-        raise ValueError(f"CHECKPOINT {str(checkpoint)!r} is not a complete mtp-ds checkpoint (no {COMPLETE} file)")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     config = AutoConfig.from_pretrained(checkpoint / "hf")
     if getattr(config, "mtp_token_id", None) is None:
         raise ValueError(f"{checkpoint / 'hf' / 'config.json'} has no mtp_token_id")
-    from mtp_ds.objective import HiddenStatesModel
-
     prefix = HiddenStatesModel.PREFIX  # the trainer's engine wraps the HF model
-    state_dict = {name.removeprefix(prefix): value for name, value in
-                  get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name).items()}
+    state_dict = {name.removeprefix(prefix): value for name, value in consolidated_state_dict(checkpoint).items()}
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)

@@ -1,21 +1,29 @@
 """Checkpoints that a crash cannot corrupt and a restart can continue from exactly.
 
 Layout of `checkpoint.dir`:
+    LOCK                          held by the run writing here (mtp_ds.checkpoint.ownership)
     step00000040/                 DeepSpeed's own files (ZeRO shards, optimizer, scheduler) + client state
-    step00000040/rng_rank{r}.pt   torch / numpy / python RNG states of every rank
+    step00000040/rng_rank{r}.pt   torch / numpy / python RNG states of every rank (tensors and plain values)
     step00000040/hf/              config.json (with mtp_token_id) + tokenizer: what `mtp-ds export` needs
     step00000040/effective_config.yaml
-    step00000040/COMPLETE         written last (atomic rename), after every rank finished writing
+    step00000040/COMPLETE         written last (atomic rename), after every rank finished writing: the manifest
+                                  (every file's size and SHA-256, run id, world size; mtp_ds.checkpoint.manifest)
     latest_complete               name of the newest COMPLETE checkpoint (atomic rename)
+    replaced/<time>/              earlier runs moved aside by checkpoint.overwrite=true
 
 A save that dies half-way leaves a directory without COMPLETE, which `resume: auto` ignores, so the previous
-checkpoint stays the one resumed. Rotation deletes only complete checkpoints older than the newest `keep_last`.
+checkpoint stays the one resumed; one damaged after it was complete fails its manifest check and resume falls
+back past it (mtp_ds.checkpoint.resume). Rotation deletes only complete checkpoints of the current run older
+than the newest `keep_last`.
+
+Everything loads through torch's safe unpickler: our own files with `torch.load(weights_only=True)`, DeepSpeed's
+shards (pickles, which DeepSpeed itself would load in full) under `mtp_ds.checkpoint.safe_load`.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -24,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtp_ds.checkpoint.manifest import COMPLETE, gather_file_table, read_marker, write_marker
+from mtp_ds.checkpoint.safe_load import refused_shard, weights_only_loads
+
 TAG_PATTERN = re.compile(r"^step(\d{8})$")
-COMPLETE = "COMPLETE"
 
 
 def tag_for_step(step: int) -> str:
@@ -47,46 +57,73 @@ def complete_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(TAG_PATTERN.match(p.name).group(1)))
 
 
-def find_resume_checkpoint(resume: str, directory: str) -> Path | None:
-    """`auto`: newest complete checkpoint in `directory` (None if there is none); `never`; or a path."""
-    if resume == "never":
+def run_of(checkpoint: Path) -> str | None:
+    """The run id in a checkpoint's manifest (None for a marker without one)."""
+    try:
+        return read_marker(checkpoint).get("run_id")
+    except Exception:
         return None
-    if resume == "auto":
-        found = complete_checkpoints(directory)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / COMPLETE).exists():
-        raise ValueError(f"checkpoint.resume={resume!r} is not a complete checkpoint directory (no {COMPLETE} file)")
-    return path
+
+
+def rotate(directory: str | os.PathLike, keep_last: int, run_id: str) -> list[Path]:
+    """Delete complete checkpoints of run `run_id` older than its newest `keep_last`; returns what went."""
+    if keep_last <= 0:
+        return []
+    ours = [path for path in complete_checkpoints(directory) if run_of(path) == run_id]
+    for old in ours[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return ours[:-keep_last]
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain values, so that it loads with `torch.load(weights_only=True)`."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    numpy_state = state["numpy"]
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(engine, directory: str, step: int, client_state: dict, *, keep_last: int,
-                    effective_config: dict, hf_config, tokenizer) -> Path:
-    """Collective: every rank calls it. Returns the checkpoint path once it is COMPLETE."""
+def all_gather(value) -> list:
+    """Every rank's `value` (a list of one outside a process group)."""
     import torch.distributed as dist
 
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    if not dist.is_initialized():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def save_checkpoint(engine, directory: str, step: int, client_state: dict, *, keep_last: int,
+                    effective_config: dict, hf_config, tokenizer, run_id: str) -> Path:
+    """Collective: every rank calls it. Returns the checkpoint path once it is COMPLETE."""
+    rank, world = _rank_and_world()
     tag = tag_for_step(step)
     path = Path(directory) / tag
-    if rank == 0 and path.exists():  # a leftover of a save that died: start it clean
+    if rank == 0 and path.exists():  # a leftover of a save that died, or a damaged one of this run: start clean
         shutil.rmtree(path)
     _barrier()
-    engine.save_checkpoint(directory, tag=tag, client_state=client_state, save_latest=False)
+    engine.save_checkpoint(directory, tag=tag, client_state={**client_state, "run_id": run_id}, save_latest=False)
     torch.save(rng_state(), path / f"rng_rank{rank}.pt")
     if rank == 0:
         hf_dir = path / "hf"
@@ -95,28 +132,40 @@ def save_checkpoint(engine, directory: str, step: int, client_state: dict, *, ke
         from mtp_ds.config import save_effective_config
 
         save_effective_config(path / "effective_config.yaml", effective_config)
-    _barrier()  # every rank's shards and RNG file are on disk before the marker
+    _barrier()  # every rank's shards and RNG file are on disk before they are hashed
+    files = gather_file_table(path, rank, world, all_gather)
     if rank == 0:
-        _write_atomic(path / COMPLETE, json.dumps({"step": step}) + "\n")
+        write_marker(path, step=step, run_id=run_id, world_size=world, files=files)
         _write_atomic(Path(directory) / "latest_complete", tag + "\n")
-        if keep_last > 0:
-            for old in complete_checkpoints(directory)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+        rotate(directory, keep_last, run_id)
     _barrier()
     return path
 
 
 def load_checkpoint(engine, path: Path) -> dict:
-    """Collective. Restores engine (weights, optimizer, scheduler) and this rank's RNG; returns client state."""
-    import torch.distributed as dist
+    """Collective. Restores engine (weights, optimizer, scheduler) and this rank's RNG; returns client state.
+    `path` has passed `mtp_ds.checkpoint.resume.select_resume_checkpoint` (manifest, world size)."""
+    rank, _ = _rank_and_world()
+    rng_file = path / f"rng_rank{rank}.pt"
+    if not rng_file.is_file():  # never resume without it: the run would not continue as it would have
+        raise FileNotFoundError(f"{rng_file} is missing: rank {rank}'s RNG state cannot be restored")
+    refused, load_path, client_state = None, None, None
+    with weights_only_loads():  # DeepSpeed's shards through torch's safe unpickler, like `mtp-ds export`
+        try:
+            load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+        except (pickle.UnpicklingError, RuntimeError):
+            refused = refused_shard(path)
+            if refused is None:
+                raise
+    # every rank learns whether any rank's shards were refused, so all stop together with the same line
+    refusals = [item for item in all_gather(refused and f"{refused[0]}: refusing to unpickle it ({refused[1]})") if item]
+    if refusals:
+        from mtp_ds.config import ConfigError
 
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+        raise ConfigError(refusals[0])
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint at {path}")
-    rng_file = path / f"rng_rank{rank}.pt"
-    if rng_file.exists():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    set_rng_state(torch.load(rng_file, weights_only=True))
     return client_state
 
 

@@ -108,7 +108,37 @@ def _resolve_training_json(recipe: Recipe, path: str, key: str, world_size: int,
     if scheduler_params.get("total_num_steps") == AUTO:  # WarmupDecayLR / WarmupCosineLR: the run's length
         scheduler_params["total_num_steps"] = train.steps
     _reject_leftover_auto(config, "", source)
+    _check_learning_rates(config, source)
     return config
+
+
+def _check_learning_rates(config: dict, source: str) -> None:
+    """optimizer.params.lr and the scheduler's *_lr values: numbers >= 0 (DeepSpeed itself would only fail
+    after the model is built, or train on a string)."""
+    places = {"optimizer.params": (config.get("optimizer") or {}).get("params") or {},
+              "scheduler.params": (config.get("scheduler") or {}).get("params") or {}}
+    for where, params in places.items():
+        for name, value in params.items():
+            if name == "lr" or name.endswith("_lr"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"{source}: {where}.{name} must be a number, got {value!r}")
+                if value < 0:
+                    raise ConfigError(f"{source}: {where}.{name} must be >= 0, got {value}")
+
+
+def check_optimizer_and_scheduler(config: dict, source: str, *, optimizers, torch_optimizers, schedulers,
+                                  torch_schedulers) -> None:
+    """The JSON's optimizer.type / scheduler.type against what DeepSpeed accepts: its own names (any case for
+    optimizers) or a torch.optim / torch.optim.lr_scheduler class name. The caller passes the names (this
+    module does not import DeepSpeed); `mtp_ds.train.loop` does, before the process group starts."""
+    optimizer = (config.get("optimizer") or {}).get("type")
+    if optimizer is not None and str(optimizer).lower() not in optimizers and optimizer not in torch_optimizers:
+        raise ConfigError(f"{source}: optimizer.type={optimizer!r} is not a DeepSpeed optimizer "
+                          f"({', '.join(sorted(optimizers))}) nor a torch.optim class")
+    scheduler = (config.get("scheduler") or {}).get("type")
+    if scheduler is not None and scheduler not in schedulers and scheduler not in torch_schedulers:
+        raise ConfigError(f"{source}: scheduler.type={scheduler!r} is not a DeepSpeed LR schedule "
+                          f"({', '.join(sorted(schedulers))}) nor a torch.optim.lr_scheduler class")
 
 
 def resolve_deepspeed_config(recipe: Recipe, world_size: int, *, device_type: str) -> dict:

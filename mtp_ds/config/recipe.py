@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from mtp_ds.config.paths import resolve_path
@@ -37,6 +38,9 @@ def read_recipe_file(path: str | os.PathLike) -> dict:
         values = yaml_load(file.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"recipe file {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe file {str(path)!r} must hold a mapping of sections (model:, data:, ...), "
+                          f"not a YAML {type(values).__name__}")
     if isinstance(values, dict) and "recipe" in values and "deepspeed" in values:
         values = values["recipe"]  # an effective config saved next to a checkpoint
     return values
@@ -164,9 +168,30 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     _check_existing_file("train.deepspeed_config", train.deepspeed_config)
     _at_least("checkpoint.every", checkpoint.every, 0)
     _at_least("checkpoint.keep_last", checkpoint.keep_last, 0)
-    if checkpoint.resume not in ("auto", "never") and not resolve_path(checkpoint.resume).exists():
-        raise ConfigError(f"checkpoint.resume: must be auto, never or an existing checkpoint path, got {checkpoint.resume!r}")
+    _check_checkpoint(checkpoint)
     return recipe
+
+
+def _check_checkpoint(checkpoint) -> None:
+    _one_of("checkpoint.on_corrupt", checkpoint.on_corrupt, ("fallback", "refuse"))
+    _one_of("checkpoint.verify", checkpoint.verify, ("checksum", "size"))
+    directory = Path(checkpoint.dir)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"checkpoint.dir: {checkpoint.dir!r} is a file, not a directory")
+    existing = next(parent for parent in (directory, *directory.absolute().parents) if parent.exists())
+    try:  # a real probe: permission bits say nothing for root or on a read-only mount
+        descriptor, probe = tempfile.mkstemp(prefix=".mtp-ds-write-probe-", dir=existing)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"checkpoint.dir: {checkpoint.dir!r} is not writable ({str(existing)!r}: "
+                          f"{error.strerror})") from None
+    if checkpoint.resume not in ("auto", "never"):
+        resume = resolve_path(checkpoint.resume)
+        if not resume.exists():
+            raise ConfigError(f"checkpoint.resume: must be auto, never or an existing checkpoint path, got {checkpoint.resume!r}")
+        if not (resume / "COMPLETE").is_file():
+            raise ConfigError(f"checkpoint.resume: {checkpoint.resume!r} is not a complete checkpoint (no COMPLETE file)")
 
 
 # ---------------------------------------------------------------- effective config

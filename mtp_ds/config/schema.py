@@ -106,7 +106,10 @@ class CheckpointConfig:
     dir: str = "outputs/run"  # checkpoints, effective config and (by default) metrics go here
     every: int = 1000  # steps; 0 = only at the end
     keep_last: int = 3  # 0 = keep all
-    resume: str = "auto"  # auto (latest in dir, if any) | never | path of a checkpoint
+    resume: str = "auto"  # auto (newest intact in dir, if any) | never | path of a checkpoint
+    overwrite: bool = False  # a new run into a dir holding one: move the old run into <dir>/replaced/<time>/ (else refused)
+    on_corrupt: str = "fallback"  # newest checkpoint fails its manifest: fallback (resume the newest intact one) | refuse
+    verify: str = "checksum"  # resume checks every file's size + SHA-256 (checksum) or size only (size)
 
 
 @dataclass

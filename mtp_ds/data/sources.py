@@ -67,7 +67,12 @@ def _load_one(path: str, data: DataConfig):
             raise ConfigError(f"data.path: {path!r} has an unknown extension {suffix!r} (use .jsonl, .json or .parquet)")
         if builder == "json" and _is_blank(local):
             raise ConfigError(f"data set {path!r} is empty")
-        return datasets.load_dataset(builder, data_files=str(local), split="train", cache_dir=data.cache_dir)
+        try:
+            return datasets.load_dataset(builder, data_files=str(local), split="train", cache_dir=data.cache_dir)
+        except Exception:
+            if builder == "json":
+                _require_json_lines(local, path)  # name the bad line instead of datasets' generation error
+            raise
     if local.is_dir():
         if (local / "dataset_info.json").exists() and (local / "state.json").exists():
             return datasets.load_from_disk(str(local))
@@ -75,6 +80,27 @@ def _load_one(path: str, data: DataConfig):
     if data.source in ("jsonl", "parquet"):
         raise ConfigError(f"data.path: file {path!r} does not exist")
     return datasets.load_dataset(path, split=data.split, cache_dir=data.cache_dir)
+
+
+def _require_json_lines(file: Path, path: str) -> None:
+    """Raise a ConfigError naming the first line of a JSON-lines file that is not a JSON object (a .json file
+    holding one JSON document is left alone). Only called after `datasets` failed on the file."""
+    import json
+
+    with file.open(encoding="utf-8") as handle:
+        first = handle.read(1)
+        handle.seek(0)
+        if file.suffix.lower() == ".json" and first == "[":
+            return
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                raise ConfigError(f"data.path: {path!r} line {number} is not JSON ({error})") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"data.path: {path!r} line {number} is a JSON {type(record).__name__}, not an object")
 
 
 def _is_blank(file: Path) -> bool:

@@ -20,6 +20,10 @@ from pathlib import Path
 CHUNK_COLOURS = ("\033[36m", "\033[33m", "\033[32m", "\033[35m")  # cyan, yellow, green, magenta
 RESET = "\033[0m"
 SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+# Files a tokenizer's `save_pretrained` writes (AutoTokenizer needs at least one). From a directory with none of
+# them AutoTokenizer still returns an object, which encodes every prompt to nothing: the decoder then blames
+# an empty `input_ids`.
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").is_file():
         return _error(f"MODEL_DIR {str(model_dir)!r} is not a Hugging Face model directory (no config.json)")
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        return _error(f"MODEL_DIR {str(model_dir)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+                      "save the tokenizer next to the model (`mtp-ds export` does)")
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -168,7 +168,7 @@ def pretrain(recipe: PretrainRecipe) -> Path:
     sampler = LengthBucketSampler(dataset["length"], settings.batch_size, seed=settings.seed)
     state_path, start = out_dir / STATE_FILE, 0
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])

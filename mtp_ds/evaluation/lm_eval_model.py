@@ -10,6 +10,13 @@ Model args (besides HFLM's own: pretrained, batch_size, device, dtype, ...):
   the decoding statistics to). The mask token id is read from the loaded model's config (`mtp_token_id`); a
   checkpoint without one (a base model, e.g. the teacher) is accepted for strategy=static,k=1 only.
 
+Bad model args (`ModelArgError`, a ValueError naming the arg) are found in the constructor before HFLM loads
+anything: a local `pretrained` path that does not exist (a hub id, name or owner/name, is left to Hugging Face),
+k > k_max, an unknown strategy... lm-eval's CLI has no error handling of its own (an exception from the
+constructor reaches the interpreter: a traceback, exit 1), so when lm-eval builds the model from `--model_args`
+(`create_from_arg_obj` / `create_from_arg_string`) the error is reported the way argparse reports a bad flag:
+one stderr line `lm_eval --model mtp: ...` and exit 2. Constructing `MTPLM(...)` directly still raises.
+
 Statistics (docs/METHOD.md section 6: report the effective k): per task and for the whole run, the acceleration factor
 (mean and std of tokens accepted per forward pass of a sequence), forward passes, generated tokens and
 tokens/s. They go into `get_model_info()` (so into the results JSON under `config.mtp_decoding`), into one
@@ -21,8 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +46,11 @@ from mtp_ds.tokens import has_mask_tokens, mask_tokens_from_config
 logger = logging.getLogger("lm_eval.mtp_ds")
 
 _SAMPLING_KWARGS = ("do_sample", "temperature")  # the only generation kwargs the MTP decoder honours
+CLI_PREFIX = "lm_eval --model mtp: "
+
+
+class ModelArgError(ValueError):
+    """A bad model arg, named in the message; one line in the lm_eval CLI (see the module docstring)."""
 
 
 @dataclass
@@ -92,10 +107,36 @@ def _model_arg(name: str, value, cast, check, requirement: str):
     try:
         value = cast(value)
     except (TypeError, ValueError):
-        raise ValueError(f"model arg {name}={value!r}: must be {requirement}") from None
+        raise ModelArgError(f"model arg {name}={value!r}: must be {requirement}") from None
     if not check(value):
-        raise ValueError(f"model arg {name}={value!r}: must be {requirement}")
+        raise ModelArgError(f"model arg {name}={value!r}: must be {requirement}")
     return value
+
+
+def _check_pretrained(pretrained) -> None:
+    """A path that exists, or a hub id (Hugging Face's own rule: name or owner/name); else a one-line error.
+
+    Without this, a missing local directory reaches Hugging Face as a hub id and fails deep in HFLM with
+    "Repo id must be in the form ...", after lm-eval has set everything up."""
+    if not isinstance(pretrained, (str, os.PathLike)) or Path(pretrained).exists():
+        return  # a loaded model object, or a local checkpoint
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(str(pretrained))
+    except HFValidationError:
+        raise ModelArgError(f"model arg pretrained={str(pretrained)!r}: the directory does not exist (and it is "
+                            "not a Hugging Face hub id, name or owner/name)") from None
+
+
+@contextmanager
+def _exit_like_argparse():
+    """A ModelArgError becomes one stderr line with the CLI prefix and exit 2 (what argparse does for a bad flag)."""
+    try:
+        yield
+    except ModelArgError as error:
+        print(f"{CLI_PREFIX}{error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @register_model("mtp")
@@ -105,6 +146,7 @@ class MTPLM(HFLM):
     def __init__(self, pretrained, strategy: str = "static", k: int = 1, k_max: int = 16,
                  threshold: float = 0.9, stats_path: str | None = None, **kwargs):
         self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold)
+        _check_pretrained(pretrained)
         self.stats_path = Path(stats_path) if stats_path else None
         super().__init__(pretrained=pretrained, **kwargs)
         if not has_mask_tokens(self.model.config) and self.strategy == "static" and self.k == 1:
@@ -113,10 +155,21 @@ class MTPLM(HFLM):
             try:
                 self.mask_tokens = mask_tokens_from_config(self.model.config)
             except ValueError as err:
-                raise ValueError(f"model arg pretrained={getattr(pretrained, 'name_or_path', pretrained)!r}: "
-                                 f"{err}") from None
+                raise ModelArgError(f"model arg pretrained={getattr(pretrained, 'name_or_path', pretrained)!r}: "
+                                    f"{err}") from None
         self.stop_token_ids = self._stop_token_ids()
         self.reset_stats()
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict, additional_config=None):
+        """How lm-eval (its CLI, `simple_evaluate(model="mtp", ...)`) builds the model from `--model_args`."""
+        with _exit_like_argparse():
+            return super().create_from_arg_obj(arg_dict, additional_config)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string, additional_config=None):
+        with _exit_like_argparse():
+            return super().create_from_arg_string(arg_string, additional_config)
 
     def _stop_token_ids(self) -> list[int]:
         """The tokenizer's end-of-text id plus every id of the model's `generation_config.eos_token_id` (an int
@@ -131,12 +184,14 @@ class MTPLM(HFLM):
 
     def set_decoding(self, *, strategy: str, k: int = 1, k_max: int = 16, threshold: float = 0.9) -> None:
         """Validate and set the decoding strategy (the sweep reuses one loaded model for many settings)."""
-        self.strategy = _model_arg("strategy", strategy, lambda v: str(v).strip().lower(),
-                                   lambda v: v in STRATEGIES, "one of " + ", ".join(STRATEGIES))
-        self.k = _model_arg("k", k, int, lambda v: v >= 1, "an integer >= 1")
-        self.k_max = _model_arg("k_max", k_max, int, lambda v: v >= 1, "an integer >= 1")
-        self.threshold = _model_arg("threshold", threshold, float, lambda v: 0.0 <= v <= 1.0,
-                                    "a probability in [0, 1]")
+        strategy = _model_arg("strategy", strategy, lambda v: str(v).strip().lower(), lambda v: v in STRATEGIES,
+                              "one of " + ", ".join(STRATEGIES))
+        k = _model_arg("k", k, int, lambda v: v >= 1, "an integer >= 1")
+        k_max = _model_arg("k_max", k_max, int, lambda v: v >= 1, "an integer >= 1")
+        threshold = _model_arg("threshold", threshold, float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
+        if k > k_max:  # the decoder refuses it too, but only at the first request
+            raise ModelArgError(f"model args k={k} and k_max={k_max}: k must be <= k_max")
+        self.strategy, self.k, self.k_max, self.threshold = strategy, k, k_max, threshold
 
     def reset_stats(self) -> None:
         self.task_stats: dict[str, DecodingStats] = {}

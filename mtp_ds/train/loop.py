@@ -8,8 +8,9 @@ Usage (from the repo root; every recipe's header gives its own command):
 One step, read top to bottom in `train_step`: draw (k, offset) for every sequence of the global batch ->
 pack this rank's micro-batches -> count supervised slots over the whole global batch -> per micro-batch:
 student forward, proposals, teacher forward on the student-forced sequence, loss, DeepSpeed backward/step.
-Checkpoints carry step, sampler position and RNG states; SIGTERM/SIGUSR1 save and exit; `resume: auto`
-continues from the newest complete checkpoint with the next unseen batch.
+Checkpoints carry step, sampler position and RNG states; Ctrl-C / SIGTERM / SIGUSR1 (and the launcher's death)
+save at the step's end and exit 0; `resume: auto` continues from the newest intact checkpoint with the next
+unseen batch. One run owns `checkpoint.dir` at a time (mtp_ds.checkpoint.resume says what a new run may do there).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from mtp_ds.train.distributed import setup_distributed
 
 log = logging.getLogger("mtp_ds")
 DONE_FILE = "DONE"  # written when the run reached train.steps (the Slurm scripts do not requeue then)
+STOPPED_FILE = "STOPPED"  # the step saved by a clean stop on a signal (what the Slurm scripts report)
 
 
 def objective_config(recipe) -> ObjectiveConfig:
@@ -139,7 +142,7 @@ def save(state, step: int) -> Path:
                     "samples_consumed": step * recipe.train.global_batch_size}
     return save_checkpoint(state["engine"], recipe.checkpoint.dir, step, client_state,
                            keep_last=recipe.checkpoint.keep_last, effective_config=state["effective_config"],
-                           hf_config=state["student"].config, tokenizer=state["tokenizer"])
+                           hf_config=state["student"].config, tokenizer=state["tokenizer"], run_id=state["run_id"])
 
 
 def prepare(recipe, plan, rank: int, local_rank: int) -> dict:
@@ -172,29 +175,68 @@ def prepare(recipe, plan, rank: int, local_rank: int) -> dict:
 
 
 def train(recipe, *, device_type: str) -> int:
-    from tqdm import tqdm
-
-    from mtp_ds.checkpoint.store import find_resume_checkpoint, load_checkpoint
+    from mtp_ds.checkpoint.resume import start_run
     from mtp_ds.config import plan_run
-    from mtp_ds.train.tracking import MetricsWriter, StopRequest
 
     # resolved once, before any process group: batch / TP / precision conflicts stop here with one line
     plan = plan_run(recipe, int(os.environ.get("WORLD_SIZE", "1")), device_type=device_type)
-    stop = StopRequest()
+    check_optimizer(plan.deepspeed, recipe.train.deepspeed_config)
     rank, world, local_rank = setup_distributed(device_type)
     if world != plan.world_size:
         raise RuntimeError(f"WORLD_SIZE={plan.world_size} but the process group has {world} ranks")
+    interrupt_while_loading()
+    # the directory's lock, the checkpoint to resume (past damaged ones) and the run id, before any model
+    start = start_run(recipe.checkpoint, recipe.metrics_file, rank, world)
+    try:
+        return run_training(recipe, plan, start, rank, local_rank)
+    finally:
+        if start.lock is not None:
+            start.lock.release()
+
+
+def check_optimizer(resolved_ds: dict, source: str) -> None:
+    """An optimizer / scheduler name DeepSpeed does not know stops here, not after the model is built."""
+    from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
+    from deepspeed.runtime.lr_schedules import VALID_LR_SCHEDULES
+
+    from mtp_ds.config.deepspeed_json import check_optimizer_and_scheduler
+
+    check_optimizer_and_scheduler(
+        resolved_ds, f"deepspeed config {source}", optimizers=set(DEEPSPEED_OPTIMIZERS),
+        torch_optimizers={name for name in dir(torch.optim) if name[0].isupper()}, schedulers=set(VALID_LR_SCHEDULES),
+        torch_schedulers={name for name in dir(torch.optim.lr_scheduler) if name[0].isupper()})
+
+
+def interrupt_while_loading() -> None:
+    """Until the first step there is nothing to save: SIGTERM / SIGUSR1 abort like Ctrl-C, through `finally`
+    (which releases the directory's lock) instead of killing the process where it stands."""
+    def abort(number, _frame):
+        raise KeyboardInterrupt(f"{signal.Signals(number).name} before the first step")
+
+    for number in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(number, abort)
+
+
+def run_training(recipe, plan, start, rank: int, local_rank: int) -> int:
+    from tqdm import tqdm
+
+    from mtp_ds.checkpoint.store import load_checkpoint
+    from mtp_ds.train.tracking import MetricsWriter, StopRequest
+
     state = prepare(recipe, plan, rank, local_rank)
-    start_step, last_saved = 0, None
-    resume_from = find_resume_checkpoint(recipe.checkpoint.resume, recipe.checkpoint.dir)
-    if resume_from is not None:
-        client = load_checkpoint(state["engine"], resume_from)
-        start_step = last_saved = int(client["step"])
+    state["run_id"] = start.run_id
+    start_step = 0
+    last_saved = start.resume_from
+    if start.resume_from is not None:
+        client = load_checkpoint(state["engine"], start.resume_from)
+        start_step = int(client["step"])
         state["sampler"].load_state_dict(client["sampler"])
-        log.info("resumed from %s at step %d", resume_from, start_step)
-    done_marker = Path(recipe.checkpoint.dir, DONE_FILE)
-    if rank == 0 and start_step < recipe.train.steps:
-        done_marker.unlink(missing_ok=True)  # left by a shorter earlier run: this one is not done yet
+        log.info("resumed from %s at step %d", start.resume_from, start_step)
+    done_marker, stopped_marker = Path(recipe.checkpoint.dir, DONE_FILE), Path(recipe.checkpoint.dir, STOPPED_FILE)
+    if rank == 0:
+        stopped_marker.unlink(missing_ok=True)
+        if start_step < recipe.train.steps:
+            done_marker.unlink(missing_ok=True)  # left by a shorter earlier run: this one is not done yet
     logging_settings = recipe.logging
     writer = MetricsWriter(
         recipe.metrics_file, enabled=rank == 0, resume_step=start_step,
@@ -204,27 +246,33 @@ def train(recipe, *, device_type: str) -> int:
     )
     progress = tqdm(total=recipe.train.steps, initial=start_step, disable=rank != 0, desc="train", unit="step",
                     dynamic_ncols=True)
+    stop = StopRequest()  # from here on a signal (or the launcher's death) means: save at the step's end, exit 0
     step = start_step
-    while step < recipe.train.steps:
-        record = train_step(state, step)
-        step += 1
-        check_finite(record, state["engine"], last_saved)
-        if step % recipe.train.log_every == 0 or step == recipe.train.steps:
-            writer.write({key: round(value, 6) if isinstance(value, float) else value for key, value in record.items()})
-        progress.update(1)
-        progress.set_postfix(loss=f"{record['loss']:.4f}", agree=f"{record['agreement']:.3f}", k=record["k"])
-        if recipe.train.eval_every and step % recipe.train.eval_every == 0:
-            writer.write(validate(state, step))
-        stopping = stop.agreed(state["device"])
-        if stopping or step == recipe.train.steps or (recipe.checkpoint.every and step % recipe.checkpoint.every == 0):
-            last_saved = save(state, step)
-        if stopping:
-            progress.close()
-            log.warning("received %s: saved %s at step %d, exiting for requeue", stop.signal_name, last_saved, step)
-            writer.close()
-            return 0
-    progress.close()
-    writer.close()
+    try:
+        while step < recipe.train.steps:
+            record = train_step(state, step)
+            step += 1
+            check_finite(record, state["engine"], last_saved)
+            if step % recipe.train.log_every == 0 or step == recipe.train.steps:
+                writer.write({key: round(value, 6) if isinstance(value, float) else value for key, value in record.items()})
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", agree=f"{record['agreement']:.3f}", k=record["k"])
+            if recipe.train.eval_every and step % recipe.train.eval_every == 0:
+                writer.write(validate(state, step))
+            stopping = stop.agreed(state["device"])
+            if stopping or step == recipe.train.steps or (recipe.checkpoint.every and step % recipe.checkpoint.every == 0):
+                last_saved = save(state, step)
+            if stopping:
+                progress.close()
+                if rank == 0:
+                    stopped_marker.write_text(f"{step}\n")
+                    log.warning("stopped (%s): saved %s at step %d; run the same command to resume",
+                                stop.signal_name or "another rank's signal", last_saved, step)
+                return 0
+    finally:
+        stop.restore()
+        progress.close()
+        writer.close()
     if rank == 0:
         done_marker.write_text(f"{step}\n")
     return 0
@@ -242,8 +290,16 @@ def main(argv: list[str] | None = None) -> int:
         code = train(recipe, device_type=device_type)
     except (ConfigError, FloatingPointError) as error:
         if os.environ.get("RANK", "0") == "0":  # every rank sees the same error: say it once
-            print(f"mtp-ds train: {error}", file=sys.stderr)
+            print(f"mtp-ds train: {error}", file=sys.stderr, flush=True)
+        if torch.distributed.is_initialized():
+            # the others wait until rank 0 has said it: a launcher stops the whole group at the first exit
+            torch.distributed.barrier()
         code = 2 if isinstance(error, ConfigError) else 1
+    except KeyboardInterrupt as interrupt:  # before the first step (after it, signals save and stop)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"mtp-ds train: interrupted ({interrupt or 'SIGINT'} before the first step): nothing to save",
+                  file=sys.stderr)
+        code = 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -2,7 +2,8 @@
 
 Why: a preempted and resumed run must leave one metrics line per step, no gaps and no duplicates, so the
 writer drops lines past the resumed step before appending. SIGTERM / SIGUSR1 (Slurm preemption, scancel,
-`--signal`) only set a flag; the loop checks it at a step boundary, where a checkpoint is consistent.
+`--signal`) and SIGINT (Ctrl-C) only set a flag; the loop checks it at a step boundary, where a checkpoint is
+consistent, saves and exits 0.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 
@@ -72,17 +74,38 @@ class MetricsWriter:
 
 
 class StopRequest:
-    """Set by SIGTERM / SIGUSR1; `agreed()` makes every rank stop at the same step."""
+    """Set by SIGINT (Ctrl-C) / SIGTERM / SIGUSR1, or when the launcher dies; `agreed()` makes every rank stop
+    at the same step.
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    Why the launcher: when torchrun (or the shell of a single-process run) is killed with SIGKILL its ranks
+    live on in their own process groups; polling the parent pid lets them save and exit instead of training
+    on unseen, holding the directory's lock. Create it right before the first step: before that there is
+    nothing to save, and a signal keeps its default effect (Ctrl-C aborts loading at once).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    PARENT_POLL_S = 1.0
 
     def __init__(self):
         self.signal_name: str | None = None
-        for number in self.SIGNALS:
-            signal.signal(number, self._handle)
+        self._parent = os.getppid()
+        self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        self._stopped = threading.Event()
+        threading.Thread(target=self._watch_parent, name="mtp-ds-launcher-watch", daemon=True).start()
 
     def _handle(self, number, _frame) -> None:
-        self.signal_name = signal.Signals(number).name
+        self.signal_name = self.signal_name or signal.Signals(number).name
+
+    def _watch_parent(self) -> None:
+        while not self._stopped.wait(self.PARENT_POLL_S):
+            if os.getppid() != self._parent:
+                self.signal_name = self.signal_name or f"no launcher (parent pid {self._parent} exited)"
+                return
+
+    def restore(self) -> None:
+        self._stopped.set()
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
     def agreed(self, device) -> bool:
         import torch

@@ -1,0 +1,102 @@
+"""What a complete checkpoint holds, written into its COMPLETE marker, and the check that it still holds it.
+
+Why: a truncated or missing shard used to surface as `OSError: [Errno 22] Invalid argument` deep inside
+DeepSpeed (no file named), and a missing `rng_rank1.pt` resumed silently without that rank's RNG state. The
+marker now lists every file of the checkpoint with its size and SHA-256, the run it belongs to and the number
+of ranks that wrote it, so resume can name what is wrong and fall back to an older intact checkpoint
+(`mtp_ds.checkpoint.store.select_resume_checkpoint`), and rotation deletes only the current run's checkpoints.
+
+Hashing is split over the ranks (rank r hashes every world-th file), so a save or a verification reads each
+byte once in total. Stdlib only; the collective parts take `all_gather` as a function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+COMPLETE = "COMPLETE"
+FORMAT = 1
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint whose marker is unreadable or whose files do not match it."""
+
+
+def checkpoint_files(path: Path) -> list[str]:
+    """Every file under `path` (relative names, sorted) except the marker itself."""
+    names = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            relative = os.path.relpath(os.path.join(root, name), path)
+            if relative != COMPLETE and not relative.endswith(".tmp"):
+                names.append(relative)
+    return sorted(names)
+
+
+def file_sha256(file: Path) -> str:
+    with file.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def describe(path: Path, names: list[str]) -> dict[str, dict]:
+    return {name: {"size": (path / name).stat().st_size, "sha256": file_sha256(path / name)} for name in names}
+
+
+def _mine(names: list[str], rank: int, world: int) -> list[str]:
+    return names[rank::world]
+
+
+def gather_file_table(path: Path, rank: int, world: int, all_gather: Callable[[object], list]) -> dict[str, dict]:
+    """Collective: sizes and digests of every file of `path`, each file hashed by one rank."""
+    names = checkpoint_files(path)
+    table: dict[str, dict] = {}
+    for part in all_gather(describe(path, _mine(names, rank, world))):
+        table.update(part)
+    return table
+
+
+def write_marker(path: Path, *, step: int, run_id: str, world_size: int, files: dict[str, dict]) -> None:
+    marker = {"format": FORMAT, "step": step, "run_id": run_id, "world_size": world_size, "files": files}
+    temporary = path / (COMPLETE + ".tmp")
+    temporary.write_text(json.dumps(marker, indent=1) + "\n")
+    os.replace(temporary, path / COMPLETE)
+
+
+def read_marker(path: Path) -> dict:
+    """The marker's contents; {} for a marker of the format before manifests (it only held the step)."""
+    try:
+        marker = json.loads((path / COMPLETE).read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointDamaged(f"{COMPLETE} is unreadable ({error})") from None
+    if not isinstance(marker, dict):
+        raise CheckpointDamaged(f"{COMPLETE} does not hold a JSON object")
+    return marker if "files" in marker else {}
+
+
+def size_problems(path: Path, files: dict[str, dict]) -> list[str]:
+    problems = []
+    for name, expected in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{name} is missing")
+        elif file.stat().st_size != expected["size"]:
+            problems.append(f"{name} has {file.stat().st_size} bytes, the manifest says {expected['size']}")
+    return problems
+
+
+def verify(path: Path, rank: int, world: int, all_gather: Callable[[object], list], *, checksums: bool) -> list[str]:
+    """Collective: what is wrong with the checkpoint at `path` ([] when intact). Every rank gets the same list."""
+    try:
+        files = read_marker(path).get("files")
+        problems = size_problems(path, files) if files is not None else []
+    except CheckpointDamaged as error:
+        files, problems = None, [str(error)]
+    if checksums and files and not problems:
+        mine = _mine(sorted(files), rank, world)
+        problems = [f"{name} does not match its SHA-256 in {COMPLETE}" for name in mine
+                    if file_sha256(path / name) != files[name]["sha256"]]
+    return sorted({problem for part in all_gather(problems) for problem in part})
