@@ -186,6 +186,14 @@ def test_dry_run_without_scontrol_refuses_a_malformed_node_list(nodelist, path_w
 
 # A test double for torchrun / srun: records its arguments and every signal it gets, stops on the first (after a
 # moment, so that a duplicate would be seen too) and exits 0, as ranks do after a checkpoint.
+def as_a_terminal_job() -> None:
+    """In the child before exec: SIGINT / SIGQUIT as a job in a terminal has them. A test run started in the
+    background by a non-interactive shell (nohup, `cmd &`, some CI runners) inherits them ignored, and bash
+    cannot trap a signal that was ignored when it started, so the Ctrl-C tests would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 RECORDING_LAUNCHER = """\
 import json, os, signal, sys, time
 from pathlib import Path
@@ -228,7 +236,8 @@ def test_signal_reaches_the_launch_once_and_the_script_stops_cleanly(sent, how, 
     env = script_env(**slurm, OUTPUT_DIR=str(tmp_path / "run"), FAKE_LAUNCH_LOG=str(log_dir),
                      MTP_DS_ACTIVATE=f"source {REPO}/.venv/bin/activate; PATH={bin_dir}:$PATH")
     process = subprocess.Popen(["bash", "slurm/train_tiny.sh", "train.steps=200"], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=as_a_terminal_job)
     try:
         wait_for(lambda: (log_dir / "argv.json").exists() or process.poll() is not None, 120, "the launch")
         assert process.poll() is None, process.communicate()
@@ -255,12 +264,13 @@ def test_signal_reaches_the_launch_once_and_the_script_stops_cleanly(sent, how, 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
     """Ctrl-C (SIGINT to the script's process group) on a real 2-rank run: a checkpoint at the next step
-    boundary, exit 0. NEEDS the trainer side: ranks that handle SIGINT like SIGTERM (mtp_ds/train/tracking.py
-    StopRequest.SIGNALS); without it the ranks die of KeyboardInterrupt and no checkpoint is written."""
+    boundary, exit 0 (the ranks handle SIGINT like SIGTERM: mtp_ds/train/tracking.py StopRequest; before, they
+    died of KeyboardInterrupt and no checkpoint was written)."""
     out = tmp_path / "run"
     process = subprocess.Popen(["bash", "slurm/train_tiny.sh", "train.steps=200", "checkpoint.every=0"], cwd=REPO,
                                env=script_env(OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=as_a_terminal_job)
     try:
         wait_for(lambda: process.poll() is not None
                  or ((out / "metrics.jsonl").exists() and len(metric_steps(out)) >= 3), 300, "3 training steps")
