@@ -26,7 +26,7 @@ from mtp_ds.checkpoint.manifest import read_marker, verify
 from mtp_ds.checkpoint.ownership import (
     REPLACED_DIR, DirectoryInUse, RunLock, move_run_aside, new_run_id, run_contents,
 )
-from mtp_ds.checkpoint.store import TAG_PATTERN, _write_atomic, all_gather, complete_checkpoints
+from mtp_ds.checkpoint.store import TAG_PATTERN, write_atomic, all_gather, complete_checkpoints
 from mtp_ds.config import ConfigError
 from mtp_ds.config.paths import resolve_path
 
@@ -107,7 +107,7 @@ def _set_damaged_aside(directory: Path, damaged: list[Path], resumed: Path) -> N
         aside = path.with_name(f"damaged-{path.name}")
         os.rename(path, aside)
         log.warning("resuming from %s; the damaged %s is kept as %s", resumed.name, path.name, aside.name)
-    _write_atomic(directory / "latest_complete", resumed.name + "\n")
+    write_atomic(directory / "latest_complete", resumed.name + "\n")
 
 
 def _claim(settings, metrics_file: Path, resume_from: Path | None) -> str:

@@ -42,7 +42,7 @@ def tag_for_step(step: int) -> str:
     return f"step{step:08d}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
@@ -136,7 +136,7 @@ def save_checkpoint(engine, directory: str, step: int, client_state: dict, *, ke
     files = gather_file_table(path, rank, world, all_gather)
     if rank == 0:
         write_marker(path, step=step, run_id=run_id, world_size=world, files=files)
-        _write_atomic(Path(directory) / "latest_complete", tag + "\n")
+        write_atomic(Path(directory) / "latest_complete", tag + "\n")
         rotate(directory, keep_last, run_id)
     _barrier()
     return path
