@@ -35,12 +35,17 @@ class RaggedCache:
         """True when every cached key of every row is real (no left padding, no holes)."""
         return all(count == self.width for count in self.real_counts)
 
-    def attention_mask(self, new_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(B, 1, q, cache+q) additive mask: cached keys if real; new keys if real and causal (or the diagonal)."""
+    def attention_mask(self, new_valid: torch.Tensor, dtype: torch.dtype,
+                       new_allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, q, cache+q) additive mask: cached keys if real; new keys if real and causal (or the diagonal).
+
+        `new_allowed` (B, q, q) bool replaces "real and causal" among the new keys (selfspec's mask groups).
+        """
         q_len = new_valid.shape[1]
         # causal among the new keys, plus the diagonal so that no query row is fully masked
         causal = torch.ones((q_len, q_len), dtype=torch.bool, device=new_valid.device).tril()
-        new_part = (causal[None] & new_valid[:, None, :]) | causal.diagonal().diag_embed()[None]
+        among_new = causal[None] & new_valid[:, None, :] if new_allowed is None else new_allowed
+        new_part = among_new | causal.diagonal().diag_embed()[None]
         cached_part = self.key_valid[:, None, :].expand(-1, q_len, -1)
         allowed = torch.cat([cached_part, new_part], dim=2)[:, None]
         mask = torch.zeros(allowed.shape, dtype=dtype, device=new_valid.device)
