@@ -1,4 +1,4 @@
-"""Decoding benchmark: plain HF greedy vs our MTP decoder (k=1, Static k, ConfAdapt), side by side.
+"""Decoding benchmark: plain HF greedy vs our MTP decoder (k=1, Static k, ConfAdapt, selfspec), side by side.
 
 Usage (CPU, random-weight model built from config; a few minutes on 2 cores):
     HF_HUB_OFFLINE=1 .venv/bin/python bench/decode.py                          # --size small --arch qwen3
@@ -15,11 +15,16 @@ What it measures, all in one process, the settings interleaved round-robin per r
 - per batch size (default 1, 4, 16), on the same model and the same left-padded random prompts, a fixed
   number of new tokens (no EOS, so every setting decodes the same tokens count): plain Hugging Face
   `model.generate(do_sample=False)`; `mtp_ds.decoding.generate` at k=1; Static k=2,3,4,8; ConfAdapt k_max 16
-  at tau 0.9 and 0.8 (k_max: --k-max). Columns: tokens/s, forward passes (counted by a forward hook),
-  acceleration factor (mean accepted tokens per pass), ms per pass, wall-clock speedup vs HF and vs our k=1 at
-  the same batch. Also Static k=4 and ConfAdapt 0.9 of the same decoder on transformers' stock parts ("...
-  stock" rows: DynamicCache, stock sdpa) against the append-in-place cache (mtp_ds/decoding/kv_cache.py) and sdpa_gqa
-  attention (mtp_ds/decoding/attention.py) the decoder runs.
+  at tau 0.9 and 0.8 (k_max: --k-max); selfspec (lossless self-verifying decoding) with the "linear" and the
+  "per_proposal" mask layout (k_max: --selfspec-k-max, default --k-max up to 4). Columns: tokens/s, forward
+  passes (counted by a forward hook), acceleration factor (mean accepted tokens per pass), query tokens per
+  pass (input columns, padding included: over all passes, and over the passes after the prompt's), ms per
+  pass, wall-clock speedup vs HF and vs our k=1 at the same batch, and the forward-only bound of the latter
+  (the same ratio from time inside forward calls alone). Every timed selfspec run must decode exactly our
+  k=1's tokens on every row: the benchmark stops with exit status 1 (TokensDiffer) otherwise. Also Static k=4
+  and ConfAdapt 0.9 of the same decoder on transformers' stock parts ("... stock" rows: DynamicCache, stock
+  sdpa) against the append-in-place cache (mtp_ds/decoding/kv_cache.py) and sdpa_gqa attention
+  (mtp_ds/decoding/attention.py) the decoder runs. At the end, all decode rows as one markdown table.
 - the cost of one forward pass with q new query tokens (1, 2, 4, 8, 16, 32) on a cache prefilled with a fixed
   context (512), cropped back after each pass: ms and the ratio to q=1 (why MTP pays off where a decode step
   is memory-bound: the curve is nearly flat), for the stock cache + attention, DynamicCache + sdpa_gqa, and ours.
@@ -33,7 +38,9 @@ logits by exactly that factor, also with tied embeddings), and says so in its ou
 trained checkpoint (--model). Acceptance on a sharpened random model is a stand-in, not a quality claim.
 With a trained checkpoint, --prompts gives real prompts (a JSONL file, e.g. the demo's held-out problems, each
 record's --prompt-field put through --prompt-template and the checkpoint's own tokenizer), so that acceptance is
-what the model really does on its task; --k-max sets ConfAdapt's k_max to what the model was trained for.
+what the model really does on its task; --k-max sets ConfAdapt's k_max (and selfspec's, unless
+--selfspec-k-max) to what the model was trained for. On a random model selfspec's proposals are seldom what the
+model then predicts, so its rows there show the cost of verifying, not a speed-up.
 """
 
 from __future__ import annotations
@@ -53,7 +60,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from decode_inputs import (  # noqa: E402  (bench/ is on sys.path when this runs as a script)
     DTYPES, PRESETS, build_model, describe_machine, load_prompt_texts, make_prompts, text_prompts)
-from decode_report import attention_ab, evaluate_targets, print_curve, print_decode_table  # noqa: E402
+from decode_curve import bench_forward_curve  # noqa: E402
+from decode_report import (  # noqa: E402
+    attention_ab, evaluate_targets, markdown_summary, print_curve, print_decode_table)
+from decode_timing import ForwardCounter, sync_device, stock_decoder  # noqa: E402
 
 SETTINGS = [  # (name, kwargs for mtp_ds.decoding.generate; None = plain HF greedy)
     ("HF greedy", None),
@@ -64,11 +74,40 @@ SETTINGS = [  # (name, kwargs for mtp_ds.decoding.generate; None = plain HF gree
     ("static k=8", dict(strategy="static", k=8)),
     ("confadapt 0.9", dict(strategy="confadapt", threshold=0.9)),  # k_max: --k-max (default 16)
     ("confadapt 0.8", dict(strategy="confadapt", threshold=0.8)),
+    # Lossless: verifies its own k_max-1 proposals (k_max: --selfspec-k-max); the bench asserts == ours k=1.
+    ("selfspec linear", dict(strategy="selfspec", mask_layout="linear")),
+    ("selfspec per_proposal", dict(strategy="selfspec", mask_layout="per_proposal")),
     # The same decoder on transformers' stock DynamicCache (concatenates on every pass) and stock sdpa (copies the
     # KV heads per query head when q > 1): the A/B of mtp_ds/decoding/kv_cache.py + attention.py.
     ("static k=4 stock", dict(strategy="static", k=4, stock=True)),
     ("confadapt 0.9 stock", dict(strategy="confadapt", threshold=0.9, stock=True)),
 ]
+SELFSPEC_DEFAULT_K_MAX = 4  # cap of --selfspec-k-max's default: per_proposal's pass width grows as k_max squared
+K1 = "ours k=1"  # the reference every selfspec row's tokens must equal
+
+
+def is_selfspec(kwargs) -> bool:
+    return kwargs is not None and kwargs.get("strategy") == "selfspec"
+
+
+class TokensDiffer(SystemExit):
+    """A selfspec row decoded other tokens than our k=1: the lossless contract is broken; the bench stops."""
+
+
+def check_same_tokens(batch: int, name: str, seqs: list[list[int]], reference: list[list[int]]) -> str:
+    """"n/n" when every row of `seqs` equals `reference` (our k=1) token for token, else raise TokensDiffer
+    naming the batch, the setting, the first row that differs and the first position where it does."""
+    if len(seqs) != len(reference):
+        raise TokensDiffer(f"batch {batch}: {name} returned {len(seqs)} rows, {K1} {len(reference)}")
+    for row, (got, want) in enumerate(zip(seqs, reference)):
+        if got != want:
+            at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            raise TokensDiffer(
+                f"batch {batch}: {name} differs from {K1} (lossless decoding must give the same tokens): row "
+                f"{row} first at new token {at}: {got[at:at + 8]} vs {want[at:at + 8]} ({len(got)} vs "
+                f"{len(want)} tokens)")
+    return f"{len(seqs)}/{len(reference)}"
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -92,6 +131,9 @@ def parse_args(argv=None):
     p.add_argument("--prompt-template", default="{prompt}",
                    help="format of the prompt text, {prompt} = the field (as data.prompt_template in a recipe)")
     p.add_argument("--k-max", type=int, default=16, help="ConfAdapt's k_max (default 16)")
+    p.add_argument("--selfspec-k-max", type=int, default=None,
+                   help="selfspec's k_max: up to k_max tokens per pass, k_max-1 proposals verified (default: --k-max "
+                        "up to 4; per_proposal feeds k_max + k_max*(k_max-1) columns per row, 256 at 16)")
     p.add_argument("--new-tokens", type=int, default=128, help="fixed generation length (no EOS)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per setting (median reported)")
     p.add_argument("--settings", default=None,
@@ -117,90 +159,21 @@ def parse_args(argv=None):
         p.error(f"--prompt-template must contain {{prompt}}: {args.prompt_template!r}")
     if args.k_max < 2:
         p.error(f"--k-max must be >= 2, got {args.k_max}")
+    if args.selfspec_k_max is None:
+        args.selfspec_k_max = min(args.k_max, SELFSPEC_DEFAULT_K_MAX)
+    if args.selfspec_k_max < 2:
+        p.error(f"--selfspec-k-max must be >= 2, got {args.selfspec_k_max}")
     return args
 
 
-# ---------------------------------------------------------------------------------------------------- timing
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-class ForwardCounter:
-    """Counts model forward calls and the time spent inside them (HF generate and ours alike).
-
-    wall - forward_s is what the decoding loop costs around the model: input/mask building, cache bookkeeping,
-    reading the predictions. On CUDA the hooks synchronize, which both loops do once per pass anyway.
-    """
-
-    def __init__(self, model, device: str):
-        self.count = 0
-        self.forward_s = 0.0
-        self._start = 0.0
-        self._device = device
-        self.handles = [model.register_forward_pre_hook(self._pre), model.register_forward_hook(self._post)]
-
-    def reset(self) -> None:
-        self.count, self.forward_s = 0, 0.0
-
-    def _pre(self, module, args):
-        _sync(self._device)
-        self._start = time.perf_counter()
-
-    def _post(self, module, args, output):
-        _sync(self._device)
-        self.forward_s += time.perf_counter() - self._start
-        self.count += 1
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-STOCK_SDPA = "sdpa_stock"
-
-
-@contextlib.contextmanager
-def stock_attention(model):
-    """Run transformers' own sdpa under another name, which the decoder's switch to sdpa_gqa leaves alone."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(STOCK_SDPA, sdpa_attention_forward)
-    AttentionMaskInterface.register(STOCK_SDPA, sdpa_mask)
-    own = model.config._attn_implementation
-    model.config._attn_implementation = STOCK_SDPA
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = own
-
-
-@contextlib.contextmanager
-def stock_decoder(model):
-    """Our decoder as it would run on transformers' stock parts: DynamicCache and the stock sdpa (the A/B rows)."""
-    from transformers import DynamicCache
-
-    import mtp_ds.decoding.decoder as decoder
-
-    own_cache = decoder.make_cache
-    decoder.make_cache = lambda reserve=0: DynamicCache()
-    try:
-        with stock_attention(model):
-            yield
-    finally:
-        decoder.make_cache = own_cache
-
-
-def run_setting(model, kwargs, ids, mask, args, mask_id, counter, new_tokens):
-    """One timed run: (seconds, sequences as lists, forward passes, tokens_per_pass or None, forward seconds)."""
+def run_setting(model, kwargs, ids, mask, args, mask_id, counter, new_tokens) -> dict:
+    """One timed run: seconds, sequences (lists), forward passes, tokens_per_pass (None for HF), forward seconds,
+    query tokens (all passes; the first pass's apart) and, for selfspec, verified_per_pass."""
     from transformers import GenerationConfig
 
     from mtp_ds.decoding import generate
 
-    _sync(args.device)
+    sync_device(args.device)
     counter.reset()
     start = time.perf_counter()
     if kwargs is None:
@@ -208,18 +181,29 @@ def run_setting(model, kwargs, ids, mask, args, mask_id, counter, new_tokens):
                                   pad_token_id=0, bos_token_id=None, num_beams=1, use_cache=True)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        _sync(args.device)
+        sync_device(args.device)
         seconds = time.perf_counter() - start
-        return seconds, out[:, ids.shape[1]:].tolist(), counter.count, None, counter.forward_s
-    if kwargs.get("strategy") == "confadapt":
-        kwargs = dict(kwargs, k_max=args.k_max)
+        return dict(seconds=seconds, seqs=out[:, ids.shape[1]:].tolist(), passes=counter.count, per_pass=None,
+                    forward_s=counter.forward_s, query_tokens=counter.query_tokens,
+                    first_query_tokens=counter.first_query_tokens, verified=None)
     kwargs = dict(kwargs)
+    if kwargs["strategy"] == "confadapt":
+        kwargs["k_max"] = args.k_max
+    elif kwargs["strategy"] == "selfspec":
+        kwargs["k_max"] = args.selfspec_k_max
     with stock_decoder(model) if kwargs.pop("stock", False) else contextlib.nullcontext():
         result = generate(model, ids, attention_mask=mask, mtp_token_id=mask_id, max_new_tokens=new_tokens,
                           eos_token_id=None, **kwargs)
-    _sync(args.device)
+    sync_device(args.device)
     seconds = time.perf_counter() - start
-    return seconds, result.sequences, counter.count, result.tokens_per_pass, counter.forward_s
+    # the decoder's own count of query tokens, which the hook must agree with (it saw every forward)
+    assert (result.num_forward_passes, result.num_query_tokens) == (counter.count, counter.query_tokens), (
+        f"decoder counted {result.num_forward_passes} passes / {result.num_query_tokens} query tokens, the forward "
+        f"hook {counter.count} / {counter.query_tokens}")
+    return dict(seconds=seconds, seqs=result.sequences, passes=counter.count, per_pass=result.tokens_per_pass,
+                forward_s=counter.forward_s, query_tokens=result.num_query_tokens,
+                first_query_tokens=counter.first_query_tokens,
+                verified=result.verified_per_pass if is_selfspec(kwargs) else None)
 
 
 def bench_decode(model, mask_id, base_vocab, args, settings, prompt_texts=None, tokenizer=None):
@@ -233,116 +217,68 @@ def bench_decode(model, mask_id, base_vocab, args, settings, prompt_texts=None, 
                 ids, mask = make_prompts(batch, args.prompt_len, base_vocab, 0, args.device, args.seed + batch)
             for _, kwargs in settings:  # warm-up: allocator, kernels, lazy imports
                 run_setting(model, kwargs, ids, mask, args, mask_id, counter, min(8, args.new_tokens))
-            times = {name: [] for name, _ in settings}
-            fwd = {name: [] for name, _ in settings}
-            info = {}
+            runs = {name: [] for name, _ in settings}
             for _ in range(args.repeats):  # round-robin so drift in machine load hits every setting alike
                 for name, kwargs in settings:
-                    seconds, seqs, passes, per_pass, forward_s = run_setting(model, kwargs, ids, mask, args, mask_id,
-                                                                             counter, args.new_tokens)
-                    times[name].append(seconds)
-                    fwd[name].append(forward_s)
-                    info[name] = (seqs, passes, per_pass)
-            base = {}
-            for name, kwargs in settings:
-                seqs, passes, per_pass = info[name]
-                n_tokens = sum(len(s) for s in seqs)
-                if per_pass is None:  # HF: one token per row per pass
-                    accel = 1.0
-                else:
-                    accel = sum(map(sum, per_pass)) / sum(map(len, per_pass))
-                wall = statistics.median(times[name])
-                forward_s = fwd[name][times[name].index(wall)] if args.repeats % 2 else statistics.median(fwd[name])
-                row = {"batch": batch, "setting": name, "wall_s": wall, "wall_s_all": times[name],
-                       "new_tokens": n_tokens, "tokens_per_s": n_tokens / wall, "forward_passes": passes,
-                       "acceleration_factor": accel, "ms_per_pass": 1000 * wall / passes,
-                       "forward_s": forward_s, "forward_ms_per_pass": 1000 * forward_s / passes,
-                       "other_ms_per_pass": 1000 * (wall - forward_s) / passes}
-                if name in ("HF greedy", "ours k=1"):
-                    base[name] = (wall, seqs)
-                rows.append(row)
-            for row in rows:
-                if row["batch"] != batch:
+                    runs[name].append(run_setting(model, kwargs, ids, mask, args, mask_id, counter, args.new_tokens))
+            batch_rows = [summarize(batch, name, runs[name], args.repeats) for name, _ in settings]
+            by = {row["setting"]: row for row in batch_rows}
+            for row in batch_rows:
+                for base, key in (("HF greedy", "hf"), (K1, "k1")):
+                    if base in by:
+                        row[f"speedup_vs_{key}"] = by[base]["wall_s"] / row["wall_s"]
+                        # the same ratio from the time inside forward calls alone: what it would be if the loop
+                        # around the model cost nothing (each forward at the row's own query width)
+                        row[f"forward_bound_vs_{key}"] = by[base]["forward_s"] / row["forward_s"]
+            if "HF greedy" in by and K1 in by:
+                hf_seqs, k1_seqs = runs["HF greedy"][-1]["seqs"], runs[K1][-1]["seqs"]
+                by[K1]["rows_identical_to_hf"] = f"{sum(a == b for a, b in zip(hf_seqs, k1_seqs))}/{batch}"
+            failures = []
+            for name, kwargs in settings:  # lossless: every timed selfspec run decoded exactly our k=1 tokens
+                if not is_selfspec(kwargs):
                     continue
-                if "HF greedy" in base:
-                    row["speedup_vs_hf"] = base["HF greedy"][0] / row["wall_s"]
-                if "ours k=1" in base:
-                    row["speedup_vs_k1"] = base["ours k=1"][0] / row["wall_s"]
-            if "HF greedy" in base and "ours k=1" in base:
-                hf_seqs, k1_seqs = base["HF greedy"][1], base["ours k=1"][1]
-                same = sum(a == b for a, b in zip(hf_seqs, k1_seqs))
-                for row in rows:
-                    if row["batch"] == batch and row["setting"] == "ours k=1":
-                        row["rows_identical_to_hf"] = f"{same}/{batch}"
-            print_decode_table([r for r in rows if r["batch"] == batch], flush=True)
+                if K1 not in runs:
+                    raise SystemExit(f"{name}: its tokens are checked against {K1!r}, which was not run")
+                try:
+                    for run in runs[name]:
+                        by[name]["rows_identical_to_k1"] = check_same_tokens(batch, name, run["seqs"],
+                                                                             runs[K1][-1]["seqs"])
+                except TokensDiffer as error:
+                    by[name]["rows_identical_to_k1"] = "DIFFERS"
+                    failures.append(error)
+            rows += batch_rows
+            print_decode_table(batch_rows, flush=True)
+            if failures:  # after the table, so that the numbers of the failing batch are still on screen
+                raise failures[0]
     finally:
         counter.remove()
     return rows
 
 
-@torch.inference_mode()
-def bench_forward_curve(model, base_vocab, args):
-    """ms of one forward with q new tokens over a cache holding `context` tokens, per batch size and mode.
-
-    Modes, interleaved in the same loop on the same tokens: "stock" = transformers' DynamicCache and the model's
-    own attention (what HF generate runs); "gqa" = DynamicCache with sdpa_gqa (mtp_ds/decoding/attention.py; only for sdpa
-    models with grouped KV heads); "ours" = what the decoder runs, the append-in-place cache (mtp_ds/decoding/kv_cache.py)
-    with sdpa_gqa where it applies. So the table shows what each of the two costs per pass.
-    """
-    from transformers import DynamicCache
-
-    from mtp_ds.decoding.attention import IMPLEMENTATION, decoding_attention
-    from mtp_ds.decoding.kv_cache import cache_argument, make_cache
-
-    with decoding_attention(model):
-        folds = model.config._attn_implementation == IMPLEMENTATION
-    modes = [("stock", DynamicCache, contextlib.nullcontext)]
-    if folds:
-        modes.append(("gqa", DynamicCache, lambda: decoding_attention(model)))
-    modes.append(("ours", lambda: make_cache(reserve=args.context + max(queries_of(args))),
-                  lambda: decoding_attention(model)))
-    queries = queries_of(args)
-    results = []
-    gen = torch.Generator().manual_seed(args.seed)
-    for batch in [int(b) for b in args.curve_batches.split(",")]:
-        prefix = torch.randint(4, base_vocab, (batch, args.context), generator=gen).to(args.device)
-        caches = {}
-        for name, new_cache, _ in modes:
-            caches[name] = new_cache()
-            model(input_ids=prefix, **{cache_argument(model): caches[name]}, use_cache=True, logits_to_keep=1)
-        new = {q: torch.randint(4, base_vocab, (batch, q), generator=gen).to(args.device) for q in queries}
-        positions = {q: torch.arange(args.context, args.context + q, device=args.device).expand(batch, -1)
-                     for q in queries}
-
-        def one(q, cache):
-            # logits for all q positions: an MTP pass reads every one of them
-            model(input_ids=new[q], position_ids=positions[q], **{cache_argument(model): cache}, use_cache=True,
-                  logits_to_keep=q)
-            cache.crop(-q)
-
-        samples = {(name, q): [] for name, _, _ in modes for q in queries}
-        for repeat in range(args.curve_repeats + 2):  # the first two rounds warm up
-            for name, _, attention in modes:
-                with attention():
-                    for q in queries:
-                        _sync(args.device)
-                        start = time.perf_counter()
-                        one(q, caches[name])
-                        _sync(args.device)
-                        if repeat >= 2:
-                            samples[(name, q)].append(time.perf_counter() - start)
-        assert all(cache.get_seq_length() == args.context for cache in caches.values())
-        for name, _, _ in modes:
-            ms1 = 1000 * statistics.median(samples[(name, queries[0])])
-            for q in queries:
-                ms = 1000 * statistics.median(samples[(name, q)])
-                results.append({"batch": batch, "context": args.context, "q": q, "mode": name, "ms": ms,
-                                "ratio_to_q1": ms / ms1, "ms_all": [1000 * s for s in samples[(name, q)]]})
-    return results
-
-
-def queries_of(args) -> list[int]:
-    return [int(q) for q in args.queries.split(",")]
+def summarize(batch: int, name: str, runs: list[dict], repeats: int) -> dict:
+    """One table row from a setting's timed runs: the median wall clock and that run's counters."""
+    last = runs[-1]  # decoding is deterministic: every run keeps the same tokens in the same passes
+    times = [run["seconds"] for run in runs]
+    wall = statistics.median(times)
+    forwards = [run["forward_s"] for run in runs]
+    forward_s = forwards[times.index(wall)] if repeats % 2 else statistics.median(forwards)
+    passes, per_pass = last["passes"], last["per_pass"]
+    n_tokens = sum(len(s) for s in last["seqs"])
+    # HF: one token per row per pass
+    accel = 1.0 if per_pass is None else sum(map(sum, per_pass)) / sum(map(len, per_pass))
+    decode_passes = passes - 1
+    row = {"batch": batch, "setting": name, "wall_s": wall, "wall_s_all": times,
+           "new_tokens": n_tokens, "tokens_per_s": n_tokens / wall, "forward_passes": passes,
+           "acceleration_factor": accel, "ms_per_pass": 1000 * wall / passes,
+           "forward_s": forward_s, "forward_ms_per_pass": 1000 * forward_s / passes,
+           "other_ms_per_pass": 1000 * (wall - forward_s) / passes,
+           "query_tokens": last["query_tokens"], "query_tokens_per_pass": last["query_tokens"] / passes,
+           "query_tokens_per_decode_pass": ((last["query_tokens"] - last["first_query_tokens"]) / decode_passes
+                                            if decode_passes else None)}
+    if last["verified"] is not None:  # selfspec: of the kept tokens per pass, the verified proposals
+        verified = last["verified"]
+        row["verified_per_pass"] = sum(map(sum, verified)) / sum(map(len, verified))
+    return row
 
 
 def main(argv=None) -> int:
@@ -367,6 +303,9 @@ def main(argv=None) -> int:
         unknown = set(wanted) - {n for n, _ in SETTINGS}
         if unknown:
             raise SystemExit(f"unknown settings {sorted(unknown)}; choose from {[n for n, _ in SETTINGS]}")
+        if any(is_selfspec(kw) for n, kw in SETTINGS if n in wanted) and K1 not in wanted:
+            wanted.append(K1)  # the reference the selfspec rows are checked against
+            print(f"--settings: added {K1!r}, which every selfspec row's tokens are checked against")
         settings = [(n, kw) for n, kw in SETTINGS if n in wanted]
 
     print(f"machine: {machine['cpu']}, {machine['usable_cores']} usable / {machine['logical_cores']} logical cores, "
@@ -383,7 +322,8 @@ def main(argv=None) -> int:
     prompts = (f"the first b prompts of {args.prompts} ({args.prompt_field!r} through {args.prompt_template!r})"
                if args.prompts else f"prompts of {args.prompt_len // 2}..{args.prompt_len} random tokens")
     print(f"decode: {prompts}, left-padded; {args.new_tokens} new tokens per row, no EOS; ConfAdapt k_max "
-          f"{args.k_max}; median of {args.repeats} interleaved repeats after warm-up\n", flush=True)
+          f"{args.k_max}, selfspec k_max {args.selfspec_k_max}; median of {args.repeats} interleaved repeats after "
+          "warm-up\n", flush=True)
 
     results = {"machine": machine, "model": model_info, "args": vars(args)}
     if not args.skip_curve:
@@ -398,6 +338,9 @@ def main(argv=None) -> int:
         print("targets:")
         for target, measured, ok in targets:
             print(f"  {'PASS' if ok else 'MISS'}  {target}: {measured}")
+        print("\nmarkdown summary (x HF = wall-clock speedup vs HF greedy, in brackets / acceleration; q = query "
+              "tokens per pass, all passes; fwd bound = x k=1 from time inside forward calls alone):")
+        print(markdown_summary(rows))
         ab = attention_ab(rows)
         results["stock_ab"] = [{"batch": b, "setting": n, "stock_over_ours": x} for b, n, x in ab]
         if ab:

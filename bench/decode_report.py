@@ -12,22 +12,70 @@ TARGET_B16_CONFADAPT = 0.7  # batch 16: ConfAdapt speedup vs our batched k=1 >= 
 
 
 def print_decode_table(rows, flush=False):
-    header = (f"{'batch':>5} {'setting':<19} {'tok/s':>9} {'passes':>6} {'accel':>6} {'ms/pass':>8} {'fwd ms':>7} "
-              f"{'other':>6} {'wall s':>7} "
-              f"{'x HF':>6} {'x k=1':>6} {'xHF/acc':>7}")
+    """Columns: q/pass = query tokens (input columns, padding included) per forward pass over all passes, q/dec
+    the same over the passes after the prompt's; fwd xk1 = the speed-up vs our k=1 from the time inside forward
+    calls alone (the bound `x k=1` would reach if the decoding loop around the model cost nothing)."""
+    header = (f"{'batch':>5} {'setting':<21} {'tok/s':>9} {'passes':>6} {'accel':>6} {'q/pass':>7} {'q/dec':>6} "
+              f"{'ms/pass':>8} {'fwd ms':>7} {'other':>6} {'wall s':>7} "
+              f"{'x HF':>6} {'x k=1':>6} {'fwd xk1':>7} {'xHF/acc':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
         hf = r.get("speedup_vs_hf")
-        k1 = r.get("speedup_vs_k1")
         eff = hf / r["acceleration_factor"] if hf is not None else None
-        fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
-        note = f"  (rows == HF: {r['rows_identical_to_hf']})" if "rows_identical_to_hf" in r else ""
-        print(f"{r['batch']:>5} {r['setting']:<19} {r['tokens_per_s']:>9.1f} {r['forward_passes']:>6} "
-              f"{r['acceleration_factor']:>6.2f} {r['ms_per_pass']:>8.2f} {r['forward_ms_per_pass']:>7.2f} "
-              f"{r['other_ms_per_pass']:>6.2f} {r['wall_s']:>7.3f} {fmt(hf):>6} "
-              f"{fmt(k1):>6} {fmt(eff):>7}{note}")
+        fmt = lambda v, digits=2: f"{v:.{digits}f}" if v is not None else "-"  # noqa: E731
+        note = "".join(f"  (rows == {ref}: {r[key]})" for key, ref in (("rows_identical_to_hf", "HF"),
+                                                                        ("rows_identical_to_k1", "k=1")) if key in r)
+        print(f"{r['batch']:>5} {r['setting']:<21} {r['tokens_per_s']:>9.1f} {r['forward_passes']:>6} "
+              f"{r['acceleration_factor']:>6.2f} {r['query_tokens_per_pass']:>7.1f} "
+              f"{fmt(r['query_tokens_per_decode_pass'], 1):>6} {r['ms_per_pass']:>8.2f} "
+              f"{r['forward_ms_per_pass']:>7.2f} {r['other_ms_per_pass']:>6.2f} {r['wall_s']:>7.3f} {fmt(hf):>6} "
+              f"{fmt(r.get('speedup_vs_k1')):>6} {fmt(r.get('forward_bound_vs_k1')):>7} {fmt(eff):>7}{note}")
     print(flush=flush)
+
+
+def markdown_summary(rows) -> str:
+    """The decode rows as one markdown table (docs/PERFORMANCE.md's layout), one line per setting."""
+    batches = sorted({r["batch"] for r in rows})
+    by = {(r["batch"], r["setting"]): r for r in rows}
+    names = list(dict.fromkeys(r["setting"] for r in rows))
+    tag = " / ".join(f"b{b}" for b in batches)
+
+    def across(name, value):
+        cells = [value(by[(b, name)]) if (b, name) in by else "-" for b in batches]
+        return cells[0] if len(set(cells)) == 1 else " / ".join(cells)
+
+    def hf_cell(r):
+        if "speedup_vs_hf" not in r:
+            return "-"
+        ratio = r["speedup_vs_hf"]
+        return f"{ratio:.2f} ({ratio / r['acceleration_factor']:.2f})" if r["batch"] == 1 else f"{ratio:.2f}"
+
+    def identical(name):  # selfspec rows: == our k=1; our k=1: == HF greedy
+        for key, ref in (("rows_identical_to_k1", "k=1"), ("rows_identical_to_hf", "HF")):
+            counts = [by[(b, name)][key] for b in batches if key in by.get((b, name), {})]
+            if counts:
+                every = all(c.split("/")[0] == c.split("/")[1] for c in counts)
+                return f"all == {ref}" if every else f"== {ref}: " + " / ".join(counts)
+        return "-"
+
+    lines = [f"| setting | acceleration ({tag}) | query tokens / pass ({tag}) | "
+             + " | ".join(f"x HF batch {b}" for b in batches)
+             + f" | x our k=1 ({tag}) | forward-only bound x k=1 ({tag}) | rows identical |",
+             "|" + "---|" * (len(batches) + 6)]
+    for name in names:
+        cells = [name, across(name, lambda r: _fmt(r["acceleration_factor"])),
+                 across(name, lambda r: f"{r['query_tokens_per_pass']:.1f}")]
+        cells += [hf_cell(by[(b, name)]) if (b, name) in by else "-" for b in batches]
+        cells += [across(name, lambda r: _fmt(r.get("speedup_vs_k1"))),
+                  across(name, lambda r: _fmt(r.get("forward_bound_vs_k1"))),
+                  identical(name)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.2f}" if value is not None else "-"
 
 
 def print_curve(curve):

@@ -37,6 +37,17 @@ def make_mtp_model(arch: str, *, distinct_slots: bool = False, k_max: int = 16, 
     return model, tokenizer, mask_tokens
 
 
+def bias_lm_head(model, token_ids, value: float) -> None:
+    """Replace the model's lm_head by the same weights plus a bias of `value` on `token_ids` (zero elsewhere)."""
+    old_head = model.lm_head
+    biased_head = torch.nn.Linear(old_head.in_features, old_head.out_features, bias=True)
+    with torch.no_grad():
+        biased_head.weight.copy_(old_head.weight)
+        biased_head.bias.zero_()
+        biased_head.bias[list(token_ids)] = value
+    model.lm_head = biased_head
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param

@@ -1,5 +1,6 @@
 """bench/decode.py runs end to end on a saved checkpoint with real prompts: a smoke test of the benchmark's
-plumbing that asserts equivalences (our k=1 == HF greedy on every row, token counts), never a time.
+plumbing that asserts equivalences (our k=1 == HF greedy on every row, selfspec == our k=1, token and query
+counts), never a time.
 
 Why a subprocess: the benchmark is a script users run as `python bench/decode.py`, so that is what is run.
 """
@@ -15,7 +16,10 @@ from conftest import make_mtp_model
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "tests" / "fixtures" / "gsm8k_3.jsonl"
-SETTINGS = "HF greedy,ours k=1,static k=2,confadapt 0.9"
+SETTINGS = "HF greedy,ours k=1,static k=2,confadapt 0.9,selfspec linear,selfspec per_proposal"
+SELFSPEC = ("selfspec linear", "selfspec per_proposal")
+BENCH_ARGS = ("--prompts", PROMPTS, "--prompt-template", "Q: {prompt}\nA:", "--batch-sizes", "1,3", "--new-tokens", 8,
+              "--repeats", 1, "--skip-curve", "--k-max", 4)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +41,7 @@ def _bench(*args):
 
 def test_decode_bench_on_real_prompts_matches_hf_greedy(checkpoint, tmp_path):
     out = tmp_path / "decode.json"
-    result = _bench("--model", checkpoint, "--prompts", PROMPTS, "--prompt-template", "Q: {prompt}\nA:",
-                    "--batch-sizes", "1,3", "--new-tokens", 8, "--repeats", 1, "--skip-curve", "--k-max", 4,
-                    "--settings", SETTINGS, "--out", out)
+    result = _bench("--model", checkpoint, *BENCH_ARGS, "--settings", SETTINGS, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(row["batch"], row["setting"]): row for row in report["decode"]}
@@ -48,11 +50,71 @@ def test_decode_bench_on_real_prompts_matches_hf_greedy(checkpoint, tmp_path):
     assert rows[(3, "ours k=1")]["rows_identical_to_hf"] == "3/3"
     for (batch, setting), row in rows.items():
         assert row["new_tokens"] == batch * 8, setting  # no EOS: every setting decodes the same count
+        assert row["query_tokens_per_pass"] == row["query_tokens"] / row["forward_passes"], setting
+        assert row["forward_bound_vs_k1"] > 0 and row["forward_bound_vs_hf"] > 0, setting
     assert rows[(3, "static k=2")]["acceleration_factor"] == 2.0
     assert rows[(3, "static k=2")]["forward_passes"] == 4
     assert 1.0 <= rows[(3, "confadapt 0.9")]["acceleration_factor"] <= 4.0  # --k-max 4 bounds a pass
-    assert report["args"]["k_max"] == 4
+    for batch in (1, 3):
+        hf, k1 = rows[(batch, "HF greedy")], rows[(batch, "ours k=1")]
+        # both feed the prompt, then one token per row per pass: the same query tokens, counted two ways
+        assert hf["query_tokens"] == k1["query_tokens"]
+        assert hf["query_tokens_per_decode_pass"] == k1["query_tokens_per_decode_pass"] == batch
+        assert k1["forward_bound_vs_k1"] == 1.0
+    for batch in (1, 3):  # selfspec (k_max 4 from --k-max): lossless, and as wide as its layout makes a pass
+        for setting, widest in zip(SELFSPEC, (4 + 3, 4 + 4 * 3)):  # linear: ground + 3 masks; per_proposal: 4 groups
+            row = rows[(batch, setting)]
+            assert row["rows_identical_to_k1"] == f"{batch}/{batch}", setting
+            assert 1.0 <= row["acceleration_factor"] <= 4.0, setting
+            assert 0.0 <= row["verified_per_pass"] < row["acceleration_factor"], setting
+            assert batch < row["query_tokens_per_decode_pass"] <= batch * widest, setting
+    assert rows[(3, "selfspec per_proposal")]["query_tokens_per_decode_pass"] > \
+        rows[(3, "selfspec linear")]["query_tokens_per_decode_pass"]
+    assert report["args"]["k_max"] == report["args"]["selfspec_k_max"] == 4
     assert "the first b prompts of" in result.stdout
+    assert "ConfAdapt k_max 4, selfspec k_max 4" in result.stdout
+    for setting in SELFSPEC:
+        assert f"    3 {setting:<21} " in result.stdout and "(rows == k=1: 3/3)" in result.stdout
+        assert f"| {setting} | " in result.stdout  # the markdown summary
+    assert "| ours k=1 | 1.00 | " in result.stdout and "| all == k=1 |" in result.stdout
+
+
+def test_decode_bench_fails_loudly_when_selfspec_differs_from_k1(checkpoint, tmp_path, monkeypatch):
+    """A selfspec run whose tokens differ from our k=1's stops the benchmark (exit 1, the row named, no JSON)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import decode
+
+    import mtp_ds.decoding
+
+    real = mtp_ds.decoding.generate
+
+    def off_by_one(model, input_ids, **kwargs):  # selfspec "per_proposal" changes row 1's 6th token
+        result = real(model, input_ids, **kwargs)
+        if kwargs.get("mask_layout") == "per_proposal" and len(result.sequences) > 1:
+            result.sequences[1][5] += 1
+        return result
+
+    monkeypatch.setattr(mtp_ds.decoding, "generate", off_by_one)
+    out = tmp_path / "decode.json"
+    with pytest.raises(SystemExit) as failed:  # --settings without ours k=1: the bench adds its reference
+        decode.main(["--model", str(checkpoint), *map(str, BENCH_ARGS), "--settings", ",".join(SELFSPEC),
+                     "--out", str(out)])
+    assert isinstance(failed.value, decode.TokensDiffer)
+    message = str(failed.value)
+    assert message.startswith("batch 3: selfspec per_proposal differs from ours k=1 (lossless decoding must give "
+                              "the same tokens): row 1 first at new token 5: ")
+    assert not out.exists()
+
+
+def test_check_same_tokens(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import decode
+
+    assert decode.check_same_tokens(2, "selfspec linear", [[1, 2], [3]], [[1, 2], [3]]) == "2/2"
+    with pytest.raises(decode.TokensDiffer, match=r"row 0 first at new token 2: \[\] vs \[3\] \(2 vs 3 tokens\)"):
+        decode.check_same_tokens(1, "selfspec linear", [[1, 2]], [[1, 2, 3]])
+    with pytest.raises(SystemExit, match="returned 1 rows, ours k=1 2"):
+        decode.check_same_tokens(2, "selfspec linear", [[1]], [[1], [2]])
 
 
 def test_decode_bench_names_a_missing_prompt_field(checkpoint):

@@ -4,11 +4,12 @@ The contract: with the cache, batched, decoding gives exactly the tokens of a no
 plain causal forward over prompt + accepted + [MTP]*(k-1) each pass; k=1 is Hugging Face greedy.
 """
 
+import re
 import warnings
 
 import pytest
 import torch
-from conftest import DEVICES, make_mtp_model
+from conftest import DEVICES, bias_lm_head, make_mtp_model
 from test_acceptance import paper_rule
 
 from mtp_ds.decoding import ragged_cache
@@ -244,13 +245,7 @@ def test_distinct_slot_tokens(arch):
 @pytest.mark.parametrize("distinct_slots", [False, True])
 def test_mask_token_never_emitted(distinct_slots):
     model, tokenizer, mask_tokens = make_mtp_model("qwen3", distinct_slots=distinct_slots, k_max=6)
-    old_head = model.lm_head
-    biased_head = torch.nn.Linear(old_head.in_features, old_head.out_features, bias=True)
-    with torch.no_grad():
-        biased_head.weight.copy_(old_head.weight)
-        biased_head.bias.zero_()
-        biased_head.bias[list(mask_tokens.ids)] = 1e4  # raw argmax would always be a mask token
-    model.lm_head = biased_head
+    bias_lm_head(model, mask_tokens.ids, 1e4)  # raw argmax would always be a mask token
     prompt = torch.tensor([_ids(tokenizer, PROMPTS[0])])
     with torch.no_grad():
         raw = model(torch.cat([prompt, torch.tensor([[mask_tokens.ids[0]] * 3])], dim=1)).logits.argmax(-1)
@@ -350,3 +345,57 @@ def test_generate_cli_bad_model_dir(tmp_path, capsys):
     assert generate_main([str(missing), "--prompt", "hi"]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and err.count("\n") == 1
+
+
+def test_generate_cli_selfspec_marks_verified_proposals_and_equals_k1(tmp_path, capsys, monkeypatch):
+    """`--strategy selfspec`: verified proposals in the chunk colour, the pass's own token underlined, a legend;
+    --no-color is plain; the tokens (and the text) are exactly those of `--strategy static --k 1`."""
+    import mtp_ds.decoding.decoder as decoder_module
+    from mtp_ds.decoding.cli import SELFSPEC_LEGEND, UNDERLINE
+
+    model, tokenizer, _ = _sharpened("qwen3")
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    results = []
+    real_generate = decoder_module.generate
+
+    def recording_generate(*args, **kwargs):
+        results.append(real_generate(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(decoder_module, "generate", recording_generate)
+    common = [str(tmp_path / "model"), "--prompt", "three pens", "--max-new-tokens", "16"]
+
+    def text_of(out: str) -> str:  # the answer without the legend and the superscript counts
+        answer = out.rsplit("\n\n", 1)[0].replace("\n" + SELFSPEC_LEGEND, "")
+        return answer.translate(str.maketrans("", "", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+
+    assert generate_main([*common, "--strategy", "selfspec", "--k-max", "4"]) == 0
+    coloured = capsys.readouterr().out
+    spec = results[-1]
+    assert sum(spec.verified_per_pass[0]) > 0  # this prompt has passes that keep verified proposals
+    assert SELFSPEC_LEGEND in coloured and UNDERLINE in coloured
+    # a chunk with verified proposals: coloured text, then the pass's own token coloured and underlined
+    assert re.search(r"\033\[3\dm[^\033]+\033\[0m\033\[3\dm\033\[4m[^\033]+\033\[0m⁴", coloured)
+    assert "(selfspec, k_max=4, linear; lossless: equals k=1 greedy decoding token for token)" in coloured
+    assert f"{sum(spec.verified_per_pass[0])} of {spec.num_new_tokens} tokens were verified proposals" in coloured
+
+    assert generate_main([*common, "--strategy", "selfspec", "--k-max", "4", "--no-color"]) == 0
+    plain = capsys.readouterr().out
+    assert "\033[" not in plain and SELFSPEC_LEGEND not in plain and "lossless" in plain
+    assert results[-1].sequences == spec.sequences and results[-1].tokens_per_pass == spec.tokens_per_pass
+
+    assert generate_main([*common, "--strategy", "selfspec", "--k-max", "4", "--mask-layout", "per_proposal",
+                          "--no-color"]) == 0
+    per_proposal = capsys.readouterr().out
+    assert "(selfspec, k_max=4, per_proposal; lossless" in per_proposal and results[-1].sequences == spec.sequences
+
+    assert generate_main([*common, "--strategy", "static", "--k", "1", "--no-color"]) == 0
+    k1 = capsys.readouterr().out
+    assert results[-1].sequences == spec.sequences  # lossless: the k=1 tokens, token for token
+    assert results[-1].num_forward_passes > spec.num_forward_passes
+    assert text_of(plain) == text_of(k1) == text_of(re.sub(r"\033\[[\d;]*m", "", coloured))
+
+    assert generate_main([*common, "--strategy", "static", "--mask-layout", "linear"]) == 2
+    err = capsys.readouterr().err
+    assert "--mask-layout applies to --strategy selfspec only" in err and err.count("\n") == 1

@@ -213,44 +213,101 @@ def test_prefix_ntp_positions_start_at_the_first_anchor():
 # ------------------------------------------------------------------ report and targets
 
 
-def _row(model, strategy, k, threshold, accuracy, acceleration, tps):
+def _row(model, strategy, k, threshold, accuracy, acceleration, tps, **extra):
     return {"model": model, "strategy": strategy, "k": k, "threshold": threshold, "accuracy": accuracy,
-            "acceleration": acceleration, "tokens_per_second": tps}
+            "acceleration": acceleration, "tokens_per_second": tps, **extra}
+
+
+def _selfspec_row(accuracy=0.58, acceleration=3.5, differing=0):
+    return _row("mtp", "selfspec", 4, None, accuracy, acceleration, 1200.0, outputs_differing_from_k1=differing)
 
 
 def test_settings_and_summary_rows():
     settings = demo_report.demo_settings([2, 3], [0.9, 0.8, 0.9], k_max=8)
     assert [s.label for s in settings] == ["teacher_static_k1", "mtp_static_k1", "mtp_static_k2", "mtp_static_k3",
-                                           "mtp_confadapt_t0.9_kmax8", "mtp_confadapt_t0.8_kmax8"]
-    assert settings[-1].model_args("m") == "pretrained=m,strategy=confadapt,dtype=float32,k_max=8,threshold=0.8"
+                                           "mtp_confadapt_t0.9_kmax8", "mtp_confadapt_t0.8_kmax8",
+                                           "mtp_selfspec_kmax8"]
+    assert settings[-2].model_args("m") == "pretrained=m,strategy=confadapt,dtype=float32,k_max=8,threshold=0.8"
+    # the spelling lm-eval's mtp model reads (mtp_ds/evaluation/lm_eval_model.py)
+    assert settings[-1].model_args("m") == "pretrained=m,strategy=selfspec,dtype=float32,k_max=8"
+    assert [s.label for s in settings if s.compared_sample_for_sample] == ["mtp_static_k1", "mtp_selfspec_kmax8"]
     results = {"results": {"gsm8k_cot_mtp": {"exact_match,flexible-extract": 0.5,
                                              "exact_match_stderr,flexible-extract": 0.03}}}
     stats = {"acceleration_factor": 2.7, "tokens_per_second": 900.0, "sequences": 200}
-    row = demo_report.summary_row(settings[-1], results, stats)
+    row = demo_report.summary_row(settings[-2], results, stats)
     assert row == {"model": "mtp", "strategy": "confadapt", "k": 8, "threshold": 0.8, "accuracy": 0.5,
                    "acceleration": 2.7, "tokens_per_second": 900.0, "wall_clock_speedup": None,
                    "accuracy_stderr": 0.03, "samples": 200}
+    row = demo_report.summary_row(settings[-1], results, stats)
+    assert (row["strategy"], row["k"], row["threshold"]) == ("selfspec", 8, None)
 
 
 def test_targets_pass_and_miss():
     rows = demo_report.add_speedups([
         _row("teacher", "static", 1, None, 0.60, 1.0, 400.0), _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
-        _row("mtp", "confadapt", 8, 0.9, 0.56, 2.6, 1000.0)])
+        _row("mtp", "confadapt", 8, 0.9, 0.56, 2.6, 1000.0), _selfspec_row()])
     assert rows[2]["wall_clock_speedup"] == 2.0 and rows[0]["wall_clock_speedup"] == 0.8
     targets = demo_report.check_targets(rows, test_problems=200)
-    assert [t["passed"] for t in targets] == [True, True, True, True]
+    assert [t["passed"] for t in targets] == [True] * 7
     rows[2].update(accuracy=0.54, acceleration=2.4)
+    rows[3].update(accuracy=0.575, acceleration=2.4, outputs_differing_from_k1=3)
     targets = demo_report.check_targets(rows, test_problems=199)
-    assert [t["passed"] for t in targets] == [False, False, False, False]
+    assert [t["passed"] for t in targets] == [False] * 7
     assert not any(t["passed"] for t in demo_report.check_targets([], test_problems=200)[:3])
+    assert not any(t["passed"] for t in demo_report.check_targets([], test_problems=200)[4:])
     table = demo_report.format_table(rows)
     assert "| mtp | ConfAdapt τ=0.9 (k_max 8) | 0.540 | 2.40 | 1000 | 2.00x |" in table
+    assert "| mtp | selfspec K=4 (lossless) | 0.575 | 2.40 | 1200 | 2.40x |" in table
+
+
+def _selfspec_targets(rows):
+    return {t["name"]: t for t in demo_report.check_targets(rows, test_problems=200) if "selfspec" in t["name"]}
+
+
+@pytest.mark.parametrize("change, missed", [
+    ({}, set()),
+    ({"accuracy": 0.585}, {"accuracy"}),  # lossless means equal: higher than k=1 is a miss too
+    ({"accuracy": 0.575}, {"accuracy"}),
+    ({"acceleration": 2.49}, {"acceleration"}),
+    ({"acceleration": 2.5}, set()),
+    ({"outputs_differing_from_k1": 1}, {"outputs"}),
+    ({"outputs_differing_from_k1": None}, {"outputs"}),  # no per-sample outputs to compare: a miss
+])
+def test_selfspec_targets_hold_it_to_the_k1_outputs(change, missed):
+    base = [_row("teacher", "static", 1, None, 0.60, 1.0, 400.0), _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
+            _row("mtp", "confadapt", 4, 0.9, 0.57, 2.6, 1000.0)]
+    targets = _selfspec_targets(base + [{**_selfspec_row(), **change}])
+    assert len(targets) == 3
+    failed = {word for name, t in targets.items() if not t["passed"]
+              for word in ("accuracy", "acceleration", "outputs") if word in name}
+    assert failed == missed
+    assert not any(t["passed"] for t in _selfspec_targets(base).values())  # no selfspec row: every target missed
+    no_k1 = [row for row in base if row["k"] != 1 or row["model"] != "mtp"] + [_selfspec_row()]
+    assert not next(t for name, t in _selfspec_targets(no_k1).items() if "accuracy" in name)["passed"]
+
+
+def test_selfspec_outputs_are_compared_sample_for_sample(tmp_path):
+    from mtp_ds.demo.run import TASK, sample_outputs
+
+    assert demo_report.differing_outputs({0: "a", 1: "b"}, {0: "a", 1: "b"}) == 0
+    assert demo_report.differing_outputs({0: "a", 1: "c"}, {0: "a", 1: "b"}) == 1
+    assert demo_report.differing_outputs({0: "a"}, {0: "a", 1: "b"}) == 1  # a doc only one run has differs
+    assert demo_report.differing_outputs(None, {0: "a"}) is None
+    assert sample_outputs(tmp_path) is None
+    nested = tmp_path / "outputs__demo__mtp"  # where lm-eval --log_samples writes them
+    nested.mkdir()
+    records = [{"doc_id": 1, "resps": [["It is 4.\n#### 4"]], "filtered_resps": ["4"]},
+               {"doc_id": 0, "resps": [["It is 5.\n#### 5"]], "filtered_resps": ["5"]}]
+    (nested / f"samples_{TASK}_2026-01-01T00-00-00.jsonl").write_text(
+        "".join(json.dumps(record) + "\n" for record in records))
+    outputs = sample_outputs(tmp_path)
+    assert sorted(outputs) == [0, 1] and json.loads(outputs[1]) == [["It is 4.\n#### 4"]]
 
 
 def test_run_time_is_reported_beside_its_goal_never_a_target(tmp_path):
     """A slow machine (the same deterministic run took 28.6 minutes on a busy CI machine) must not fail --check."""
     rows = [_row("teacher", "static", 1, None, 0.60, 1.0, 400.0), _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
-            _row("mtp", "confadapt", 8, 0.9, 0.57, 2.6, 1000.0)]
+            _row("mtp", "confadapt", 8, 0.9, 0.57, 2.6, 1000.0), _selfspec_row()]
     targets = demo_report.check_targets(rows, test_problems=200)
     assert all(t["passed"] for t in targets) and not any("minute" in t["name"] for t in targets)
     slow = demo_report.time_report(28.6 * 60)

@@ -5,6 +5,7 @@ Why subprocesses: the point is that an installed package works with lm-eval's ow
 interpreter shows that. The package must be installed (`pip install -e .`), as scripts/install.sh does.
 """
 
+import csv
 import importlib.util
 import json
 import os
@@ -18,7 +19,7 @@ import torch
 
 from conftest import make_mtp_model
 
-from mtp_ds.decoding import generate
+from mtp_ds.decoding import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, generate
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "eval" / "tasks"
@@ -53,6 +54,33 @@ def tiny_mtp_dir(tmp_path_factory):
     model, tokenizer, _ = make_mtp_model("qwen3")
     directory = tmp_path_factory.mktemp("tiny_mtp")
     model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def drifting_mtp_dir(tmp_path_factory):
+    """The tiny MTP model with a shared embedding component that the lm_head reads as "the": on the fixture's
+    questions it drifts into runs its mask slots predict too, so selfspec passes both verify and reject
+    proposals (a plain random model almost never verifies one). Only weights change, so it saves as usual."""
+    model, tokenizer, _ = make_mtp_model("qwen3")
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 0.04
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids("the"), 0] = 1.2
+    directory = tmp_path_factory.mktemp("drifting_mtp")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def base_model_dir(tmp_path_factory):
+    """A plain causal LM without mask tokens (like the demo's teacher)."""
+    from mtp_ds.models.tiny import tiny_model, word_tokenizer
+
+    tokenizer = word_tokenizer()
+    directory = tmp_path_factory.mktemp("tiny_base")
+    tiny_model("qwen3", vocab_size=len(tokenizer)).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -109,6 +137,10 @@ def test_bad_model_arg_names_the_arg(tiny_mtp_dir):
         MTPLM(pretrained=str(tiny_mtp_dir), strategy="bogus", device="cpu")
     with pytest.raises(ValueError, match=r"model arg threshold=1.5"):
         MTPLM(pretrained=str(tiny_mtp_dir), strategy="confadapt", threshold=1.5, device="cpu")
+    with pytest.raises(ValueError, match=r"model arg mask_layout='tree': must be one of linear, per_proposal"):
+        MTPLM(pretrained=str(tiny_mtp_dir), strategy="selfspec", k_max=4, mask_layout="tree", device="cpu")
+    with pytest.raises(ValueError, match=r"model arg k_max='four'"):
+        MTPLM(pretrained=str(tiny_mtp_dir), strategy="selfspec", k_max="four", device="cpu")
 
 
 def test_checkpoint_without_mask_token_is_refused_except_at_k1(tmp_path):
@@ -120,10 +152,14 @@ def test_checkpoint_without_mask_token_is_refused_except_at_k1(tmp_path):
     model = tiny_model("qwen3", vocab_size=len(tokenizer))
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    for kwargs in ({"strategy": "static", "k": 2}, {"strategy": "confadapt"}):
-        with pytest.raises(ValueError, match=r"model arg pretrained=.*no mtp_token_id"):
+    for kwargs in ({"strategy": "static", "k": 2}, {"strategy": "confadapt"}, {"strategy": "selfspec", "k_max": 4},
+                   {"strategy": "selfspec", "k_max": 1}):
+        with pytest.raises(ValueError, match=r"model arg pretrained=.*no mtp_token_id.*not strategy="):
             MTPLM(pretrained=str(tmp_path), device="cpu", dtype="float32", **kwargs)
     lm = MTPLM(pretrained=str(tmp_path), device="cpu", dtype="float32")
+    with pytest.raises(ValueError, match=r"model arg pretrained=.*no mtp_token_id.*strategy=selfspec, k_max=4"):
+        lm.set_decoding(strategy="selfspec", k_max=4)  # the sweep's way: one loaded model, many settings
+    assert lm.decoding_settings() == {"strategy": "static", "k": 1}  # the refused setting was not kept
     context = torch.tensor([[5, 6, 7, 8]])
     ours = lm._model_generate(context, max_length=14, stop=[])
     reference = model.generate(context, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
@@ -178,6 +214,78 @@ def test_model_generate_pads_rows_and_counts_passes(tiny_mtp_dir, tmp_path):
     assert json.loads(stats_path.read_text())["generated_tokens"] == report["generated_tokens"]
 
 
+def test_distinct_slot_tokens_too_few_for_the_block_name_k_max(tmp_path):
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
+
+    model, tokenizer, _ = make_mtp_model("qwen3", distinct_slots=True, k_max=4)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model arg k_max=8: mask slot 5 needs more distinct mask tokens"):
+        MTPLM(pretrained=str(tmp_path), strategy="selfspec", k_max=8, device="cpu", dtype="float32")
+    lm = MTPLM(pretrained=str(tmp_path), strategy="selfspec", k_max=4, device="cpu", dtype="float32")
+    with pytest.raises(ValueError, match=r"model arg k=6: mask slot 5"):
+        lm.set_decoding(strategy="static", k=6, k_max=16)
+
+
+def _generate_requests(max_gen_toks: int = 16):
+    """lm-eval requests as the gsm8k_cot_mtp task makes them (0-shot), one per fixture problem."""
+    from lm_eval.api.instance import Instance
+
+    docs = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    return [Instance("generate_until", doc, (f"Q: {doc['question']}\nA: Let's think step by step.",
+                                             {"until": ["Q:"], "max_gen_toks": max_gen_toks, "do_sample": False}),
+                     index, (TASK, index, 1)) for index, doc in enumerate(docs)]
+
+
+def test_selfspec_generate_until_equals_static_k1(drifting_mtp_dir, tmp_path):
+    """Lossless through lm-eval: the continuations are Static k=1's, text for text, in ragged batches (batch 2
+    of 3 requests), for both mask layouts; the stats file names the setting and shows the acceleration."""
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
+
+    stats_path = tmp_path / "stats.json"
+    lm = MTPLM(pretrained=str(drifting_mtp_dir), device="cpu", dtype="float32", batch_size=2,
+               stats_path=str(stats_path))
+    requests = _generate_requests()
+    expected = lm.generate_until(requests, disable_tqdm=True)
+    assert json.loads(stats_path.read_text())["setting"] == "static_k1"
+    assert all(expected) and len(set(expected)) == len(expected)
+    factors = {}
+    for mask_layout in MASK_LAYOUTS:
+        lm.set_decoding(strategy="selfspec", k_max=4, mask_layout=mask_layout)
+        lm.reset_stats()
+        assert lm.generate_until(requests, disable_tqdm=True) == expected, mask_layout
+        stats = json.loads(stats_path.read_text())
+        label = "selfspec_kmax4" if mask_layout == DEFAULT_MASK_LAYOUT else f"selfspec_kmax4_{mask_layout}"
+        assert (stats["strategy"], stats["k_max"], stats["mask_layout"], stats["setting"]) == (
+            "selfspec", 4, mask_layout, label)
+        assert "threshold" not in stats and "k" not in stats  # unused by selfspec: not reported as if they were
+        assert stats["sequences"] == 3 and stats["per_task"][TASK]["generated_tokens"] == stats["generated_tokens"]
+        assert 1.0 <= stats["acceleration_factor"] <= 4.0
+        assert stats["verified_tokens_per_pass"] == pytest.approx(stats["acceleration_factor"] - 1.0, abs=0.1)
+        assert stats["query_tokens_per_forward_pass"] > 2  # a pass feeds the proposals and the masks
+        factors[mask_layout] = stats["acceleration_factor"]
+    assert max(factors.values()) > 1.0, factors  # some proposals were verified: not a k=1 decoder in disguise
+
+
+def test_decoding_stats_count_query_tokens_and_verified_proposals(tiny_mtp_dir):
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
+
+    lm = MTPLM(pretrained=str(tiny_mtp_dir), strategy="selfspec", k_max=3, device="cpu", dtype="float32")
+    context = torch.tensor([[5, 6, 7, 8]])
+    lm._model_generate(context, max_length=14, stop=[])
+    direct = generate(lm.model, context, strategy="selfspec", k_max=3, max_new_tokens=10,
+                      eos_token_id=lm.stop_token_ids)
+    report = lm.decoding_report()
+    assert report["acceleration_factor"] == direct.acceleration_factor
+    assert report["query_tokens_per_forward_pass"] == direct.query_tokens_per_pass
+    verified = direct.verified_per_pass[0]
+    assert report["verified_tokens_per_pass"] == sum(verified) / len(verified)
+    lm.set_decoding(strategy="static", k=2)
+    lm.reset_stats()
+    lm._model_generate(context, max_length=14, stop=[])
+    assert lm.decoding_report()["verified_tokens_per_pass"] is None and lm.decoding_report()["setting"] == "static_k2"
+
+
 # --- the task's data path override ----------------------------------------------------------------------------
 
 def test_task_data_path_from_metadata_or_env(monkeypatch, tmp_path):
@@ -202,12 +310,13 @@ def _lm_eval_cli(model_dir, out_dir, model_args: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_args, max_acceleration", [
-    ("strategy=static,k=2,dtype=float32", 2.0),
-    ("strategy=confadapt,k_max=16,threshold=0.9,dtype=float32", 16.0),
-], ids=["static_k2", "confadapt"])
+@pytest.mark.parametrize("model_args, max_acceleration, setting", [
+    ("strategy=static,k=2,dtype=float32", 2.0, "static_k2"),
+    ("strategy=confadapt,k_max=16,threshold=0.9,dtype=float32", 16.0, "confadapt_t0.9_kmax16"),
+    ("strategy=selfspec,k_max=4,dtype=float32", 4.0, "selfspec_kmax4"),
+], ids=["static_k2", "confadapt", "selfspec"])
 def test_lm_eval_console_script_runs_mtp_model(require_installed, tiny_mtp_dir, tmp_path, model_args,
-                                               max_acceleration):
+                                               max_acceleration, setting):
     stats_path = tmp_path / "stats.json"
     results, output = _lm_eval_cli(tiny_mtp_dir, tmp_path / "out", f"{model_args},stats_path={stats_path}")
     task_results = results["results"][TASK]
@@ -218,23 +327,98 @@ def test_lm_eval_console_script_runs_mtp_model(require_installed, tiny_mtp_dir, 
     assert decoding["per_task"][TASK]["generated_tokens"] == decoding["generated_tokens"] > 0
     assert decoding["tokens_per_second"] > 0 and "acceleration_factor_std" in decoding
     assert json.loads(stats_path.read_text())["acceleration_factor"] == decoding["acceleration_factor"]
+    assert decoding["setting"] == json.loads(stats_path.read_text())["setting"] == setting
     assert "MTP decoding [gsm8k_cot_mtp" in output
+    if setting.startswith("selfspec"):
+        assert decoding["mask_layout"] == DEFAULT_MASK_LAYOUT and "threshold" not in decoding
+        assert "strategy=selfspec, k_max=4, mask_layout=linear" in output
+        assert decoding["verified_tokens_per_pass"] is not None
+
+
+def _lm_eval_refusal(model_args: str) -> str:
+    """lm_eval --model mtp with bad model args: exit 2, no traceback, exactly one `lm_eval --model mtp:` line."""
+    result = subprocess.run([str(BIN_DIR / "lm_eval"), "--model", "mtp", "--model_args", model_args, "--device", "cpu",
+                             "--tasks", TASK, "--include_path", str(TASKS_DIR)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "TOKENIZERS_PARALLELISM": "false",
+                                                         "OMP_NUM_THREADS": "1"})
+    context = f"rc={result.returncode}\nSTDERR:\n{result.stderr[-4000:]}"
+    assert result.returncode == 2 and "Traceback" not in result.stderr, context
+    lines = [line for line in result.stderr.splitlines() if line.startswith("lm_eval --model mtp: ")]
+    assert len(lines) == 1, context
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["bad_mask_layout", "selfspec_on_base_model"])
+def test_lm_eval_console_script_refuses_bad_selfspec_args_in_one_line(require_installed, tiny_mtp_dir,
+                                                                      base_model_dir, case):
+    if case == "bad_mask_layout":
+        line = _lm_eval_refusal(f"pretrained={tiny_mtp_dir},strategy=selfspec,k_max=4,mask_layout=tree")
+        assert "model arg mask_layout='tree'" in line and "linear, per_proposal" in line
+    else:
+        line = _lm_eval_refusal(f"pretrained={base_model_dir},strategy=selfspec,k_max=4")
+        assert f"model arg pretrained='{base_model_dir}'" in line and "no mtp_token_id" in line
+        assert "strategy=selfspec" in line
 
 
 @pytest.mark.slow
 def test_sweep_writes_tables_and_pareto_plot(require_installed, tiny_mtp_dir, tmp_path):
     out_dir = tmp_path / "sweep"
     _run([sys.executable, str(REPO / "eval" / "sweep.py"), "--pretrained", str(tiny_mtp_dir), "--out_dir",
-          str(out_dir), "--settings", "static:2,confadapt:0.9", "--limit", "2", "--num_fewshot", "1",
+          str(out_dir), "--settings", "static:2,confadapt:0.9,selfspec:4", "--limit", "2", "--num_fewshot", "1",
           "--gen_kwargs", "max_gen_toks=6", "--metadata", json.dumps({"gsm8k_path": str(FIXTURE)}),
           "--device", "cpu", "--dtype", "float32"], env={"TOKENIZERS_PARALLELISM": "false"})
     rows = json.loads((out_dir / "sweep.json").read_text())["rows"]
-    assert [row["setting"] for row in rows] == ["static_k1", "static_k2", "confadapt_t0.9_kmax16"]
+    assert [row["setting"] for row in rows] == ["static_k1", "static_k2", "confadapt_t0.9_kmax16", "selfspec_kmax4"]
     assert rows[0]["wall_clock_speedup"] == 1.0 and rows[1]["acceleration_factor"] <= 2.0
     assert all(row["accuracy"] is not None and row["samples"] == 2 for row in rows)
-    csv_lines = (out_dir / "sweep.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("task,setting,strategy") and len(csv_lines) == 4
+    selfspec = rows[3]
+    assert (selfspec["strategy"], selfspec["k"], selfspec["k_max"], selfspec["threshold"], selfspec["mask_layout"]) == (
+        "selfspec", None, 4, None, "linear")
+    assert 1.0 <= selfspec["acceleration_factor"] <= 4.0 and selfspec["verified_tokens_per_pass"] is not None
+    assert selfspec["accuracy"] == rows[0]["accuracy"]  # lossless: Static k=1's answers
+    assert (out_dir / "results_selfspec_kmax4.json").exists()
+    with open(out_dir / "sweep.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0])[:7] == ["task", "setting", "strategy", "k", "k_max", "threshold", "mask_layout"]
+    assert [row["setting"] for row in table] == [row["setting"] for row in rows]
+    assert (table[3]["k_max"], table[3]["mask_layout"], table[3]["threshold"]) == ("4", "linear", "")
     assert (out_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _drawn_series(rows)[TASK]["selfspec (lossless)"] == ["k_max=4"]  # the plot's selfspec series
+
+
+def _drawn_series(rows: list[dict]) -> dict:
+    """{task: {legend label: [point labels]}} of the figure `plot_pareto` draws from `rows` (the figure is
+    caught at `plt.close`; each series is one errorbar container, its points' annotations follow it)."""
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    from mtp_ds.evaluation.pareto import STRATEGY_STYLE, TEACHER_STYLE, plot_pareto
+
+    figures = []
+    original_close = plt.close
+    plt.close = figures.append
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            plot_pareto(rows, Path(directory) / "pareto.png")
+    finally:
+        plt.close = original_close
+    (figure,) = figures
+    markers = {name: marker for name, marker, _ in [*STRATEGY_STYLE.values(), TEACHER_STYLE]}
+    drawn = {}
+    for ax in figure.axes:
+        points = [text.get_text() for text in ax.texts]
+        series, index = {}, 0
+        for container in ax.containers:
+            name, line = container.get_label(), container.lines[0]
+            assert line.get_marker() == markers[name], name
+            count = len(line.get_xdata())
+            series[name], index = points[index:index + count], index + count
+        assert set(series) <= set(ax.get_legend_handles_labels()[1])
+        drawn[ax.get_title()] = series
+    original_close(figure)
+    return drawn
 
 
 def test_pareto_frontier_keeps_undominated_points():
@@ -245,6 +429,96 @@ def test_pareto_frontier_keeps_undominated_points():
         sys.path.remove(str(REPO / "eval"))
     points = [(1.0, 0.8), (2.0, 0.7), (2.5, 0.5), (2.0, 0.6), (3.0, 0.55)]
     assert pareto_frontier(points) == [(1.0, 0.8), (2.0, 0.7), (3.0, 0.55)]
+
+
+def test_pareto_plot_draws_selfspec_as_its_own_series():
+    """Sweep rows (k_max) and demo rows (k_max carried as k, no mask_layout) both label their points k_max=K."""
+    from mtp_ds.evaluation import pareto
+
+    assert pareto.DEFAULT_MASK_LAYOUT == DEFAULT_MASK_LAYOUT
+    base = {"task": "t", "accuracy_stderr": 0.01, "acceleration_factor_std": 0.1}
+    rows = [
+        {**base, "strategy": "static", "k": 1, "accuracy": 0.5, "acceleration_factor": 1.0},
+        {**base, "strategy": "static", "k": 3, "accuracy": 0.4, "acceleration_factor": 2.6},
+        {**base, "strategy": "confadapt", "k_max": 16, "threshold": 0.9, "accuracy": 0.45, "acceleration_factor": 2.0},
+        {**base, "strategy": "selfspec", "k": None, "k_max": 4, "mask_layout": "linear", "accuracy": 0.5,
+         "acceleration_factor": 1.8},
+        {**base, "strategy": "selfspec", "k_max": 4, "mask_layout": "per_proposal", "accuracy": 0.5,
+         "acceleration_factor": 2.1},
+        {**base, "strategy": "selfspec", "k": 8, "threshold": None, "accuracy": 0.5, "acceleration_factor": 2.4},
+    ]
+    drawn = _drawn_series(rows)["t"]
+    assert drawn["selfspec (lossless)"] == ["k_max=4", "k_max=4 (per_proposal)", "k_max=8"]
+    assert drawn["Static k"] == ["k=1", "k=3"] and drawn["ConfAdapt"] == ["τ=0.9"]
+    names = {name for name, _, _ in pareto.STRATEGY_STYLE.values()}
+    markers = {marker for _, marker, _ in pareto.STRATEGY_STYLE.values()}
+    colors = {color for _, _, color in [*pareto.STRATEGY_STYLE.values(), pareto.TEACHER_STYLE]}
+    assert len(names) == len(markers) == len(pareto.STRATEGY_STYLE) and len(colors) == len(pareto.STRATEGY_STYLE) + 1
+    assert [pareto.setting_label(row) for row in rows[3:5]] == ["selfspec_kmax4", "selfspec_kmax4_per_proposal"]
+
+
+def _load_sweep():
+    spec = importlib.util.spec_from_file_location("sweep_under_test", REPO / "eval" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_settings_parse_selfspec_and_refuse_bad_entries_in_one_line():
+    sweep = _load_sweep()
+    assert sweep.MASK_LAYOUTS == MASK_LAYOUTS
+    assert sweep.parse_setting("selfspec:4", 16) == {"strategy": "selfspec", "k_max": 4, "mask_layout": "linear"}
+    assert sweep.parse_setting(" selfspec:8:per_proposal", 16) == {"strategy": "selfspec", "k_max": 8,
+                                                                   "mask_layout": "per_proposal"}
+    for bad in ("selfspec", "selfspec:", "selfspec:0", "selfspec:four", "selfspec:4:tree", "static:0",
+                "confadapt:1.5", "spec:4"):
+        with pytest.raises(SystemExit) as refused:
+            sweep.parse_setting(bad, 16)
+        message = str(refused.value)
+        assert "\n" not in message and message.startswith(f"--settings: bad entry {bad!r}")
+        assert "static:K" in message and "confadapt:TAU" in message and "selfspec:K" in message
+
+    def labels(argv):
+        return [sweep.setting_label(s) for s in sweep.chosen_settings(sweep.parse_args(
+            ["--pretrained", "x", "--out_dir", "y", *argv]))]
+
+    default = labels([])
+    assert default[0] == "static_k1" and default[-1] == "selfspec_kmax16" and len(default) == 5 + 14 + 1
+    assert labels(["--k_max", "8", "--static_k", "1,2", "--thresholds", "0.9"]) == [
+        "static_k1", "static_k2", "confadapt_t0.9_kmax8", "selfspec_kmax8"]
+    assert labels(["--static_k", "", "--thresholds", "", "--selfspec_k_max", "4,8"]) == [
+        "static_k1", "selfspec_kmax4", "selfspec_kmax8"]
+    assert labels(["--selfspec_k_max", "", "--thresholds", "", "--static_k", "2"]) == ["static_k1", "static_k2"]
+    assert labels(["--settings", "selfspec:4,selfspec:4:per_proposal,static:3"]) == [
+        "static_k1", "selfspec_kmax4", "selfspec_kmax4_per_proposal", "static_k3"]
+    with pytest.raises(SystemExit, match="--selfspec_k_max: expected a comma-separated list"):
+        labels(["--selfspec_k_max", "4,x"])
+
+
+def test_sweep_warm_up_runs_each_strategy_and_selfspec_layout_once():
+    sweep = _load_sweep()
+
+    class FakeLM:
+        device = "cpu"
+        calls: list = []
+
+        def tok_encode(self, text):
+            return [1, 2, 3]
+
+        def set_decoding(self, **setting):
+            self.current = setting
+
+        def _model_generate(self, context, max_length, stop):
+            self.calls.append(sweep.setting_label(self.current))
+
+        def reset_stats(self):
+            self.calls.append("reset")
+
+    lm = FakeLM()
+    settings = sweep.chosen_settings(sweep.parse_args(["--pretrained", "x", "--out_dir", "y", "--settings",
+                                                       "static:2,selfspec:4,selfspec:8:per_proposal,selfspec:8"]))
+    sweep.warm_up(lm, settings)
+    assert lm.calls == ["static_k2", "selfspec_kmax8", "selfspec_kmax8_per_proposal", "reset"]
 
 
 @pytest.mark.slow

@@ -1,13 +1,20 @@
-"""`mtp-ds generate`: decode one prompt with Static k or ConfAdapt and show what each forward pass produced.
+"""`mtp-ds generate`: decode one prompt with Static k, ConfAdapt or selfspec and show what each forward pass produced.
 
 Usage:
-    mtp-ds generate MODEL_DIR --prompt TEXT [--strategy static|confadapt] [--k K] [--k-max K]
-                    [--threshold T] [--max-new-tokens N] [--chat] [--no-color]
+    mtp-ds generate MODEL_DIR --prompt TEXT [--strategy static|confadapt|selfspec] [--k K] [--k-max K]
+                    [--threshold T] [--mask-layout linear|per_proposal] [--max-new-tokens N] [--chat] [--no-color]
+
+Strategies: `static` keeps --k tokens per pass; `confadapt` the confident run of --k-max predictions at
+--threshold; `selfspec` (lossless) lets the model verify its own --k-max - 1 proposals in the next pass, so the
+output is exactly the model's own k=1 greedy output (--mask-layout: where the proposing mask tokens sit).
 
 Each pass's chunk is printed in alternating colours followed by a superscript count of its tokens (like the
 paper's Figure 1), so one sees where the model emitted many tokens at once; then the acceleration factor
-(mean tokens per forward pass) and the throughput. MODEL_DIR is a local Hugging Face checkpoint whose config
-records `mtp_token_id` (as written by `mtp_ds.tokens.add_mtp_tokens` and the exporter).
+(mean tokens per forward pass) and the throughput. With selfspec the chunk's verified proposals are in the
+chunk's colour and the pass's last token, the model's own next token (the correction of a refused proposal, or
+the bonus after all were accepted), is underlined; a legend line says so. --no-color (or NO_COLOR) prints
+the same text without escape codes. MODEL_DIR is a local Hugging Face checkpoint whose config records
+`mtp_token_id` (as written by `mtp_ds.tokens.add_mtp_tokens` and the exporter).
 """
 
 from __future__ import annotations
@@ -17,8 +24,13 @@ import os
 import sys
 from pathlib import Path
 
+from mtp_ds.decoding.selfspec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS
+
 CHUNK_COLOURS = ("\033[36m", "\033[33m", "\033[32m", "\033[35m")  # cyan, yellow, green, magenta
 RESET = "\033[0m"
+UNDERLINE = "\033[4m"  # selfspec: the pass's own next token (correction or bonus), after its verified proposals
+SELFSPEC_LEGEND = ("legend: coloured = the model's proposals it verified; underlined = its own next token "
+                   "(correction or bonus); superscript = tokens kept per forward pass")
 SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 # Files a tokenizer's `save_pretrained` writes (AutoTokenizer needs at least one). From a directory with none of
 # them AutoTokenizer still returns an object, which encodes every prompt to nothing: the decoder then blames
@@ -30,10 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp-ds generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="local Hugging Face checkpoint directory")
     parser.add_argument("--prompt", required=True, help="prompt text")
-    parser.add_argument("--strategy", choices=("static", "confadapt"), default="confadapt")
+    parser.add_argument("--strategy", choices=("static", "confadapt", "selfspec"), default="confadapt")
     parser.add_argument("--k", type=int, default=1, help="tokens per pass for --strategy static")
-    parser.add_argument("--k-max", type=int, default=16, help="largest block for --strategy confadapt")
+    parser.add_argument("--k-max", type=int, default=16,
+                        help="largest block for --strategy confadapt; selfspec: at most K tokens per pass "
+                             "(K-1 proposals)")
     parser.add_argument("--threshold", type=float, default=0.9, help="ConfAdapt confidence threshold tau")
+    parser.add_argument("--mask-layout", choices=MASK_LAYOUTS, default=None,
+                        help=f"--strategy selfspec only: where the proposing masks sit (default {DEFAULT_MASK_LAYOUT})")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt with the tokenizer's chat template")
     parser.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
@@ -66,28 +82,56 @@ def _stop_ids(tokenizer, model) -> list[int]:
     return sorted(ids)
 
 
-def render_chunks(tokenizer, chunks: list[list[int]], colour: bool) -> str:
+def render_chunks(tokenizer, chunks: list[list[int]], colour: bool, verified: list[int] | None = None) -> str:
     """Text of the answer with each pass's chunk coloured and followed by its token count in superscript.
 
+    `verified` (selfspec's `GenerationResult.verified_per_pass` row): per chunk, how many leading tokens were
+    verified proposals; with colour, the chunk's remaining token (the model's correction or bonus) is also
+    underlined. Without colour the text is the same as without `verified`.
     Chunks are cut from the decoded prefix, not decoded alone, so word-joining spaces land where the
     tokenizer puts them.
     """
     pieces, so_far, previous_text = [], [], ""
-    for index, chunk in enumerate(chunks):
-        so_far += chunk
+
+    def next_piece(tokens: list[int]) -> str:
+        nonlocal previous_text
+        so_far.extend(tokens)
         text = tokenizer.decode(so_far, skip_special_tokens=True)
-        piece = text[len(previous_text):] if text.startswith(previous_text) else tokenizer.decode(chunk)
+        piece = text[len(previous_text):] if text.startswith(previous_text) else tokenizer.decode(tokens)
         previous_text = text
+        return piece
+
+    for index, chunk in enumerate(chunks):
         count = str(len(chunk)).translate(SUPERSCRIPT_DIGITS)
-        if colour:
-            pieces.append(f"{CHUNK_COLOURS[index % len(CHUNK_COLOURS)]}{piece}{RESET}{count}")
-        else:
-            pieces.append(f"{piece}{count}")
+        if not colour:
+            pieces.append(f"{next_piece(chunk)}{count}")
+            continue
+        chunk_colour = CHUNK_COLOURS[index % len(CHUNK_COLOURS)]
+        if verified is None:
+            pieces.append(f"{chunk_colour}{next_piece(chunk)}{RESET}{count}")
+            continue
+        kept = min(verified[index], len(chunk)) if index < len(verified) else 0
+        proposals, own = next_piece(chunk[:kept]), next_piece(chunk[kept:])
+        styled = f"{chunk_colour}{proposals}{RESET}" if proposals else ""
+        styled += f"{chunk_colour}{UNDERLINE}{own}{RESET}" if own else ""
+        pieces.append(f"{styled}{count}")
     return "".join(pieces)
+
+
+def settings_text(args) -> str:
+    """The footer's name of the decoding settings, e.g. "selfspec, k_max=4, linear; lossless: equals k=1"."""
+    if args.strategy == "static":
+        return f"static, k={args.k}"
+    if args.strategy == "confadapt":
+        return f"confadapt, k_max={args.k_max}, tau={args.threshold}"
+    return (f"selfspec, k_max={args.k_max}, {args.mask_layout or DEFAULT_MASK_LAYOUT}; "
+            "lossless: equals k=1 greedy decoding token for token")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mask_layout is not None and args.strategy != "selfspec":
+        return _error(f"--mask-layout applies to --strategy selfspec only (got --strategy {args.strategy})")
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").is_file():
         return _error(f"MODEL_DIR {str(model_dir)!r} is not a Hugging Face model directory (no config.json)")
@@ -113,17 +157,21 @@ def main(argv: list[str] | None = None) -> int:
             model, torch.tensor([prompt_ids], device=device), mtp_token_id=None, strategy=args.strategy,
             k=args.k, k_max=max(args.k_max, args.k) if args.strategy == "static" else args.k_max,
             threshold=args.threshold, max_new_tokens=args.max_new_tokens,
-            eos_token_id=_stop_ids(tokenizer, model),
+            eos_token_id=_stop_ids(tokenizer, model), mask_layout=args.mask_layout or DEFAULT_MASK_LAYOUT,
         )
     except ValueError as error:
         return _error(str(error))
 
     colour = not args.no_color and not os.environ.get("NO_COLOR")
-    print(render_chunks(tokenizer, result.chunks(0), colour))
+    selfspec = args.strategy == "selfspec"
+    verified = result.verified_per_pass[0] if selfspec else None
+    print(render_chunks(tokenizer, result.chunks(0), colour, verified))
+    if selfspec and colour:
+        print(SELFSPEC_LEGEND)
+    proposals = f" | {sum(verified)} of {result.num_new_tokens} tokens were verified proposals" if selfspec else ""
     print(f"\n{result.num_new_tokens} tokens in {result.num_forward_passes} forward passes | "
-          f"acceleration factor {result.acceleration_factor:.2f} tokens/pass | "
-          f"{result.tokens_per_second:.1f} tokens/s ({args.strategy}, "
-          f"{'k=' + str(args.k) if args.strategy == 'static' else f'k_max={args.k_max}, tau={args.threshold}'})")
+          f"acceleration factor {result.acceleration_factor:.2f} tokens/pass{proposals} | "
+          f"{result.tokens_per_second:.1f} tokens/s ({settings_text(args)})")
     return 0
 
 

@@ -3,10 +3,11 @@
 Why separate from `mtp_ds.demo.run`: these are pure functions of plain dicts (no torch, no subprocesses), so the
 numbers that decide PASS/MISS are tested directly.
 
-A row: {"model": "teacher" | "mtp", "strategy": "static" | "confadapt", "k" (Static k; ConfAdapt: its k_max),
-"threshold" (null for static), "accuracy" (0-1), "acceleration" (tokens per forward pass of a sequence),
-"tokens_per_second", "wall_clock_speedup" (tokens/s over the MTP model's Static k=1), "accuracy_stderr",
-"samples"}.
+A row: {"model": "teacher" | "mtp", "strategy": "static" | "confadapt" | "selfspec", "k" (Static k; ConfAdapt and
+selfspec: their k_max), "threshold" (null for static and selfspec), "accuracy" (0-1), "acceleration" (tokens per
+forward pass of a sequence), "tokens_per_second", "wall_clock_speedup" (tokens/s over the MTP model's Static k=1),
+"accuracy_stderr", "samples"}; the selfspec row also has "outputs_differing_from_k1" (how many of lm-eval's
+per-sample outputs differ from the MTP model's Static k=1 outputs; null when either run kept none).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 METRIC = "exact_match,flexible-extract"
 TARGET_THRESHOLD = 0.9
+SELFSPEC_MIN_ACCELERATION = 2.5  # tokens per forward pass, at the k=1 outputs
 MIN_TEST_PROBLEMS = 200
 TIME_GOAL_SECONDS = 1200  # the demo's goal on 2 CPU cores; reported beside the run time, not a target
 
@@ -26,29 +28,48 @@ class Setting:
     """One lm-eval run of the demo: which checkpoint and how it decodes."""
 
     model: str  # "teacher" or "mtp"
-    strategy: str  # "static" or "confadapt"
-    k: int  # Static k, or ConfAdapt's k_max
+    strategy: str  # "static", "confadapt" or "selfspec"
+    k: int  # Static k, or ConfAdapt's / selfspec's k_max
     threshold: float | None = None
 
     @property
     def label(self) -> str:
         if self.strategy == "static":
             return f"{self.model}_static_k{self.k}"
+        if self.strategy == "selfspec":
+            return f"{self.model}_selfspec_kmax{self.k}"
         return f"{self.model}_confadapt_t{self.threshold:g}_kmax{self.k}"
+
+    @property
+    def compared_sample_for_sample(self) -> bool:
+        """The runs whose per-sample outputs the lossless target compares: selfspec and the MTP model's k=1."""
+        return self.model == "mtp" and (self.strategy == "selfspec" or (self.strategy == "static" and self.k == 1))
 
     def model_args(self, pretrained: str) -> str:
         args = f"pretrained={pretrained},strategy={self.strategy},dtype=float32"
         if self.strategy == "static":
             return f"{args},k={self.k}"
+        if self.strategy == "selfspec":
+            return f"{args},k_max={self.k}"  # mask_layout: the decoder's default (linear)
         return f"{args},k_max={self.k},threshold={self.threshold}"
 
 
 def demo_settings(static_k: list[int], thresholds: list[float], k_max: int) -> list[Setting]:
-    """The teacher at k=1, then the MTP model at Static k (k=1 always included) and ConfAdapt per threshold."""
+    """The teacher at k=1, then the MTP model at Static k (k=1 always included), ConfAdapt per threshold and
+    selfspec at the recipe's k_max (lossless: must give the k=1 outputs, `check_targets`)."""
     settings = [Setting("teacher", "static", 1)]
     settings += [Setting("mtp", "static", k) for k in sorted({1, *static_k})]
     settings += [Setting("mtp", "confadapt", k_max, tau) for tau in sorted(set(thresholds), reverse=True)]
+    settings.append(Setting("mtp", "selfspec", k_max))
     return settings
+
+
+def differing_outputs(outputs: dict | None, reference: dict | None) -> int | None:
+    """How many samples (doc id -> generated text) differ between two runs; a doc only one run has differs.
+    None when either run has no per-sample outputs."""
+    if outputs is None or reference is None:
+        return None
+    return sum(outputs.get(doc) != reference.get(doc) for doc in set(outputs) | set(reference))
 
 
 def summary_row(setting: Setting, results: dict, stats: dict) -> dict:
@@ -84,17 +105,25 @@ def _find(rows: list[dict], model: str, strategy: str, *, k: int | None = None, 
 def check_targets(rows: list[dict], *, test_problems: int) -> list[dict]:
     """The method's targets, each {name, value, bound, passed}; a missing row counts as a miss.
 
+    ConfAdapt 0.9 may lose a little accuracy; selfspec may lose none: its accuracy must equal the MTP model's
+    k=1 accuracy exactly and each of its outputs must be k=1's (`outputs_differing_from_k1` == 0; no per-sample
+    outputs to compare is a miss), at >= SELFSPEC_MIN_ACCELERATION tokens per forward pass.
+
     The run time is not among them: it depends on the machine (the same deterministic run took 17 and 29
     minutes on two 2-core machines), so it is reported beside its goal (`time_report`), never a failure."""
     teacher = _find(rows, "teacher", "static", k=1)
     mtp_k1 = _find(rows, "mtp", "static", k=1)
     confadapt = _find(rows, "mtp", "confadapt", threshold=TARGET_THRESHOLD)
+    selfspec = _find(rows, "mtp", "selfspec")
 
     def target(name, value, bound, passed):
         return {"name": name, "value": value, "bound": bound, "passed": bool(passed) if value is not None else False}
 
     accel = confadapt["acceleration"] if confadapt else None
     acc = confadapt["accuracy"] if confadapt else None
+    spec_accel = selfspec["acceleration"] if selfspec else None
+    spec_acc = selfspec["accuracy"] if selfspec else None
+    differing = selfspec.get("outputs_differing_from_k1") if selfspec else None
     return [
         target(f"ConfAdapt {TARGET_THRESHOLD} acceleration >= 2.5", accel, 2.5, accel is not None and accel >= 2.5),
         target(f"ConfAdapt {TARGET_THRESHOLD} accuracy >= MTP k=1 accuracy - 0.03", acc,
@@ -105,6 +134,12 @@ def check_targets(rows: list[dict], *, test_problems: int) -> list[dict]:
                acc is not None and teacher and acc >= teacher["accuracy"] - 0.05 - 1e-9),
         target(f"held-out problems >= {MIN_TEST_PROBLEMS}", test_problems, MIN_TEST_PROBLEMS,
                test_problems >= MIN_TEST_PROBLEMS),
+        target(f"selfspec acceleration >= {SELFSPEC_MIN_ACCELERATION}", spec_accel, SELFSPEC_MIN_ACCELERATION,
+               spec_accel is not None and spec_accel >= SELFSPEC_MIN_ACCELERATION),
+        target("selfspec accuracy == MTP k=1 accuracy (lossless)", spec_acc, mtp_k1 and mtp_k1["accuracy"],
+               spec_acc is not None and mtp_k1 and spec_acc == mtp_k1["accuracy"]),
+        target("selfspec outputs == MTP k=1 outputs, sample for sample (samples differing)", differing, 0,
+               differing == 0),
     ]
 
 
@@ -127,6 +162,7 @@ def format_table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     for row in rows:
         decoding = (f"Static k={row['k']}" if row["strategy"] == "static"
+                    else f"selfspec K={row['k']} (lossless)" if row["strategy"] == "selfspec"
                     else f"ConfAdapt τ={row['threshold']:g} (k_max {row['k']})")
         speedup = f"{row['wall_clock_speedup']:.2f}x" if row.get("wall_clock_speedup") else "-"
         lines.append(f"| {row['model']} | {decoding} | {row['accuracy']:.3f} | {row['acceleration']:.2f} | "

@@ -13,7 +13,10 @@ Stages, each built from the repo's real parts and skipped when its output is com
                 teacher, k in [2, 4], random offsets (recipes/tiny_cpu_demo.yaml) -> mtp_run/
   5. export     the final checkpoint as a plain Hugging Face checkpoint -> mtp/
   6. eval       the stock `lm_eval --model mtp` CLI on the held-out split (eval/tasks/gsm8k_cot_mtp, 0-shot):
-                the teacher at k=1, the MTP model at Static k=1..4 and ConfAdapt at several thresholds -> eval/
+                the teacher at k=1, the MTP model at Static k=1..4, ConfAdapt at several thresholds and
+                selfspec at the recipe's k_max (lossless: its per-sample outputs are compared with k=1's) -> eval/
+                (one run per setting, skipped when its row.json is there; the two compared runs also need
+                their per-sample outputs, so an older run of them without any is redone)
   7. summary    summary.json (the table), targets.json, pareto.png, chunk_example.txt
 Stage 3 and 4 resume from their last checkpoint when interrupted. Why a demo at all: the real recipes need
 GPUs and downloads; this shows on any machine that a trained model, converted by self-distillation, decodes
@@ -176,10 +179,11 @@ def _lm_eval_command() -> list[str]:
 
 def run_lm_eval(setting: demo_report.Setting, model_dir: Path, test_file: Path, eval_dir: Path,
                 batch_size: int) -> dict:
-    """One `lm_eval --model mtp` run; returns its summary row (cached in eval/<label>/row.json)."""
+    """One `lm_eval --model mtp` run; returns its summary row (cached in eval/<label>/row.json; lm-eval's
+    per-sample outputs, --log_samples, beside it)."""
     run_dir = eval_dir / setting.label
     row_file = run_dir / "row.json"
-    if row_file.exists():
+    if row_file.exists() and (not setting.compared_sample_for_sample or sample_outputs(run_dir) is not None):
         return json.loads(row_file.read_text())
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run: start it again
@@ -189,7 +193,8 @@ def run_lm_eval(setting: demo_report.Setting, model_dir: Path, test_file: Path, 
                "--model_args", f"{setting.model_args(str(model_dir))},stats_path={stats_file}",
                "--device", "cpu", "--batch_size", str(batch_size), "--tasks", TASK,
                "--include_path", str(REPO_ROOT / "eval" / "tasks"), "--num_fewshot", "0",
-               "--metadata", json.dumps({"gsm8k_path": str(test_file)}), "--output_path", str(run_dir)]
+               "--metadata", json.dumps({"gsm8k_path": str(test_file)}), "--output_path", str(run_dir),
+               "--log_samples"]
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
     with open(run_dir / "lm_eval.log", "w") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
@@ -201,6 +206,19 @@ def run_lm_eval(setting: demo_report.Setting, model_dir: Path, test_file: Path, 
     row = demo_report.summary_row(setting, json.loads(results[-1].read_text()), json.loads(stats_file.read_text()))
     row_file.write_text(json.dumps(row, indent=2) + "\n")
     return row
+
+
+def sample_outputs(run_dir: Path) -> dict[int, str] | None:
+    """doc id -> generated text from lm-eval's newest per-sample file in `run_dir` (None when it kept none)."""
+    files = sorted(run_dir.rglob(f"samples_{TASK}_*.jsonl"))
+    if not files:
+        return None
+    outputs = {}
+    for line in files[-1].read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            outputs[int(record["doc_id"])] = json.dumps(record["resps"])
+    return outputs
 
 
 def eval_settings(args) -> list[demo_report.Setting]:
@@ -225,6 +243,10 @@ def stage_eval(args, out: Path, teacher_dir: Path, mtp_dir: Path, data_dir: Path
         model_dir = teacher_dir if setting.model == "teacher" else mtp_dir
         row = run_lm_eval(setting, model_dir, data_dir / "test.jsonl", out / "eval", args.batch_size)
         rows.append(row)
+        if setting.strategy == "selfspec":
+            row["outputs_differing_from_k1"] = demo_report.differing_outputs(
+                sample_outputs(out / "eval" / setting.label),
+                sample_outputs(out / "eval" / demo_report.Setting("mtp", "static", 1).label))
         progress.write(f"{setting.label}: accuracy {row['accuracy']:.3f}, acceleration {row['acceleration']:.2f}, "
                        f"{row['tokens_per_second']:.0f} tokens/s")
     return demo_report.add_speedups(rows)

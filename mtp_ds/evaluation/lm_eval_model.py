@@ -6,20 +6,26 @@ from an `hf` run of the same checkpoint only in how tokens are decoded (`mtp_ds.
 Log-likelihood requests are untouched (plain next-token scoring).
 
 Model args (besides HFLM's own: pretrained, batch_size, device, dtype, ...):
-  strategy=static|confadapt, k (Static k), k_max and threshold (ConfAdapt), stats_path (JSON file to write
-  the decoding statistics to). The mask token id is read from the loaded model's config (`mtp_token_id`); a
-  checkpoint without one (a base model, e.g. the teacher) is accepted for strategy=static,k=1 only.
+  strategy=static|confadapt|selfspec, k (Static k), k_max and threshold (ConfAdapt), k_max and mask_layout
+  (selfspec: its block, k_max-1 proposals per pass; mask_layout=linear|per_proposal, default linear; lossless:
+  greedy selfspec gives exactly the Static k=1 output), stats_path (JSON file to write the decoding statistics
+  to). The mask token id is read from the loaded model's config (`mtp_token_id`); a checkpoint without one (a
+  base model, e.g. the teacher) is accepted for strategy=static,k=1 only (selfspec, whose proposals come from
+  mask tokens, is refused like any other MTP setting).
 
 Bad model args (`ModelArgError`, a ValueError naming the arg) are found in the constructor before HFLM loads
 anything: a local `pretrained` path that does not exist (a hub id, name or owner/name, is left to Hugging Face),
-k > k_max, an unknown strategy... lm-eval's CLI has no error handling of its own (an exception from the
+k > k_max, an unknown strategy or mask_layout... lm-eval's CLI has no error handling of its own (an exception from the
 constructor reaches the interpreter: a traceback, exit 1), so when lm-eval builds the model from `--model_args`
 (`create_from_arg_obj` / `create_from_arg_string`) the error is reported the way argparse reports a bad flag:
 one stderr line `lm_eval --model mtp: ...` and exit 2. Constructing `MTPLM(...)` directly still raises.
 
 Statistics (docs/METHOD.md section 6: report the effective k): per task and for the whole run, the acceleration factor
 (mean and std of tokens accepted per forward pass of a sequence), forward passes, generated tokens and
-tokens/s. They go into `get_model_info()` (so into the results JSON under `config.mtp_decoding`), into one
+tokens/s; also the input columns per batched forward pass (`query_tokens_per_forward_pass`: a selfspec pass
+feeds its proposals and masks, so it costs more than a k=1 pass) and, for selfspec, the mean of verified proposals
+kept per pass (`verified_tokens_per_pass`; null for the other strategies). They go into `get_model_info()` (so into
+the results JSON under `config.mtp_decoding`, with the setting's name, e.g. `setting: selfspec_kmax4`), into one
 log line per task, and into `stats_path` if given.
 """
 
@@ -40,7 +46,8 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from mtp_ds.decoding import STRATEGIES, generate
+from mtp_ds.decoding import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, generate
+from mtp_ds.evaluation.pareto import setting_label
 from mtp_ds.tokens import has_mask_tokens, mask_tokens_from_config
 
 logger = logging.getLogger("lm_eval.mtp_ds")
@@ -62,10 +69,15 @@ class DecodingStats:
     generated_tokens: int = 0
     sequences: int = 0
     generate_seconds: float = 0.0
+    query_tokens: int = 0  # input columns of all batched forward passes (padding included)
+    verified_per_pass: list[int] = field(default_factory=list)  # selfspec: verified proposals kept, per sequence pass
 
     def add(self, result, seconds: float) -> None:
         for counts in result.tokens_per_pass:
             self.tokens_per_pass.extend(counts)
+        for counts in getattr(result, "verified_per_pass", None) or []:
+            self.verified_per_pass.extend(counts)
+        self.query_tokens += getattr(result, "num_query_tokens", 0) or 0
         self.generated_tokens += sum(len(row) for row in result.sequences)
         self.sequences += len(result.sequences)
         self.forward_passes += getattr(result, "num_forward_passes", None) or max(
@@ -78,6 +90,8 @@ class DecodingStats:
         self.generated_tokens += other.generated_tokens
         self.sequences += other.sequences
         self.generate_seconds += other.generate_seconds
+        self.query_tokens += other.query_tokens
+        self.verified_per_pass.extend(other.verified_per_pass)
 
     def summary(self) -> dict:
         passes = len(self.tokens_per_pass)
@@ -92,6 +106,9 @@ class DecodingStats:
             "sequences": self.sequences,
             "generate_seconds": self.generate_seconds,
             "tokens_per_second": self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0,
+            "query_tokens_per_forward_pass": self.query_tokens / self.forward_passes if self.forward_passes else 0.0,
+            "verified_tokens_per_pass": (sum(self.verified_per_pass) / len(self.verified_per_pass)
+                                         if self.verified_per_pass else None),
         }
 
     def log_line(self, label: str) -> str:
@@ -141,22 +158,20 @@ def _exit_like_argparse():
 
 @register_model("mtp")
 class MTPLM(HFLM):
-    """HFLM whose `generate_until` decodes with `mtp_ds.decoding.generate` (Static k or ConfAdapt)."""
+    """HFLM whose `generate_until` decodes with `mtp_ds.decoding.generate` (Static k, ConfAdapt or selfspec)."""
 
     def __init__(self, pretrained, strategy: str = "static", k: int = 1, k_max: int = 16,
-                 threshold: float = 0.9, stats_path: str | None = None, **kwargs):
-        self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold)
+                 threshold: float = 0.9, mask_layout: str = DEFAULT_MASK_LAYOUT, stats_path: str | None = None,
+                 **kwargs):
+        self.mask_tokens = None
+        self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
         _check_pretrained(pretrained)
         self.stats_path = Path(stats_path) if stats_path else None
         super().__init__(pretrained=pretrained, **kwargs)
-        if not has_mask_tokens(self.model.config) and self.strategy == "static" and self.k == 1:
-            self.mask_tokens = None  # a plain causal LM (e.g. the teacher) decoded greedily by the same loop
-        else:
-            try:
-                self.mask_tokens = mask_tokens_from_config(self.model.config)
-            except ValueError as err:
-                raise ModelArgError(f"model arg pretrained={getattr(pretrained, 'name_or_path', pretrained)!r}: "
-                                    f"{err}") from None
+        self._pretrained_name = getattr(pretrained, "name_or_path", pretrained)
+        if has_mask_tokens(self.model.config):
+            self.mask_tokens = mask_tokens_from_config(self.model.config)
+        self._check_model_fits_setting()
         self.stop_token_ids = self._stop_token_ids()
         self.reset_stats()
 
@@ -182,16 +197,45 @@ class MTPLM(HFLM):
 
     # --- settings and statistics -------------------------------------------------------------------------
 
-    def set_decoding(self, *, strategy: str, k: int = 1, k_max: int = 16, threshold: float = 0.9) -> None:
+    def set_decoding(self, *, strategy: str, k: int = 1, k_max: int = 16, threshold: float = 0.9,
+                     mask_layout: str = DEFAULT_MASK_LAYOUT) -> None:
         """Validate and set the decoding strategy (the sweep reuses one loaded model for many settings)."""
         strategy = _model_arg("strategy", strategy, lambda v: str(v).strip().lower(), lambda v: v in STRATEGIES,
                               "one of " + ", ".join(STRATEGIES))
         k = _model_arg("k", k, int, lambda v: v >= 1, "an integer >= 1")
         k_max = _model_arg("k_max", k_max, int, lambda v: v >= 1, "an integer >= 1")
         threshold = _model_arg("threshold", threshold, float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
+        mask_layout = _model_arg("mask_layout", mask_layout, lambda v: str(v).strip().lower(),
+                                 lambda v: v in MASK_LAYOUTS, "one of " + ", ".join(MASK_LAYOUTS))
         if k > k_max:  # the decoder refuses it too, but only at the first request
             raise ModelArgError(f"model args k={k} and k_max={k_max}: k must be <= k_max")
+        previous = {name: getattr(self, name, None) for name in ("strategy", "k", "k_max", "threshold", "mask_layout")}
         self.strategy, self.k, self.k_max, self.threshold = strategy, k, k_max, threshold
+        self.mask_layout = mask_layout
+        if hasattr(self, "_pretrained_name"):  # the model is loaded: check it can decode this setting
+            try:
+                self._check_model_fits_setting()
+            except ModelArgError:
+                self.__dict__.update(previous)  # a refused setting leaves the model as it was
+                raise
+
+    def _check_model_fits_setting(self) -> None:
+        """A base model (no mask tokens) decodes only at Static k=1; distinct slot tokens must cover the block."""
+        name = f"model arg pretrained={self._pretrained_name!r}"
+        if self.mask_tokens is None:
+            if self.strategy == "static" and self.k == 1:
+                return  # a plain causal LM (e.g. the teacher) decoded greedily by the same loop
+            try:
+                mask_tokens_from_config(self.model.config)
+            except ValueError as err:
+                raise ModelArgError(f"{name}: {err}; only strategy=static,k=1 runs without one, not "
+                                    f"{self._settings_label()}") from None
+        block_arg, block = ("k", self.k) if self.strategy == "static" else ("k_max", self.k_max)
+        try:
+            self.mask_tokens.ids_for_masks(block - 1)
+        except ValueError as err:
+            raise ModelArgError(f"model arg {block_arg}={block}: {err} in the config of "
+                                f"{self._pretrained_name!r}") from None
 
     def reset_stats(self) -> None:
         self.task_stats: dict[str, DecodingStats] = {}
@@ -199,11 +243,14 @@ class MTPLM(HFLM):
         self._warned_kwargs: set[str] = set()
 
     def decoding_settings(self) -> dict:
+        """The args the strategy uses (threshold is ConfAdapt's, mask_layout selfspec's; k is Static k's)."""
         settings = {"strategy": self.strategy}
         if self.strategy == "static":
             settings["k"] = self.k
-        else:
+        elif self.strategy == "confadapt":
             settings.update(k_max=self.k_max, threshold=self.threshold)
+        else:
+            settings.update(k_max=self.k_max, mask_layout=self.mask_layout)
         return settings
 
     def run_stats(self) -> DecodingStats:
@@ -214,7 +261,8 @@ class MTPLM(HFLM):
 
     def decoding_report(self) -> dict:
         """Settings plus run-wide and per-task statistics (what lands in the results JSON)."""
-        return {**self.decoding_settings(), **self.run_stats().summary(),
+        return {**self.decoding_settings(), "setting": setting_label(self.decoding_settings()),
+                **self.run_stats().summary(),
                 "per_task": {task: stats.summary() for task, stats in self.task_stats.items()}}
 
     def get_model_info(self) -> dict:
@@ -269,7 +317,7 @@ class MTPLM(HFLM):
                 self.model, context, mtp_token_id=self.mask_tokens, strategy=self.strategy, k=self.k,
                 k_max=self.k_max, threshold=self.threshold, max_new_tokens=max(0, max_length - context.shape[1]),
                 eos_token_id=self.stop_token_ids, attention_mask=attention_mask, tokenizer=self.tokenizer,
-                stop_strings=list(stop or []), temperature=temperature,
+                stop_strings=list(stop or []), temperature=temperature, mask_layout=self.mask_layout,
             )
         seconds = time.perf_counter() - started
         if self._active_stats is None:  # called outside generate_until (e.g. directly): count it anyway

@@ -2,7 +2,10 @@
 
 Why in the package: the sweep (eval/sweep.py, eval/pareto_plot.py) and the demo (`mtp-ds demo`) draw the same
 plot from their tables. One series per (task, strategy): Static k points labelled k=..., ConfAdapt points
-labelled with tau; rows with `model == "teacher"` are drawn as their own series (the starting checkpoint).
+labelled with tau, selfspec points labelled k_max=... (lossless: greedy selfspec has Static k=1's accuracy, so
+its series is level with k=1, further right); rows with `model == "teacher"` are drawn as their own series (the
+starting checkpoint). `setting_label` names a setting the same way in the sweep's table, its file names and
+the `mtp` model's statistics (static_k3, confadapt_t0.9_kmax16, selfspec_kmax4).
 Vertical bars: accuracy stderr; horizontal bars: std of tokens per forward pass. The dashed line joins the
 points no other point beats on both axes (the Pareto frontier) over all settings of a task.
 """
@@ -10,8 +13,20 @@ points no other point beats on both axes (the Pareto frontier) over all settings
 import math
 from pathlib import Path
 
-STRATEGY_STYLE = {"static": ("Static k", "o", "tab:blue"), "confadapt": ("ConfAdapt", "s", "tab:orange")}
+STRATEGY_STYLE = {"static": ("Static k", "o", "tab:blue"), "confadapt": ("ConfAdapt", "s", "tab:orange"),
+                  "selfspec": ("selfspec (lossless)", "D", "tab:red")}
 TEACHER_STYLE = ("teacher", "*", "tab:green")
+DEFAULT_MASK_LAYOUT = "linear"  # mtp_ds.decoding.DEFAULT_MASK_LAYOUT (not imported: this module stays torch-free)
+
+
+def setting_label(setting: dict) -> str:
+    """static_k3, confadapt_t0.9_kmax16, selfspec_kmax4 (selfspec_kmax4_per_proposal for the other layout)."""
+    if setting["strategy"] == "static":
+        return f"static_k{setting['k']}"
+    if setting["strategy"] == "selfspec":
+        layout = setting.get("mask_layout") or DEFAULT_MASK_LAYOUT
+        return f"selfspec_kmax{setting['k_max']}" + ("" if layout == DEFAULT_MASK_LAYOUT else f"_{layout}")
+    return f"confadapt_t{setting['threshold']:g}_kmax{setting['k_max']}"
 
 
 def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -30,6 +45,10 @@ def _finite(value) -> float:
 def _point_label(row: dict) -> str:
     if row.get("model") == "teacher":
         return ""  # named by the legend
+    if row["strategy"] == "selfspec":  # the sweep's rows carry k_max; the demo's carry it as k
+        k_max = row.get("k_max") if row.get("k_max") is not None else row.get("k")
+        layout = row.get("mask_layout") or DEFAULT_MASK_LAYOUT
+        return f"k_max={k_max}" + ("" if layout == DEFAULT_MASK_LAYOUT else f" ({layout})")
     return f"k={row['k']}" if row["strategy"] == "static" else f"τ={row['threshold']:g}"
 
 
