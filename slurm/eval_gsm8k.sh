@@ -7,8 +7,9 @@
 #SBATCH --time=12:00:00
 #SBATCH --output=logs/%x-%j.out
 #
-# The paper's GSM8K sweep (Static k=1..5, ConfAdapt at 14 thresholds, k_max 16) of one exported MTP checkpoint,
-# with the repo's lm-eval task; writes sweep.csv / sweep.json / pareto.png to OUT_DIR.
+# The paper's GSM8K sweep (Static k=1..5, ConfAdapt at 14 thresholds, k_max 16), plus our lossless selfspec at
+# k_max, of one exported MTP checkpoint, with the repo's lm-eval task; writes sweep.csv / sweep.json / pareto.png
+# to OUT_DIR.
 #
 #   MODEL_DIR=outputs/qwen3-mtp sbatch slurm/eval_gsm8k.sh
 #   MODEL_DIR=outputs/qwen3-mtp OUT_DIR=outputs/qwen3-sweep GSM8K_PATH=/data/gsm8k_test.jsonl \

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import bias_lm_head, make_mtp_model
+from conftest import DEVICES, bias_lm_head, make_mtp_model
 from scipy.stats import chi2_contingency, chisquare
 
 from mtp_ds.decoding import MASK_LAYOUTS, generate, passes, selfspec
@@ -46,7 +46,7 @@ def _repetitive(arch: str, **kwargs):
 
 
 def _hf_greedy(model, prompt: list[int], mask_tokens, max_new_tokens: int, eos=None) -> list[int]:
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
                              suppress_tokens=list(mask_tokens.ids), eos_token_id=eos, pad_token_id=0)
@@ -106,6 +106,21 @@ def test_ragged_left_padded_batch_equals_rows_alone_and_hf(arch, mask_layout):
         passes = min(len(counts) for counts in batched.tokens_per_pass)
         assert any(len({counts[p] for counts in batched.tokens_per_pass}) > 1 for p in range(passes))
         assert batched.num_forward_passes == max(len(counts) for counts in batched.tokens_per_pass)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_left_padded_batch_on_device_equals_hf_greedy(device):
+    """The same contract where the model runs (bench/gpu_check.sh runs the CUDA variant with `-m cuda`)."""
+    model, tokenizer, mask_tokens = _repetitive("qwen3")
+    model.to(device)
+    prompts = [_ids(tokenizer, text) for text in PROMPTS]
+    ids, attention_mask = _left_pad(prompts)
+    for mask_layout in MASK_LAYOUTS:
+        result = generate(model, ids.to(device), attention_mask=attention_mask.to(device), mtp_token_id=mask_tokens,
+                          strategy="selfspec", k_max=4, max_new_tokens=20, mask_layout=mask_layout)
+        for row, prompt in enumerate(prompts):
+            expected = _hf_greedy(model, prompt, mask_tokens, 20)
+            assert result.sequences[row] == expected, (mask_layout, row)
 
 
 @pytest.mark.parametrize("mask_layout", MASK_LAYOUTS)
