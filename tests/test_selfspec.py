@@ -94,17 +94,19 @@ def test_ragged_left_padded_batch_equals_rows_alone_and_hf(arch, mask_layout):
     model, tokenizer, mask_tokens = _repetitive(arch)
     prompts = [_ids(tokenizer, text) for text in PROMPTS]
     ids, attention_mask = _left_pad(prompts)
-    for k_max in (3, 6):
-        settings = dict(mtp_token_id=mask_tokens, strategy="selfspec", k_max=k_max, max_new_tokens=30,
+    expected = [_hf_greedy(model, prompt, mask_tokens, 24) for prompt in prompts]
+    for k_max in range(2, 9):
+        settings = dict(mtp_token_id=mask_tokens, strategy="selfspec", k_max=k_max, max_new_tokens=24,
                         mask_layout=mask_layout)
         batched = generate(model, ids, attention_mask=attention_mask, **settings)
+        assert batched.sequences == expected, k_max
         for row, prompt in enumerate(prompts):
             alone = generate(model, torch.tensor([prompt]), **settings)
-            assert batched.sequences[row] == alone.sequences[0] == _hf_greedy(model, prompt, mask_tokens, 30)
+            assert batched.sequences[row] == alone.sequences[0]
             assert batched.tokens_per_pass[row] == alone.tokens_per_pass[0]
         # rows really kept different counts in the same forward (no per-row fallback)
         passes = min(len(counts) for counts in batched.tokens_per_pass)
-        assert any(len({counts[p] for counts in batched.tokens_per_pass}) > 1 for p in range(passes))
+        assert any(len({counts[p] for counts in batched.tokens_per_pass}) > 1 for p in range(passes)), k_max
         assert batched.num_forward_passes == max(len(counts) for counts in batched.tokens_per_pass)
 
 
