@@ -23,6 +23,7 @@ pass's inputs and mask, `passes.py`):
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -32,14 +33,14 @@ from mtp_ds.decoding.kv_cache import make_cache
 from mtp_ds.decoding.passes import BatchDecoder
 from mtp_ds.decoding.readout import read_predictions, sample
 from mtp_ds.decoding.result import GenerationResult, RowState, as_stop_ids, finish_block, keep_block
-from mtp_ds.decoding.selfspec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, decode_selfspec
+from mtp_ds.decoding.selfspec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, selfspec_pass
 from mtp_ds.tokens import MaskTokens, as_mask_tokens, has_mask_tokens, mask_tokens_from_config
 
 STRATEGIES = ("static", "confadapt", "selfspec")
 
 
-def _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_tokens, temperature,
-              stop_strings, tokenizer) -> None:
+def validate_settings(strategy, k, k_max, threshold, temperature, stop_strings, tokenizer, mask_layout) -> None:
+    """One-line ValueErrors for the decoding settings that `generate` and `generate_many` share."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if not isinstance(k_max, int) or k_max < 1:
@@ -48,12 +49,17 @@ def _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_
         raise ValueError(f"k must be an int with 1 <= k <= k_max={k_max}, got {k!r}")
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if temperature is not None and temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 or None = greedy), got {temperature!r}")
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings needs tokenizer= to decode the generated text")
+    if mask_layout not in MASK_LAYOUTS:
+        raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {mask_layout!r}")
+
+
+def _validate(input_ids, attention_mask, max_new_tokens) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a (batch, len) tensor with len >= 1, got {shape}")
@@ -63,6 +69,40 @@ def _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_
                              f"{tuple(input_ids.shape)}")
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("attention_mask must describe LEFT-padded prompts (every row's last position is real)")
+
+
+def resolve_mask_tokens(model, mtp_token_id, k_run: int) -> MaskTokens:
+    if mtp_token_id is None and k_run == 1 and not has_mask_tokens(model.config):
+        mtp_token_id = 0  # plain greedy decoding of any causal LM (a teacher): k=1 never places a mask token
+    mask_tokens: MaskTokens = (mask_tokens_from_config(model.config) if mtp_token_id is None
+                               else as_mask_tokens(mtp_token_id))
+    mask_tokens.ids_for_masks(k_run - 1)  # one-line error now if distinct slot tokens are too few
+    return mask_tokens
+
+
+def pass_function(strategy: str, *, k: int, k_max: int, threshold: float, mask_layout: str, temperature,
+                  generator, stop_ids, tokenizer, stop_strings):
+    """`one_pass(decoder, rows, budgets, prompt=None)`: one forward of the strategy over `rows` (the batch's
+    rows in cache order, `budgets` their max_new_tokens; `prompt` = (input_ids, attention_mask) for a first
+    pass), updating the rows' states. `generate` and `generate_many` (`stream.py`) both drive it."""
+    finish = dict(stop_ids=stop_ids, tokenizer=tokenizer, stop_strings=stop_strings, temperature=temperature,
+                  generator=generator)
+    if strategy == "selfspec":
+        return functools.partial(selfspec_pass, k_max=k_max, mask_layout=mask_layout, **finish)
+    return functools.partial(block_pass, strategy=strategy, k_run=k if strategy == "static" else k_max,
+                             threshold=threshold, **finish)
+
+
+def run_to_end(decoder: BatchDecoder, rows: list[RowState], budgets: list[int], one_pass, prompt) -> None:
+    """Drive `one_pass` until every row has stopped; finished rows leave the cache."""
+    active = list(range(len(rows)))
+    while active:
+        one_pass(decoder, [rows[b] for b in active], [budgets[b] for b in active], prompt)
+        prompt = None
+        still = [slot for slot, b in enumerate(active) if not rows[b].stop_reason]
+        if len(still) < len(active) and still:
+            decoder.kv.select_rows(still, decoder.device)
+        active = [active[slot] for slot in still]
 
 
 def _accept_count(strategy: str, confident_run: int | None, num_predictions: int, k: int) -> int:
@@ -89,16 +129,10 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
     samples by speculative sampling, distributed exactly as k=1 sampling. 0 or None: greedy.
     `stop_strings` (needs `tokenizer`): stop at the token that completes any of these strings.
     """
-    _validate(input_ids, attention_mask, strategy, k, k_max, threshold, max_new_tokens, temperature,
-              stop_strings, tokenizer)
-    if mask_layout not in MASK_LAYOUTS:
-        raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {mask_layout!r}")
+    validate_settings(strategy, k, k_max, threshold, temperature, stop_strings, tokenizer, mask_layout)
+    _validate(input_ids, attention_mask, max_new_tokens)
     k_run = k if strategy == "static" else k_max
-    if mtp_token_id is None and k_run == 1 and not has_mask_tokens(model.config):
-        mtp_token_id = 0  # plain greedy decoding of any causal LM (a teacher): k=1 never places a mask token
-    mask_tokens: MaskTokens = (mask_tokens_from_config(model.config) if mtp_token_id is None
-                               else as_mask_tokens(mtp_token_id))
-    mask_tokens.ids_for_masks(k_run - 1)  # one-line error now if distinct slot tokens are too few
+    mask_tokens = resolve_mask_tokens(model, mtp_token_id, k_run)
     stop_ids = as_stop_ids(eos_token_id)
     started = time.perf_counter()
     batch = input_ids.shape[0]
@@ -113,16 +147,12 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
     with torch.inference_mode(), decoding_attention(model):
         # room for the prompt, every new token and one pass's inputs: a decode that keeps its cache dense never
         # reallocates it (holes left by ragged acceptance may still grow it)
-        cache = make_cache(reserve=input_ids.shape[1] + max_new_tokens + (k_run * k_run if strategy == "selfspec"
-                                                                           else k_run))
+        cache = make_cache(reserve=input_ids.shape[1] + max_new_tokens + cache_headroom(strategy, k_run))
         decoder = BatchDecoder(model, mask_tokens, cache, batch, input_ids.device)
-        finish = dict(max_new_tokens=max_new_tokens, stop_ids=stop_ids, tokenizer=tokenizer, stop_strings=stop_strings)
-        if strategy == "selfspec":
-            decode_selfspec(decoder, rows, input_ids, attention_mask, k_max=k_max, mask_layout=mask_layout,
-                            temperature=temperature, generator=generator, **finish)
-        else:
-            _decode_blocks(decoder, rows, input_ids, attention_mask, strategy=strategy, k_run=k_run,
-                           threshold=threshold, temperature=temperature, generator=generator, **finish)
+        one_pass = pass_function(strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout,
+                                 temperature=temperature, generator=generator, stop_ids=stop_ids,
+                                 tokenizer=tokenizer, stop_strings=stop_strings)
+        run_to_end(decoder, rows, [max_new_tokens] * batch, one_pass, (input_ids, attention_mask))
     return GenerationResult(
         sequences=[row.generated for row in rows], tokens_per_pass=[row.tokens_per_pass for row in rows],
         num_forward_passes=decoder.num_forward_passes, wall_time_s=time.perf_counter() - started,
@@ -131,34 +161,26 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
     )
 
 
-def _decode_blocks(decoder: BatchDecoder, rows: list[RowState], input_ids, attention_mask, *, strategy: str,
-                   k_run: int, threshold: float, temperature, generator, max_new_tokens: int, stop_ids, tokenizer,
-                   stop_strings) -> None:
-    """Static k / ConfAdapt: each pass feeds the last pass's kept tokens + k-1 masks and keeps a block as read."""
+def cache_headroom(strategy: str, k_run: int) -> int:
+    """Cache entries one pass adds on top of the kept tokens."""
+    return k_run * k_run if strategy == "selfspec" else k_run
+
+
+def block_pass(decoder: BatchDecoder, rows: list[RowState], budgets: list[int], prompt=None, *, strategy: str,
+               k_run: int, threshold: float, temperature, generator, stop_ids, tokenizer, stop_strings) -> None:
+    """Static k / ConfAdapt, one pass: feed each row's last kept tokens (or the prompt) + k-1 masks, keep a block."""
     mask_tokens = decoder.mask_tokens
-    active = list(range(len(rows)))
-    first = True
-    while active:
-        room = max(max_new_tokens - len(rows[b].generated) for b in active)
-        num_masks = min(k_run, room) - 1  # masks past the budget cannot change the kept tokens
-        if first:
-            logits = decoder.first_pass(input_ids, attention_mask, num_masks)
-            first = False
-        else:
-            logits = decoder.step([rows[b] for b in active], num_masks)
-        tokens, confident_runs = read_predictions(logits, mask_tokens, threshold if strategy == "confadapt" else None)
-        sample_from = logits[:, 0] if temperature else None
-        for slot, b in enumerate(active):
-            row = rows[b]
-            count = _accept_count(strategy, confident_runs and confident_runs[slot], len(tokens[slot]), k_run)
-            block = tokens[slot][:count]
-            # sample only when the strategy itself chose one token, not when the budget cut the block
-            if sample_from is not None and count == 1 and (k_run == 1 or len(tokens[slot]) > 1):
-                block = [sample(sample_from[slot], temperature, mask_tokens, generator)]
-            block = finish_block(row, block, stop_ids, max_new_tokens, tokenizer, stop_strings)
-            keep_block(row, block)
-            row.pending = block
-        still = [slot for slot, b in enumerate(active) if not rows[b].stop_reason]
-        if len(still) < len(active) and still:
-            decoder.kv.select_rows(still, decoder.device)
-        active = [active[slot] for slot in still]
+    room = max(budget - len(row.generated) for row, budget in zip(rows, budgets))
+    num_masks = min(k_run, room) - 1  # masks past the budget cannot change the kept tokens
+    logits = decoder.first_pass(*prompt, num_masks) if prompt is not None else decoder.step(rows, num_masks)
+    tokens, confident_runs = read_predictions(logits, mask_tokens, threshold if strategy == "confadapt" else None)
+    sample_from = logits[:, 0] if temperature else None
+    for slot, (row, budget) in enumerate(zip(rows, budgets)):
+        count = _accept_count(strategy, confident_runs and confident_runs[slot], len(tokens[slot]), k_run)
+        block = tokens[slot][:count]
+        # sample only when the strategy itself chose one token, not when the budget cut the block
+        if sample_from is not None and count == 1 and (k_run == 1 or len(tokens[slot]) > 1):
+            block = [sample(sample_from[slot], temperature, mask_tokens, generator)]
+        block = finish_block(row, block, stop_ids, budget, tokenizer, stop_strings)
+        keep_block(row, block)
+        row.pending = block

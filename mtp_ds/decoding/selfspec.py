@@ -125,51 +125,44 @@ def _device(generator):
     return generator.device if generator is not None else None
 
 
-def decode_selfspec(decoder: BatchDecoder, rows: list[RowState], input_ids, attention_mask, *, k_max: int,
-                    mask_layout: str, max_new_tokens: int, stop_ids: set[int], tokenizer, stop_strings,
-                    temperature: float | None, generator) -> None:
-    """Decode `rows` in place until each stops: first pass = prompt + masks, then verify-and-propose passes."""
+def selfspec_pass(decoder: BatchDecoder, live: list[RowState], budgets: list[int], prompt=None, *, k_max: int,
+                  mask_layout: str, stop_ids: set[int], tokenizer, stop_strings, temperature: float | None,
+                  generator) -> None:
+    """One pass over `live` (in cache order, `budgets` their max_new_tokens): with `prompt` = (input_ids,
+    attention_mask) the first pass (prompt + masks), otherwise a verify-and-propose pass."""
     mask_tokens = decoder.mask_tokens
-    active = list(range(len(rows)))
-    first = True
-    while active:
-        live = [rows[b] for b in active]
-        # a pass keeps >= 1 token, so proposals past room-2 (for after the next kept token) cannot be kept
-        num_masks = max(0, min(k_max - 1, max(max_new_tokens - len(row.generated) for row in live) - 2))
-        if first:
-            logits = decoder.first_pass(input_ids, attention_mask, num_masks)
-            ground_counts = [1] * len(live)
-            group_column = [{0: 1} if num_masks else {} for _ in live]
-            grounds = [[None] for _ in live]  # the last prompt token: nothing to verify
-        else:
-            plan = build_verify_pass(live, num_masks, mask_layout, mask_tokens.ids_for_masks(num_masks),
-                                     pad_id=mask_tokens.ids[0])
-            uniform = len(set(plan.ground_counts)) == 1
-            logits = run_verify_pass(decoder, plan, causal=mask_layout == "linear" and uniform and decoder.kv.dense)
-            ground_counts, group_column, grounds = plan.ground_counts, plan.group_column, [r.pending for r in live]
-        if temperature:
-            outcomes = [_sample_row(logits[slot], grounds[slot], row.draft_probs, group_column[slot], num_masks,
-                                    temperature, mask_tokens, generator) for slot, row in enumerate(live)]
-        else:
-            predicted = without_mask_ids(logits, mask_tokens).argmax(dim=-1).tolist()
-            outcomes = [_greedy_row(predicted[slot], grounds[slot], group_column[slot], num_masks)
-                        for slot in range(len(live))]
+    first = prompt is not None
+    # a pass keeps >= 1 token, so proposals past room-2 (for after the next kept token) cannot be kept
+    room = max(budget - len(row.generated) for row, budget in zip(live, budgets))
+    num_masks = max(0, min(k_max - 1, room - 2))
+    if first:
+        logits = decoder.first_pass(*prompt, num_masks)
+        group_column = [{0: 1} if num_masks else {} for _ in live]
+        grounds = [[None] for _ in live]  # the last prompt token: nothing to verify
+    else:
+        plan = build_verify_pass(live, num_masks, mask_layout, mask_tokens.ids_for_masks(num_masks),
+                                 pad_id=mask_tokens.ids[0])
+        uniform = len(set(plan.ground_counts)) == 1
+        logits = run_verify_pass(decoder, plan, causal=mask_layout == "linear" and uniform and decoder.kv.dense)
+        group_column, grounds = plan.group_column, [r.pending for r in live]
+    if temperature:
+        outcomes = [_sample_row(logits[slot], grounds[slot], row.draft_probs, group_column[slot], num_masks,
+                                temperature, mask_tokens, generator) for slot, row in enumerate(live)]
+    else:
+        predicted = without_mask_ids(logits, mask_tokens).argmax(dim=-1).tolist()
+        outcomes = [_greedy_row(predicted[slot], grounds[slot], group_column[slot], num_masks)
+                    for slot in range(len(live))]
+    if not first:
+        decoder.keep_prefixes(plan.width, [accepted + 1 for accepted, _, _, _ in outcomes])
+    for row, budget, (accepted, block, proposals, draft) in zip(live, budgets, outcomes):
+        block = finish_block(row, block, stop_ids, budget, tokenizer, stop_strings)
+        keep_block(row, block, verified=accepted)
+        room = budget - len(row.generated)
+        useful = max(0, min(len(proposals), room - 1))  # the next pass keeps at most `room` tokens
         if not first:
-            decoder.keep_prefixes(plan.width, [accepted + 1 for accepted, _, _, _ in outcomes])
-        for row, ground_count, (accepted, block, proposals, draft) in zip(live, ground_counts, outcomes):
-            block = finish_block(row, block, stop_ids, max_new_tokens, tokenizer, stop_strings)
-            keep_block(row, block, verified=accepted)
-            room = max_new_tokens - len(row.generated)
-            useful = max(0, min(len(proposals), room - 1))  # the next pass keeps at most `room` tokens
-            if not first:
-                row.next_position += accepted + 1
-            row.pending = [block[-1]] + proposals[:useful] if block else []
-            row.draft_probs = draft[:useful] if draft is not None else None
-        first = False
-        still = [slot for slot, b in enumerate(active) if not rows[b].stop_reason]
-        if len(still) < len(active) and still:
-            decoder.kv.select_rows(still, decoder.device)
-        active = [active[slot] for slot in still]
+            row.next_position += accepted + 1
+        row.pending = [block[-1]] + proposals[:useful] if block else []
+        row.draft_probs = draft[:useful] if draft is not None else None
 
 
 def _greedy_row(predicted: list[int], ground: list, group_column: dict[int, int], num_masks: int):
