@@ -127,6 +127,28 @@ def _append_layer_class():
                 self._key_buffer = self._key_buffer[indices]
                 self._value_buffer = self._value_buffer[indices]
 
+        @property
+        def capacity(self) -> int:
+            """Allocated entries per row (the buffer), >= the cached length."""
+            return self._length_of(self._key_buffer)
+
+        def add_rows(self, other, width: int) -> None:
+            """Append `other`'s rows (another layer of the same model) to the batch, both right-aligned in
+            `width` columns: the columns left of a row's entries are zeros (finite, so a hidden key can never
+            turn attention into NaN); the caller marks them as holes. Spare capacity is kept."""
+            if self._key_length != self._value_length or other._key_length != other._value_length:
+                raise RuntimeError("KV cache layer holds different numbers of keys and values")
+            spare = max(self.capacity - self._key_length, other.capacity - other._key_length, 0)
+            buffers = []
+            for mine, theirs in ((self.keys, other.keys), (self.values, other.values)):
+                rows = mine.shape[0] + theirs.shape[0]
+                merged = mine.new_zeros((rows, *mine.shape[1:2], width + spare, mine.shape[3]))
+                merged[:mine.shape[0], :, width - mine.shape[2]:width].copy_(mine)
+                merged[mine.shape[0]:, :, width - theirs.shape[2]:width].copy_(theirs)
+                buffers.append(merged)
+            self._key_buffer, self._value_buffer = buffers
+            self._key_length = self._value_length = width
+
         def batch_repeat_interleave(self, repeats: int) -> None:
             if self._key_buffer is not None and self._key_length:
                 self._key_buffer = self._key_buffer.repeat_interleave(repeats, dim=0)

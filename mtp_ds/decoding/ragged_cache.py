@@ -70,6 +70,34 @@ class RaggedCache:
         self.real_counts = [self.real_counts[row] for row in rows]
         self._compact_if_sparse()
 
+    @property
+    def allocated_columns(self) -> int:
+        """Entries per row the cache's buffers hold (spare capacity included): the memory it keeps."""
+        layers = getattr(self.cache, "layers", None) or []
+        return max((getattr(x, "capacity", None) or (0 if x.keys is None else x.keys.shape[-2]) for x in layers),
+                   default=0)
+
+    def add_rows(self, other: RaggedCache) -> None:
+        """Append the rows of `other` (a cache of the same model, e.g. joining prompts' prefill) to this batch.
+
+        Both are right-aligned in the wider width: the narrower one gets hole columns on the LEFT, False in
+        `key_valid` (keys carry their rotary positions, so a left hole changes no row's attention); columns that
+        end up holes in every row are dropped by the next compaction.
+        """
+        width = max(self.width, other.width)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            if hasattr(mine, "add_rows"):
+                mine.add_rows(theirs, width)
+                continue
+            for name in ("keys", "values"):  # any DynamicLayer-like layer: concatenate, zero hole columns
+                a, b = getattr(mine, name), getattr(theirs, name)
+                setattr(mine, name, torch.cat([torch.nn.functional.pad(a, (0, 0, width - a.shape[2], 0)),
+                                               torch.nn.functional.pad(b, (0, 0, width - b.shape[2], 0))]))
+        self.key_valid = torch.cat([torch.nn.functional.pad(valid, (width - valid.shape[1], 0), value=False)
+                                    for valid in (self.key_valid, other.key_valid.to(self.key_valid.device))])
+        self.real_counts = self.real_counts + other.real_counts
+        self._compact_if_sparse()
+
     def _compact_if_sparse(self, min_holes: int | None = None) -> None:
         min_holes = COMPACT_MIN_HOLES if min_holes is None else min_holes
         width = self.width
