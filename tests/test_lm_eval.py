@@ -267,6 +267,39 @@ def test_selfspec_generate_until_equals_static_k1(drifting_mtp_dir, tmp_path):
     assert max(factors.values()) > 1.0, factors  # some proposals were verified: not a k=1 decoder in disguise
 
 
+def test_continuous_batching_generate_until_equals_fixed_batches(drifting_mtp_dir, monkeypatch):
+    """`continuous_batching` (the default): a task's requests are one `generate_many` stream with batch_size rows in
+    flight, in lm-eval's order, and the texts are those of lm-eval's fixed batches, for every strategy."""
+    from mtp_ds.evaluation import lm_eval_model
+    from mtp_ds.evaluation.lm_eval_model import ModelArgError, MTPLM
+
+    with pytest.raises(ModelArgError, match="continuous_batching='maybe': must be true or false"):
+        MTPLM(pretrained=str(drifting_mtp_dir), continuous_batching="maybe")
+    lm = MTPLM(pretrained=str(drifting_mtp_dir), device="cpu", dtype="float32", batch_size=2,
+               continuous_batching="false")
+    streams = []
+    real_generate_many = lm_eval_model.generate_many
+
+    def spy(model, prompts, **kwargs):
+        streams.append((len(prompts), kwargs["max_rows"]))
+        return real_generate_many(model, prompts, **kwargs)
+
+    monkeypatch.setattr(lm_eval_model, "generate_many", spy)
+    requests = _generate_requests()
+    for setting in (dict(strategy="static", k=1), dict(strategy="static", k=3),
+                    dict(strategy="confadapt", k_max=4, threshold=0.5), dict(strategy="selfspec", k_max=4)):
+        lm.set_decoding(**setting)
+        lm.continuous_batching = False
+        expected = lm.generate_until(requests, disable_tqdm=True)
+        assert all(expected) and not streams
+        lm.continuous_batching = True
+        lm.reset_stats()
+        assert lm.generate_until(requests, disable_tqdm=True) == expected, setting
+        assert streams == [(3, 2)] and lm.batch_size == 2, streams
+        assert lm.run_stats().sequences == 3
+        streams.clear()
+
+
 def test_decoding_stats_count_query_tokens_and_verified_proposals(tiny_mtp_dir):
     from mtp_ds.evaluation.lm_eval_model import MTPLM
 

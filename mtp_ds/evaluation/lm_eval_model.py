@@ -9,7 +9,10 @@ Model args (besides HFLM's own: pretrained, batch_size, device, dtype, ...):
   strategy=static|confadapt|selfspec, k (Static k), k_max and threshold (ConfAdapt), k_max and mask_layout
   (selfspec: its block, k_max-1 proposals per pass; mask_layout=linear|per_proposal, default linear; lossless:
   greedy selfspec gives exactly the Static k=1 output), stats_path (JSON file to write the decoding statistics
-  to). The mask token id is read from the loaded model's config (`mtp_token_id`); a checkpoint without one (a
+  to), continuous_batching (default true: all requests of a task go through one
+  `mtp_ds.decoding.generate_many` stream with batch_size rows in flight, a finished row's slot taken by the next
+  request at the next pass; false: lm-eval's fixed batches, each decoded until its slowest row is done; the
+  texts are the same either way, greedy). The mask token id is read from the loaded model's config (`mtp_token_id`); a checkpoint without one (a
   base model, e.g. the teacher) is accepted for strategy=static,k=1 only (selfspec, whose proposals come from
   mask tokens, is refused like any other MTP setting).
 
@@ -46,7 +49,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from mtp_ds.decoding import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, generate
+from mtp_ds.decoding import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, generate, generate_many
 from mtp_ds.evaluation.pareto import setting_label
 from mtp_ds.tokens import has_mask_tokens, mask_tokens_from_config
 
@@ -130,6 +133,15 @@ def _model_arg(name: str, value, cast, check, requirement: str):
     return value
 
 
+def _as_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(text)
+    return text in ("true", "1", "yes")
+
+
 def _check_pretrained(pretrained) -> None:
     """A path that exists, or a hub id (Hugging Face's own rule: name or owner/name); else a one-line error.
 
@@ -162,8 +174,11 @@ class MTPLM(HFLM):
 
     def __init__(self, pretrained, strategy: str = "static", k: int = 1, k_max: int = 16,
                  threshold: float = 0.9, mask_layout: str = DEFAULT_MASK_LAYOUT, stats_path: str | None = None,
-                 **kwargs):
+                 continuous_batching=True, **kwargs):
         self.mask_tokens = None
+        self.continuous_batching = _model_arg("continuous_batching", continuous_batching, _as_bool, lambda v: True,
+                                              "true or false")
+        self._rows_in_flight = None  # set while generate_until streams a task's requests
         self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
         _check_pretrained(pretrained)
         self.stats_path = Path(stats_path) if stats_path else None
@@ -284,7 +299,7 @@ class MTPLM(HFLM):
         outputs: list[str | None] = [None] * len(requests)
         for task, indices in indices_by_task.items():
             self._active_stats = self.task_stats.setdefault(task, DecodingStats())
-            texts = super().generate_until([requests[i] for i in indices], disable_tqdm=disable_tqdm)
+            texts = self._generate_until_task([requests[i] for i in indices], disable_tqdm)
             for index, text in zip(indices, texts, strict=True):
                 outputs[index] = text
             if self.rank == 0:
@@ -293,6 +308,18 @@ class MTPLM(HFLM):
         if self.rank == 0:
             self._write_stats()
         return outputs
+
+    def _generate_until_task(self, requests, disable_tqdm: bool) -> list[str]:
+        """lm-eval's generate_until; with continuous batching, as one chunk per generation-kwargs group (so one
+        `generate_many` stream, batch_size rows in flight) instead of fixed batches of batch_size."""
+        rows = self.batch_size_per_gpu
+        if not self.continuous_batching or not isinstance(rows, int) or rows < 1:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        self.batch_size_per_gpu, self._rows_in_flight = max(len(requests), 1), rows
+        try:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self.batch_size_per_gpu, self._rows_in_flight = rows, None
 
     def _settings_label(self) -> str:
         return ", ".join(f"{key}={value}" for key, value in self.decoding_settings().items())
@@ -313,12 +340,17 @@ class MTPLM(HFLM):
         started = time.perf_counter()
         with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                             enabled=self.mixed_precision_dtype is not None):
-            result = generate(
-                self.model, context, mtp_token_id=self.mask_tokens, strategy=self.strategy, k=self.k,
-                k_max=self.k_max, threshold=self.threshold, max_new_tokens=max(0, max_length - context.shape[1]),
-                eos_token_id=self.stop_token_ids, attention_mask=attention_mask, tokenizer=self.tokenizer,
-                stop_strings=list(stop or []), temperature=temperature, mask_layout=self.mask_layout,
-            )
+            settings = dict(mtp_token_id=self.mask_tokens, strategy=self.strategy, k=self.k, k_max=self.k_max,
+                            threshold=self.threshold, max_new_tokens=max(0, max_length - context.shape[1]),
+                            eos_token_id=self.stop_token_ids, tokenizer=self.tokenizer, stop_strings=list(stop or []),
+                            temperature=temperature, mask_layout=self.mask_layout)
+            if self._rows_in_flight:  # the task's requests as one stream (`_generate_until_task`)
+                real = (torch.ones_like(context, dtype=torch.bool) if attention_mask is None
+                        else attention_mask.to(torch.bool))
+                prompts = [row[keep].tolist() for row, keep in zip(context, real)]
+                result = generate_many(self.model, prompts, max_rows=self._rows_in_flight, **settings)
+            else:
+                result = generate(self.model, context, attention_mask=attention_mask, **settings)
         seconds = time.perf_counter() - started
         if self._active_stats is None:  # called outside generate_until (e.g. directly): count it anyway
             self._active_stats = self.task_stats.setdefault("unknown", DecodingStats())
