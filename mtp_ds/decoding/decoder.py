@@ -19,6 +19,10 @@ pass's inputs and mask, `passes.py`):
   to the right (stable order, so attention is unchanged: keys already carry their rotary positions) and the
   all-hole columns on the left are dropped.
 - Finished rows leave the batch (the cache is index-selected), so they cost nothing afterwards.
+
+Each strategy is a per-pass function (`block_pass` here, `selfspec.selfspec_pass`: one forward over the given rows,
+their states updated, per-row budgets): `generate` drives it over a fixed batch (`run_to_end`), `generate_many`
+(`stream.py`) over a stream where new prompts join the running batch (`RaggedCache.add_rows`).
 """
 
 from __future__ import annotations
