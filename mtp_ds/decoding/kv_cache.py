@@ -132,17 +132,19 @@ def _append_layer_class():
             """Allocated entries per row (the buffer), >= the cached length."""
             return self._length_of(self._key_buffer)
 
-        def add_rows(self, other, width: int) -> None:
-            """Append `other`'s rows (another layer of the same model) to the batch, both right-aligned in
-            `width` columns: the columns left of a row's entries are zeros (finite, so a hidden key can never
-            turn attention into NaN); the caller marks them as holes. Spare capacity is kept."""
+        def add_rows(self, other, width: int, rows: torch.Tensor | None = None) -> None:
+            """Append `other`'s rows (another layer of the same model; only `rows` of them if given) to the
+            batch, both right-aligned in `width` columns: the columns left of a row's entries are zeros (finite,
+            so a hidden key can never turn attention into NaN); the caller marks them as holes. Spare capacity
+            is kept."""
             if self._key_length != self._value_length or other._key_length != other._value_length:
                 raise RuntimeError("KV cache layer holds different numbers of keys and values")
             spare = max(self.capacity - self._key_length, other.capacity - other._key_length, 0)
             buffers = []
             for mine, theirs in ((self.keys, other.keys), (self.values, other.values)):
-                rows = mine.shape[0] + theirs.shape[0]
-                merged = mine.new_zeros((rows, *mine.shape[1:2], width + spare, mine.shape[3]))
+                theirs = theirs if rows is None else theirs[rows]
+                shape = (mine.shape[0] + theirs.shape[0], mine.shape[1], width + spare, mine.shape[3])
+                merged = mine.new_zeros(shape)
                 merged[:mine.shape[0], :, width - mine.shape[2]:width].copy_(mine)
                 merged[mine.shape[0]:, :, width - theirs.shape[2]:width].copy_(theirs)
                 buffers.append(merged)

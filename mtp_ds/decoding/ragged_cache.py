@@ -77,26 +77,56 @@ class RaggedCache:
         return max((getattr(x, "capacity", None) or (0 if x.keys is None else x.keys.shape[-2]) for x in layers),
                    default=0)
 
-    def add_rows(self, other: RaggedCache) -> None:
-        """Append the rows of `other` (a cache of the same model, e.g. joining prompts' prefill) to this batch.
+    def add_rows(self, other: RaggedCache, rows: list[int] | None = None) -> None:
+        """Append the rows of `other` (a cache of the same model, e.g. prefilled prompts), or only `rows` of them,
+        to this batch; `other` is left as it was (drop the moved rows from it with `select_rows`).
 
         Both are right-aligned in the wider width: the narrower one gets hole columns on the LEFT, False in
         `key_valid` (keys carry their rotary positions, so a left hole changes no row's attention); columns that
         end up holes in every row are dropped by the next compaction.
         """
+        index = None if rows is None else torch.tensor(rows, device=other.key_valid.device)
         width = max(self.width, other.width)
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
             if hasattr(mine, "add_rows"):
-                mine.add_rows(theirs, width)
+                mine.add_rows(theirs, width, index)
                 continue
             for name in ("keys", "values"):  # any DynamicLayer-like layer: concatenate, zero hole columns
                 a, b = getattr(mine, name), getattr(theirs, name)
+                b = b if index is None else b[index]
                 setattr(mine, name, torch.cat([torch.nn.functional.pad(a, (0, 0, width - a.shape[2], 0)),
                                                torch.nn.functional.pad(b, (0, 0, width - b.shape[2], 0))]))
+        theirs_valid = other.key_valid if index is None else other.key_valid[index]
         self.key_valid = torch.cat([torch.nn.functional.pad(valid, (width - valid.shape[1], 0), value=False)
-                                    for valid in (self.key_valid, other.key_valid.to(self.key_valid.device))])
-        self.real_counts = self.real_counts + other.real_counts
+                                    for valid in (self.key_valid, theirs_valid.to(self.key_valid.device))])
+        self.real_counts = self.real_counts + (other.real_counts if rows is None
+                                               else [other.real_counts[row] for row in rows])
         self._compact_if_sparse()
+
+    def replace_rows(self, slots: list[int], other: RaggedCache, rows: list[int]) -> bool:
+        """Overwrite this batch's rows `slots` (finished requests) with `other`'s rows `rows`, in place; False
+        (nothing changed) when `other` is wider than this cache, so that its rows would not fit.
+
+        Why: merging with `add_rows` and dropping finished rows with `select_rows` each copy the whole batch's
+        cache; a request that takes a finished request's slot only copies its own entries (right-aligned; the
+        columns left of them become holes, zeroed, hidden by `key_valid`).
+        """
+        width, theirs_width = self.width, other.width
+        if theirs_width > width or not slots:
+            return not slots
+        at = torch.tensor(slots, device=self.key_valid.device)
+        source = torch.tensor(rows, device=other.key_valid.device)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            for name in ("keys", "values"):
+                target, given = getattr(mine, name), getattr(theirs, name)[source]
+                target[at, :, :width - theirs_width] = 0
+                target[at, :, width - theirs_width:width] = given.to(target.device)
+        self.key_valid[at] = torch.nn.functional.pad(other.key_valid[source].to(self.key_valid.device),
+                                                     (width - theirs_width, 0), value=False)
+        for slot, row in zip(slots, rows):
+            self.real_counts[slot] = other.real_counts[row]
+        self._compact_if_sparse()
+        return True
 
     def _compact_if_sparse(self, min_holes: int | None = None) -> None:
         min_holes = COMPACT_MIN_HOLES if min_holes is None else min_holes

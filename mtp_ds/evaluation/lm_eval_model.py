@@ -12,9 +12,9 @@ Model args (besides HFLM's own: pretrained, batch_size, device, dtype, ...):
   to), continuous_batching (default true: all requests of a task go through one
   `mtp_ds.decoding.generate_many` stream with batch_size rows in flight, a finished row's slot taken by the next
   request at the next pass; false: lm-eval's fixed batches, each decoded until its slowest row is done; the
-  texts are the same either way, greedy). The mask token id is read from the loaded model's config (`mtp_token_id`); a checkpoint without one (a
-  base model, e.g. the teacher) is accepted for strategy=static,k=1 only (selfspec, whose proposals come from
-  mask tokens, is refused like any other MTP setting).
+  texts are the same either way, greedy). The mask token id is read from the loaded model's config
+  (`mtp_token_id`); a checkpoint without one (a base model, e.g. the teacher) is accepted for strategy=static,k=1
+  only (selfspec, whose proposals come from mask tokens, is refused like any other MTP setting).
 
 Bad model args (`ModelArgError`, a ValueError naming the arg) are found in the constructor before HFLM loads
 anything: a local `pretrained` path that does not exist (a hub id, name or owner/name, is left to Hugging Face),
