@@ -1,4 +1,4 @@
-"""`mtp-ds demo`: the whole method end to end on a tiny model on a laptop CPU (17-41 minutes on 2 cores).
+"""`mtp-ds demo`: the whole method end to end on a tiny model on a laptop CPU (17-50 minutes on 2 cores).
 
 Usage:
     mtp-ds demo                        # everything, into outputs/demo (re-running skips finished work)
