@@ -137,7 +137,8 @@ def generate_many(model, prompts, *, max_rows: int = 8, mtp_token_id=None, strat
 
     def drop(dec: BatchDecoder, members: list[int], slots: list[int]) -> list[int]:
         """`members` without `slots`, their cache rows dropped (a copy of the cache: only when rows leave)."""
-        keep = [slot for slot in range(len(members)) if slot not in set(slots)]
+        leaving = set(slots)
+        keep = [slot for slot in range(len(members)) if slot not in leaving]
         if slots and keep:
             dec.kv.select_rows(keep, dec.device)
         return [members[slot] for slot in keep]
@@ -153,6 +154,7 @@ def generate_many(model, prompts, *, max_rows: int = 8, mtp_token_id=None, strat
                 ready = drop(prefilled, joining, run(prefilled, joining, _left_padded(
                     [prompts[i] for i in joining], pad_token_id, device)))
                 ready_from = 0
+                prefilled = prefilled if ready else None  # all stopped in their first pass: nothing to hold
                 columns_per_pass.append(decoder.kv.allocated_columns if running else 0)
             if ready and not running:  # an empty batch: the ready rows become the batch
                 if ready_from:
