@@ -57,13 +57,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from decode_inputs import (  # noqa: E402  (bench/ is on sys.path when this runs as a script)
-    DTYPES, PRESETS, build_model, describe_machine, load_prompt_texts, make_prompts, text_prompts)
-from decode_curve import bench_forward_curve  # noqa: E402
-from decode_report import (  # noqa: E402
-    attention_ab, evaluate_targets, markdown_summary, print_curve, print_decode_table)
-from decode_timing import ForwardCounter, sync_device, stock_decoder  # noqa: E402
+import torch
+from decode_curve import bench_forward_curve
+from decode_inputs import (
+    DTYPES,
+    PRESETS,
+    build_model,
+    describe_machine,
+    load_prompt_texts,
+    make_prompts,
+    text_prompts,
+)
+from decode_report import (
+    attention_ab,
+    evaluate_targets,
+    markdown_summary,
+    print_curve,
+    print_decode_table,
+)
+from decode_timing import ForwardCounter, stock_decoder, sync_device
 
 SETTINGS = [  # (name, kwargs for mtp_ds.decoding.generate; None = plain HF greedy)
     ("HF greedy", None),
@@ -95,7 +107,7 @@ class TokensDiffer(SystemExit):
 
 
 def check_same_tokens(batch: int, name: str, seqs: list[list[int]], reference: list[list[int]]) -> str:
-    """"n/n" when every row of `seqs` equals `reference` (our k=1) token for token, else raise TokensDiffer
+    """ "n/n" when every row of `seqs` equals `reference` (our k=1) token for token, else raise TokensDiffer
     naming the batch, the setting, the first row that differs and the first position where it does."""
     if len(seqs) != len(reference):
         raise TokensDiffer(f"batch {batch}: {name} returned {len(seqs)} rows, {K1} {len(reference)}")
@@ -104,40 +116,62 @@ def check_same_tokens(batch: int, name: str, seqs: list[list[int]], reference: l
             at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
             raise TokensDiffer(
                 f"batch {batch}: {name} differs from {K1} (lossless decoding must give the same tokens): row "
-                f"{row} first at new token {at}: {got[at:at + 8]} vs {want[at:at + 8]} ({len(got)} vs "
-                f"{len(want)} tokens)")
+                f"{row} first at new token {at}: {got[at : at + 8]} vs {want[at : at + 8]} ({len(got)} vs "
+                f"{len(want)} tokens)"
+            )
     return f"{len(seqs)}/{len(reference)}"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", default="small", choices=sorted(PRESETS), help="model preset (default small)")
-    p.add_argument("--arch", default=None, choices=["qwen3", "llama"],
-                   help="architecture for small/medium (default qwen3; the 4b/8b presets fix their own)")
+    p.add_argument(
+        "--arch",
+        default=None,
+        choices=["qwen3", "llama"],
+        help="architecture for small/medium (default qwen3; the 4b/8b presets fix their own)",
+    )
     p.add_argument("--model", default=None, help="benchmark a saved HF checkpoint dir instead of a preset")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                   help="default float32 on cpu, bfloat16 on cuda")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default float32 on cpu, bfloat16 on cuda")
     p.add_argument("--attn", default="sdpa", help="attn_implementation (default sdpa)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
-    p.add_argument("--sharpen", type=float, default=None,
-                   help="multiply all logits by this (final norm weight); default 64 for random presets, 1 for --model")
+    p.add_argument(
+        "--sharpen",
+        type=float,
+        default=None,
+        help="multiply all logits by this (final norm weight); default 64 for random presets, 1 for --model",
+    )
     p.add_argument("--batch-sizes", default="1,4,16")
     p.add_argument("--prompt-len", type=int, default=64, help="longest prompt; rows vary in [len/2, len], left-padded")
-    p.add_argument("--prompts", default=None,
-                   help="JSONL of real prompts (needs --model; its tokenizer): batch b decodes the first b records")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="JSONL of real prompts (needs --model; its tokenizer): batch b decodes the first b records",
+    )
     p.add_argument("--prompt-field", default="question", help="field of each --prompts record (default question)")
-    p.add_argument("--prompt-template", default="{prompt}",
-                   help="format of the prompt text, {prompt} = the field (as data.prompt_template in a recipe)")
+    p.add_argument(
+        "--prompt-template",
+        default="{prompt}",
+        help="format of the prompt text, {prompt} = the field (as data.prompt_template in a recipe)",
+    )
     p.add_argument("--k-max", type=int, default=16, help="ConfAdapt's k_max (default 16)")
-    p.add_argument("--selfspec-k-max", type=int, default=None,
-                   help="selfspec's k_max: up to k_max tokens per pass, k_max-1 proposals verified (default: --k-max "
-                        "up to 4; per_proposal feeds k_max + k_max*(k_max-1) columns per row, 256 at 16)")
+    p.add_argument(
+        "--selfspec-k-max",
+        type=int,
+        default=None,
+        help="selfspec's k_max: up to k_max tokens per pass, k_max-1 proposals verified (default: --k-max "
+        "up to 4; per_proposal feeds k_max + k_max*(k_max-1) columns per row, 256 at 16)",
+    )
     p.add_argument("--new-tokens", type=int, default=128, help="fixed generation length (no EOS)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per setting (median reported)")
-    p.add_argument("--settings", default=None,
-                   help="comma-separated subset of setting names (default all): " + ", ".join(n for n, _ in SETTINGS))
+    p.add_argument(
+        "--settings",
+        default=None,
+        help="comma-separated subset of setting names (default all): " + ", ".join(n for n, _ in SETTINGS),
+    )
     p.add_argument("--context", type=int, default=512, help="cached context for the forward-cost curve")
     p.add_argument("--queries", default="1,2,4,8,16,32", help="new query tokens for the forward-cost curve")
     p.add_argument("--curve-batches", default="1,16", help="batch sizes for the forward-cost curve")
@@ -177,33 +211,62 @@ def run_setting(model, kwargs, ids, mask, args, mask_id, counter, new_tokens) ->
     counter.reset()
     start = time.perf_counter()
     if kwargs is None:
-        config = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=0, eos_token_id=None,
-                                  pad_token_id=0, bos_token_id=None, num_beams=1, use_cache=True)
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=0,
+            eos_token_id=None,
+            pad_token_id=0,
+            bos_token_id=None,
+            num_beams=1,
+            use_cache=True,
+        )
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         sync_device(args.device)
         seconds = time.perf_counter() - start
-        return dict(seconds=seconds, seqs=out[:, ids.shape[1]:].tolist(), passes=counter.count, per_pass=None,
-                    forward_s=counter.forward_s, query_tokens=counter.query_tokens,
-                    first_query_tokens=counter.first_query_tokens, verified=None)
+        return dict(
+            seconds=seconds,
+            seqs=out[:, ids.shape[1] :].tolist(),
+            passes=counter.count,
+            per_pass=None,
+            forward_s=counter.forward_s,
+            query_tokens=counter.query_tokens,
+            first_query_tokens=counter.first_query_tokens,
+            verified=None,
+        )
     kwargs = dict(kwargs)
     if kwargs["strategy"] == "confadapt":
         kwargs["k_max"] = args.k_max
     elif kwargs["strategy"] == "selfspec":
         kwargs["k_max"] = args.selfspec_k_max
     with stock_decoder(model) if kwargs.pop("stock", False) else contextlib.nullcontext():
-        result = generate(model, ids, attention_mask=mask, mtp_token_id=mask_id, max_new_tokens=new_tokens,
-                          eos_token_id=None, **kwargs)
+        result = generate(
+            model,
+            ids,
+            attention_mask=mask,
+            mtp_token_id=mask_id,
+            max_new_tokens=new_tokens,
+            eos_token_id=None,
+            **kwargs,
+        )
     sync_device(args.device)
     seconds = time.perf_counter() - start
     # the decoder's own count of query tokens, which the hook must agree with (it saw every forward)
     assert (result.num_forward_passes, result.num_query_tokens) == (counter.count, counter.query_tokens), (
         f"decoder counted {result.num_forward_passes} passes / {result.num_query_tokens} query tokens, the forward "
-        f"hook {counter.count} / {counter.query_tokens}")
-    return dict(seconds=seconds, seqs=result.sequences, passes=counter.count, per_pass=result.tokens_per_pass,
-                forward_s=counter.forward_s, query_tokens=result.num_query_tokens,
-                first_query_tokens=counter.first_query_tokens,
-                verified=result.verified_per_pass if is_selfspec(kwargs) else None)
+        f"hook {counter.count} / {counter.query_tokens}"
+    )
+    return dict(
+        seconds=seconds,
+        seqs=result.sequences,
+        passes=counter.count,
+        per_pass=result.tokens_per_pass,
+        forward_s=counter.forward_s,
+        query_tokens=result.num_query_tokens,
+        first_query_tokens=counter.first_query_tokens,
+        verified=result.verified_per_pass if is_selfspec(kwargs) else None,
+    )
 
 
 def bench_decode(model, mask_id, base_vocab, args, settings, prompt_texts=None, tokenizer=None):
@@ -241,8 +304,9 @@ def bench_decode(model, mask_id, base_vocab, args, settings, prompt_texts=None, 
                     raise SystemExit(f"{name}: its tokens are checked against {K1!r}, which was not run")
                 try:
                     for run in runs[name]:
-                        by[name]["rows_identical_to_k1"] = check_same_tokens(batch, name, run["seqs"],
-                                                                             runs[K1][-1]["seqs"])
+                        by[name]["rows_identical_to_k1"] = check_same_tokens(
+                            batch, name, run["seqs"], runs[K1][-1]["seqs"]
+                        )
                 except TokensDiffer as error:
                     by[name]["rows_identical_to_k1"] = "DIFFERS"
                     failures.append(error)
@@ -267,14 +331,25 @@ def summarize(batch: int, name: str, runs: list[dict], repeats: int) -> dict:
     # HF: one token per row per pass
     accel = 1.0 if per_pass is None else sum(map(sum, per_pass)) / sum(map(len, per_pass))
     decode_passes = passes - 1
-    row = {"batch": batch, "setting": name, "wall_s": wall, "wall_s_all": times,
-           "new_tokens": n_tokens, "tokens_per_s": n_tokens / wall, "forward_passes": passes,
-           "acceleration_factor": accel, "ms_per_pass": 1000 * wall / passes,
-           "forward_s": forward_s, "forward_ms_per_pass": 1000 * forward_s / passes,
-           "other_ms_per_pass": 1000 * (wall - forward_s) / passes,
-           "query_tokens": last["query_tokens"], "query_tokens_per_pass": last["query_tokens"] / passes,
-           "query_tokens_per_decode_pass": ((last["query_tokens"] - last["first_query_tokens"]) / decode_passes
-                                            if decode_passes else None)}
+    row = {
+        "batch": batch,
+        "setting": name,
+        "wall_s": wall,
+        "wall_s_all": times,
+        "new_tokens": n_tokens,
+        "tokens_per_s": n_tokens / wall,
+        "forward_passes": passes,
+        "acceleration_factor": accel,
+        "ms_per_pass": 1000 * wall / passes,
+        "forward_s": forward_s,
+        "forward_ms_per_pass": 1000 * forward_s / passes,
+        "other_ms_per_pass": 1000 * (wall - forward_s) / passes,
+        "query_tokens": last["query_tokens"],
+        "query_tokens_per_pass": last["query_tokens"] / passes,
+        "query_tokens_per_decode_pass": (
+            (last["query_tokens"] - last["first_query_tokens"]) / decode_passes if decode_passes else None
+        ),
+    }
     if last["verified"] is not None:  # selfspec: of the kept tokens per pass, the verified proposals
         verified = last["verified"]
         row["verified_per_pass"] = sum(map(sum, verified)) / sum(map(len, verified))
@@ -293,8 +368,10 @@ def main(argv=None) -> int:
         prompt_texts = load_prompt_texts(args.prompts, args.prompt_field, args.prompt_template)
         largest = max(int(b) for b in args.batch_sizes.split(","))
         if not args.skip_decode and largest > len(prompt_texts):
-            raise SystemExit(f"--prompts: {args.prompts} has {len(prompt_texts)} records, fewer than the largest "
-                             f"--batch-sizes entry {largest}")
+            raise SystemExit(
+                f"--prompts: {args.prompts} has {len(prompt_texts)} records, fewer than the largest "
+                f"--batch-sizes entry {largest}"
+            )
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     model, mask_id, base_vocab, model_info = build_model(args)
     settings = SETTINGS
@@ -308,22 +385,34 @@ def main(argv=None) -> int:
             print(f"--settings: added {K1!r}, which every selfspec row's tokens are checked against")
         settings = [(n, kw) for n, kw in SETTINGS if n in wanted]
 
-    print(f"machine: {machine['cpu']}, {machine['usable_cores']} usable / {machine['logical_cores']} logical cores, "
-          f"torch {machine['torch']} ({machine['torch_threads']} threads), transformers {machine['transformers']}"
-          + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
-          + f"; load avg at start {', '.join(f'{x:.2f}' for x in machine['load_avg_start'])}")
-    print(f"model: {model_info['description']}: {model_info['class']} {model_info['params'] / 1e6:.1f}M params, "
-          f"{model_info['dtype']}, hidden {model_info['hidden_size']}, {model_info['num_layers']} layers, "
-          f"{model_info['num_heads']}/{model_info['num_kv_heads']} heads, ffn {model_info['intermediate_size']}, "
-          f"vocab {model_info['vocab_size']}, {args.attn}, device {args.device}")
+    print(
+        f"machine: {machine['cpu']}, {machine['usable_cores']} usable / {machine['logical_cores']} logical cores, "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads), transformers {machine['transformers']}"
+        + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
+        + f"; load avg at start {', '.join(f'{x:.2f}' for x in machine['load_avg_start'])}"
+    )
+    print(
+        f"model: {model_info['description']}: {model_info['class']} {model_info['params'] / 1e6:.1f}M params, "
+        f"{model_info['dtype']}, hidden {model_info['hidden_size']}, {model_info['num_layers']} layers, "
+        f"{model_info['num_heads']}/{model_info['num_kv_heads']} heads, ffn {model_info['intermediate_size']}, "
+        f"vocab {model_info['vocab_size']}, {args.attn}, device {args.device}"
+    )
     if args.sharpen != 1.0:
-        print(f"NOTE: logits sharpened x{args.sharpen:g} (final norm weight scaled) so that a random model has "
-              "peaked distributions and ConfAdapt accepts more than one token; acceptance is a stand-in.")
-    prompts = (f"the first b prompts of {args.prompts} ({args.prompt_field!r} through {args.prompt_template!r})"
-               if args.prompts else f"prompts of {args.prompt_len // 2}..{args.prompt_len} random tokens")
-    print(f"decode: {prompts}, left-padded; {args.new_tokens} new tokens per row, no EOS; ConfAdapt k_max "
-          f"{args.k_max}, selfspec k_max {args.selfspec_k_max}; median of {args.repeats} interleaved repeats after "
-          "warm-up\n", flush=True)
+        print(
+            f"NOTE: logits sharpened x{args.sharpen:g} (final norm weight scaled) so that a random model has "
+            "peaked distributions and ConfAdapt accepts more than one token; acceptance is a stand-in."
+        )
+    prompts = (
+        f"the first b prompts of {args.prompts} ({args.prompt_field!r} through {args.prompt_template!r})"
+        if args.prompts
+        else f"prompts of {args.prompt_len // 2}..{args.prompt_len} random tokens"
+    )
+    print(
+        f"decode: {prompts}, left-padded; {args.new_tokens} new tokens per row, no EOS; ConfAdapt k_max "
+        f"{args.k_max}, selfspec k_max {args.selfspec_k_max}; median of {args.repeats} interleaved repeats after "
+        "warm-up\n",
+        flush=True,
+    )
 
     results = {"machine": machine, "model": model_info, "args": vars(args)}
     if not args.skip_curve:
@@ -338,15 +427,19 @@ def main(argv=None) -> int:
         print("targets:")
         for target, measured, ok in targets:
             print(f"  {'PASS' if ok else 'MISS'}  {target}: {measured}")
-        print("\nmarkdown summary (x HF = wall-clock speedup vs HF greedy, in brackets / acceleration; q = query "
-              "tokens per pass, all passes; fwd bound = x k=1 from time inside forward calls alone):")
+        print(
+            "\nmarkdown summary (x HF = wall-clock speedup vs HF greedy, in brackets / acceleration; q = query "
+            "tokens per pass, all passes; fwd bound = x k=1 from time inside forward calls alone):"
+        )
         print(markdown_summary(rows))
         ab = attention_ab(rows)
         results["stock_ab"] = [{"batch": b, "setting": n, "stock_over_ours": x} for b, n, x in ab]
         if ab:
-            print("decoder on stock DynamicCache + sdpa vs as shipped "
-                  "(wall-clock ratio stock / ours, > 1: ours faster): "
-                  + "; ".join(f"batch {b} {n}: {x:.2f}" for b, n, x in ab))
+            print(
+                "decoder on stock DynamicCache + sdpa vs as shipped "
+                "(wall-clock ratio stock / ours, > 1: ours faster): "
+                + "; ".join(f"batch {b} {n}: {x:.2f}" for b, n, x in ab)
+            )
     machine["load_avg_end"] = list(os.getloadavg())
     print(f"\nload avg at end: {', '.join(f'{x:.2f}' for x in machine['load_avg_end'])}")
     if args.out:

@@ -33,8 +33,9 @@ def bench_forward_curve(model, base_vocab, args):
     modes = [("stock", DynamicCache, contextlib.nullcontext)]
     if folds:
         modes.append(("gqa", DynamicCache, lambda: decoding_attention(model)))
-    modes.append(("ours", lambda: make_cache(reserve=args.context + max(queries_of(args))),
-                  lambda: decoding_attention(model)))
+    modes.append(
+        ("ours", lambda: make_cache(reserve=args.context + max(queries_of(args))), lambda: decoding_attention(model))
+    )
     queries = queries_of(args)
     results = []
     gen = torch.Generator().manual_seed(args.seed)
@@ -45,13 +46,19 @@ def bench_forward_curve(model, base_vocab, args):
             caches[name] = new_cache()
             model(input_ids=prefix, **{cache_argument(model): caches[name]}, use_cache=True, logits_to_keep=1)
         new = {q: torch.randint(4, base_vocab, (batch, q), generator=gen).to(args.device) for q in queries}
-        positions = {q: torch.arange(args.context, args.context + q, device=args.device).expand(batch, -1)
-                     for q in queries}
+        positions = {
+            q: torch.arange(args.context, args.context + q, device=args.device).expand(batch, -1) for q in queries
+        }
 
-        def one(q, cache):
+        def one(q, cache, new=new, positions=positions):
             # logits for all q positions: an MTP pass reads every one of them
-            model(input_ids=new[q], position_ids=positions[q], **{cache_argument(model): cache}, use_cache=True,
-                  logits_to_keep=q)
+            model(
+                input_ids=new[q],
+                position_ids=positions[q],
+                **{cache_argument(model): cache},
+                use_cache=True,
+                logits_to_keep=q,
+            )
             cache.crop(-q)
 
         samples = {(name, q): [] for name, _, _ in modes for q in queries}
@@ -70,8 +77,17 @@ def bench_forward_curve(model, base_vocab, args):
             ms1 = 1000 * statistics.median(samples[(name, queries[0])])
             for q in queries:
                 ms = 1000 * statistics.median(samples[(name, q)])
-                results.append({"batch": batch, "context": args.context, "q": q, "mode": name, "ms": ms,
-                                "ratio_to_q1": ms / ms1, "ms_all": [1000 * s for s in samples[(name, q)]]})
+                results.append(
+                    {
+                        "batch": batch,
+                        "context": args.context,
+                        "q": q,
+                        "mode": name,
+                        "ms": ms,
+                        "ratio_to_q1": ms / ms1,
+                        "ms_all": [1000 * s for s in samples[(name, q)]],
+                    }
+                )
     return results
 
 

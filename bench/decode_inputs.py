@@ -15,20 +15,44 @@ import torch
 # Model sizes. small/medium: CPU-sized, vocab large enough that the lm_head costs what it does in a real model
 # relative to one layer. qwen3-4b / llama31-8b: the real hyperparameters (random weights) for the GPU path.
 PRESETS = {
-    "small": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536,
-                  vocab_size=8192),
-    "medium": dict(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4, intermediate_size=2048,
-                   vocab_size=16384),
-    "qwen3-4b": dict(arch="qwen3", hidden_size=2560, num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128,
-                     intermediate_size=9728, vocab_size=151936, tie_word_embeddings=True,
-                     max_position_embeddings=40960, rms_norm_eps=1e-6,
-                     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
-    "llama31-8b": dict(arch="llama", hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-                       intermediate_size=14336, vocab_size=128256, max_position_embeddings=131072,
-                       rms_norm_eps=1e-5, tie_word_embeddings=False,
-                       rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                        "original_max_position_embeddings": 8192}),
+    "small": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536, vocab_size=8192),
+    "medium": dict(
+        hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4, intermediate_size=2048, vocab_size=16384
+    ),
+    "qwen3-4b": dict(
+        arch="qwen3",
+        hidden_size=2560,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=9728,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    ),
+    "llama31-8b": dict(
+        arch="llama",
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,10 +68,14 @@ def describe_machine(device: str) -> dict:
     except OSError:
         pass
     info = {
-        "cpu": cpu, "logical_cores": os.cpu_count(),
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(), "load_avg_start": list(os.getloadavg()),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_start": list(os.getloadavg()),
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -99,13 +127,27 @@ def build_model(args):
                 model.get_output_embeddings().weight.mul_(args.sharpen)
     n_params = sum(p.numel() for p in model.parameters())
     cfg = model.config
-    return model, mask_id, base_vocab, {
-        "description": desc, "class": type(model).__name__, "params": n_params, "dtype": args.dtype,
-        "hidden_size": cfg.hidden_size, "num_layers": cfg.num_hidden_layers, "num_heads": cfg.num_attention_heads,
-        "num_kv_heads": cfg.num_key_value_heads, "intermediate_size": cfg.intermediate_size,
-        "vocab_size": cfg.vocab_size, "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
-        "attn_implementation": args.attn, "mtp_token_id": mask_id, "sharpen": args.sharpen,
-    }
+    return (
+        model,
+        mask_id,
+        base_vocab,
+        {
+            "description": desc,
+            "class": type(model).__name__,
+            "params": n_params,
+            "dtype": args.dtype,
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_hidden_layers,
+            "num_heads": cfg.num_attention_heads,
+            "num_kv_heads": cfg.num_key_value_heads,
+            "intermediate_size": cfg.intermediate_size,
+            "vocab_size": cfg.vocab_size,
+            "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
+            "attn_implementation": args.attn,
+            "mtp_token_id": mask_id,
+            "sharpen": args.sharpen,
+        },
+    )
 
 
 def make_prompts(batch: int, prompt_len: int, base_vocab: int, pad_id: int, device, seed: int):
@@ -116,8 +158,8 @@ def make_prompts(batch: int, prompt_len: int, base_vocab: int, pad_id: int, devi
     ids = torch.full((batch, prompt_len), pad_id, dtype=torch.long)
     mask = torch.zeros((batch, prompt_len), dtype=torch.long)
     for row, n in enumerate(lengths):
-        ids[row, prompt_len - n:] = torch.randint(4, base_vocab, (n,), generator=gen)
-        mask[row, prompt_len - n:] = 1
+        ids[row, prompt_len - n :] = torch.randint(4, base_vocab, (n,), generator=gen)
+        mask[row, prompt_len - n :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -156,7 +198,6 @@ def text_prompts(texts: list[str], batch: int, tokenizer, device):
     ids = torch.full((batch, width), pad_id, dtype=torch.long)
     mask = torch.zeros((batch, width), dtype=torch.long)
     for row, tokens in enumerate(encoded):
-        ids[row, width - len(tokens):] = torch.tensor(tokens)
-        mask[row, width - len(tokens):] = 1
+        ids[row, width - len(tokens) :] = torch.tensor(tokens)
+        mask[row, width - len(tokens) :] = 1
     return ids.to(device), mask.to(device)
-

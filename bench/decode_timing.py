@@ -32,8 +32,10 @@ class ForwardCounter:
         self.query_tokens = self.first_query_tokens = 0
         self._start = 0.0
         self._device = device
-        self.handles = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
-                        model.register_forward_hook(self._post)]
+        self.handles = [
+            model.register_forward_pre_hook(self._pre, with_kwargs=True),
+            model.register_forward_hook(self._post),
+        ]
 
     def reset(self) -> None:
         self.count, self.forward_s = 0, 0.0

@@ -48,8 +48,10 @@ def packed_batch(args, *, base_vocab: int, mask_id: int):
     ids = torch.randint(4, base_vocab, (args.micro_batch, args.seq_len), generator=generator)
     ids[0, args.seq_len // 2] = EOS  # one sample ends early: the rest of its row is padding
     draws = KOffsetSampler(k_min=2, k_max=args.k_max, per_sequence_k=True, seed=args.seed).sample(0, args.micro_batch)
-    packs = [pack(ids[row], k=k, offset=offset, mtp_token_id=mask_id, k_max=args.k_max, eos_token_id=EOS)
-             for row, (k, offset) in enumerate(draws)]
+    packs = [
+        pack(ids[row], k=k, offset=offset, mtp_token_id=mask_id, k_max=args.k_max, eos_token_id=EOS)
+        for row, (k, offset) in enumerate(draws)
+    ]
     return collate(packs, pad_token_id=0, pad_to=pad_to).to(args.device), draws
 
 
@@ -62,8 +64,9 @@ def loss_and_grad_norm(model, teacher, batch, mask_id: int, backward: bool):
     if not backward:
         return float(output.loss), None
     output.loss.backward()
-    norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in model.parameters()
-                                                 if p.grad is not None]))
+    norm = torch.linalg.vector_norm(
+        torch.stack([p.grad.float().norm() for p in model.parameters() if p.grad is not None])
+    )
     return float(output.loss), float(norm)
 
 
@@ -95,9 +98,19 @@ def main(argv=None) -> int:
         results[attention] = {"loss": loss, "grad_norm": grad_norm, "seconds": time.perf_counter() - begin}
     loss_gap = abs(results["sdpa"]["loss"] - results["flex_attention"]["loss"]) / abs(results["sdpa"]["loss"])
     tolerance = 1e-2 if args.dtype == "bfloat16" else 1e-4
-    report = {"size": args.size, "device": args.device, "dtype": args.dtype, "packed_length": batch.input_ids.shape[1],
-              "draws": draws, "results": results, "relative_loss_gap": loss_gap, "tolerance": tolerance,
-              "backward": backward, "passed": loss_gap <= tolerance, "seconds": time.perf_counter() - started}
+    report = {
+        "size": args.size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "packed_length": batch.input_ids.shape[1],
+        "draws": draws,
+        "results": results,
+        "relative_loss_gap": loss_gap,
+        "tolerance": tolerance,
+        "backward": backward,
+        "passed": loss_gap <= tolerance,
+        "seconds": time.perf_counter() - started,
+    }
     if backward:
         grads = results["sdpa"]["grad_norm"], results["flex_attention"]["grad_norm"]
         report["relative_grad_norm_gap"] = abs(grads[0] - grads[1]) / grads[0]

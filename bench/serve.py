@@ -46,12 +46,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from decode import TokensDiffer  # noqa: E402  (bench/ is on sys.path when run as a script)
-from decode_curve import bench_forward_curve  # noqa: E402
-from decode_inputs import DTYPES, describe_machine  # noqa: E402
-from decode_timing import ForwardCounter, sync_device  # noqa: E402
-from serve_report import evaluate_targets, markdown_table, print_prefill_costs, print_rows  # noqa: E402
+import torch
+from decode import TokensDiffer
+from decode_curve import bench_forward_curve
+from decode_inputs import DTYPES, describe_machine
+from decode_timing import ForwardCounter, sync_device
+from serve_report import evaluate_targets, markdown_table, print_prefill_costs, print_rows
 
 HF, K1, SELFSPEC = "HF generate", "ours k=1", "selfspec"
 SETTINGS = [  # (name, mtp_ds.decoding.generate_many settings; None = plain HF generate over static batches)
@@ -65,11 +65,15 @@ SETTINGS = [  # (name, mtp_ds.decoding.generate_many settings; None = plain HF g
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="outputs/demo/mtp", help="MTP checkpoint dir (default: the demo's)")
-    p.add_argument("--train-data", default=None,
-                   help="training split whose questions are never used (default: <model>/../data/train.jsonl)")
+    p.add_argument(
+        "--train-data",
+        default=None,
+        help="training split whose questions are never used (default: <model>/../data/train.jsonl)",
+    )
     p.add_argument("--requests", type=int, default=512)
     p.add_argument("--concurrency", default="1,16,64")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -117,10 +121,12 @@ def held_out_prompts(args, tokenizer) -> list[list[int]]:
     if test.is_file():
         with open(test) as f:
             demo = [json.loads(line)["question"] for line in f if line.strip()]
-        if [row["question"] for row in problems[:len(demo)]] != demo[:args.requests]:
+        if [row["question"] for row in problems[: len(demo)]] != demo[: args.requests]:
             raise SystemExit(f"{test}: not the held-out problems of --data-seed {args.data_seed}")
-    return [tokenizer(PROMPT_TEMPLATE.replace("{prompt}", row["question"]), add_special_tokens=False)["input_ids"]
-            for row in problems[:args.requests]]
+    return [
+        tokenizer(PROMPT_TEMPLATE.replace("{prompt}", row["question"]), add_special_tokens=False)["input_ids"]
+        for row in problems[: args.requests]
+    ]
 
 
 def same_tokens(label: str, got: list[list[int]], want: list[list[int]]) -> None:
@@ -128,28 +134,41 @@ def same_tokens(label: str, got: list[list[int]], want: list[list[int]]) -> None
     for index, (a, b) in enumerate(zip(got, want, strict=True)):
         if a != b:
             at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            raise TokensDiffer(f"{label}: request {index} differs first at new token {at}: {a[at:at + 8]} vs "
-                               f"{b[at:at + 8]} ({len(a)} vs {len(b)} tokens)")
+            raise TokensDiffer(
+                f"{label}: request {index} differs first at new token {at}: {a[at : at + 8]} vs "
+                f"{b[at : at + 8]} ({len(a)} vs {len(b)} tokens)"
+            )
 
 
 def run_hf(model, prompts, concurrency, args, eos, pad):
     """Plain HF greedy over static batches of `concurrency` requests (left-padded); each row cut after its EOS."""
     from transformers import GenerationConfig
 
-    config = GenerationConfig(do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=eos,
-                              pad_token_id=pad, num_beams=1, use_cache=True)
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=args.max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        num_beams=1,
+        use_cache=True,
+    )
     sequences = []
     for start in range(0, len(prompts), concurrency):
-        batch = prompts[start:start + concurrency]
+        batch = prompts[start : start + concurrency]
         width = max(map(len, batch))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=args.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=args.device)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         for row in out[:, width:].tolist():
-            sequences.append(row[:row.index(eos) + 1] if eos in row else row)
-    return SimpleNamespace(sequences=sequences, tokens_per_pass=[[1] * len(s) for s in sequences],
-                           num_query_tokens=None, peak_rows=None, peak_kv_entries=None)
+            sequences.append(row[: row.index(eos) + 1] if eos in row else row)
+    return SimpleNamespace(
+        sequences=sequences,
+        tokens_per_pass=[[1] * len(s) for s in sequences],
+        num_query_tokens=None,
+        peak_rows=None,
+        peak_kv_entries=None,
+    )
 
 
 def run_cell(model, prompts, concurrency, name, settings, args, eos, pad, counter) -> tuple[dict, list]:
@@ -162,20 +181,31 @@ def run_cell(model, prompts, concurrency, name, settings, args, eos, pad, counte
         result = run_hf(model, prompts, concurrency, args, eos, pad)
     else:
         settings = dict(settings, k_max=args.k_max) if settings["strategy"] != "static" else settings
-        result = generate_many(model, prompts, max_rows=concurrency, max_new_tokens=args.max_new_tokens,
-                               eos_token_id=eos, **settings)
+        result = generate_many(
+            model, prompts, max_rows=concurrency, max_new_tokens=args.max_new_tokens, eos_token_id=eos, **settings
+        )
         assert result.num_forward_passes == counter.count, (result.num_forward_passes, counter.count)
     sync_device(args.device)
     wall = time.perf_counter() - started
     tokens = sum(map(len, result.sequences))
     own_passes = sum(map(len, result.tokens_per_pass))
-    row = {"concurrency": concurrency, "setting": name, "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
-           "passes": counter.count, "ideal_passes": own_passes / concurrency,
-           "passes_over_ideal": counter.count * concurrency / own_passes, "acceleration_factor": tokens / own_passes,
-           "forward_s": counter.forward_s, "query_tokens_per_pass": counter.query_tokens / counter.count,
-           "peak_kv_rows": result.peak_rows, "peak_kv_entries": result.peak_kv_entries,
-           # the batch cache's widest allocation in the stream's first and second half: no growth over a stream
-           "kv_columns_halves": _halves(getattr(result, "allocated_columns_per_pass", None))}
+    row = {
+        "concurrency": concurrency,
+        "setting": name,
+        "wall_s": wall,
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "passes": counter.count,
+        "ideal_passes": own_passes / concurrency,
+        "passes_over_ideal": counter.count * concurrency / own_passes,
+        "acceleration_factor": tokens / own_passes,
+        "forward_s": counter.forward_s,
+        "query_tokens_per_pass": counter.query_tokens / counter.count,
+        "peak_kv_rows": result.peak_rows,
+        "peak_kv_entries": result.peak_kv_entries,
+        # the batch cache's widest allocation in the stream's first and second half: no growth over a stream
+        "kv_columns_halves": _halves(getattr(result, "allocated_columns_per_pass", None)),
+    }
     return row, result.sequences
 
 
@@ -190,13 +220,26 @@ def prefill_costs(model, prompts, concurrency, args, width: int) -> dict:
     """ms of one forward: c rows at the decode width, c rows at a prompt's width (a prefill fused into the decode
     step pads every row to it), a prefill pass of 1 and of c prompts; on a cache `width` columns wide."""
     prompt = round(sum(map(len, prompts)) / len(prompts)) + args.k_max - 1
-    curve_args = SimpleNamespace(context=width, queries=f"{args.k_max},{prompt}", curve_batches=f"1,{concurrency}",
-                                 curve_repeats=10, seed=0, device=args.device)
+    curve_args = SimpleNamespace(
+        context=width,
+        queries=f"{args.k_max},{prompt}",
+        curve_batches=f"1,{concurrency}",
+        curve_repeats=10,
+        seed=0,
+        device=args.device,
+    )
     vocab = getattr(model.config, "mtp_base_vocab_size", None) or model.config.vocab_size
     ours = {(r["batch"], r["q"]): r["ms"] for r in bench_forward_curve(model, vocab, curve_args) if r["mode"] == "ours"}
-    return {"concurrency": concurrency, "cache_width": width, "decode_width": args.k_max, "prompt_width": prompt,
-            "decode_ms": ours[(concurrency, args.k_max)], "fused_ms": ours[(concurrency, prompt)],
-            "prefill_1_ms": ours[(1, prompt)], "prefill_c_ms": ours[(concurrency, prompt)]}
+    return {
+        "concurrency": concurrency,
+        "cache_width": width,
+        "decode_width": args.k_max,
+        "prompt_width": prompt,
+        "decode_ms": ours[(concurrency, args.k_max)],
+        "fused_ms": ours[(concurrency, prompt)],
+        "prefill_1_ms": ours[(1, prompt)],
+        "prefill_c_ms": ours[(concurrency, prompt)],
+    }
 
 
 def main(argv=None) -> int:
@@ -212,23 +255,32 @@ def main(argv=None) -> int:
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     settings = [(n, s) for n, s in SETTINGS if n in args.settings]
-    print(f"machine: {machine['cpu']}, {machine['usable_cores']} usable cores, torch {machine['torch']} "
-          f"({machine['torch_threads']} threads), transformers {machine['transformers']}"
-          + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
-          + f"; load avg at start {', '.join(f'{x:.2f}' for x in machine['load_avg_start'])}")
-    print(f"model: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype}); "
-          f"{len(prompts)} requests (prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens), until EOS "
-          f"or {args.max_new_tokens} tokens; k_max {args.k_max}; concurrency {args.concurrency}\n", flush=True)
+    print(
+        f"machine: {machine['cpu']}, {machine['usable_cores']} usable cores, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads), transformers {machine['transformers']}"
+        + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
+        + f"; load avg at start {', '.join(f'{x:.2f}' for x in machine['load_avg_start'])}"
+    )
+    print(
+        f"model: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype}); "
+        f"{len(prompts)} requests (prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens), until EOS "
+        f"or {args.max_new_tokens} tokens; k_max {args.k_max}; concurrency {args.concurrency}\n",
+        flush=True,
+    )
     counter = ForwardCounter(model, args.device)
     rows, tokens = [], {}
     try:
         for concurrency in args.concurrency:
             for name, setting in settings:
-                row, tokens[(concurrency, name)] = run_cell(model, prompts, concurrency, name, setting, args, eos,
-                                                            pad, counter)
+                row, tokens[(concurrency, name)] = run_cell(
+                    model, prompts, concurrency, name, setting, args, eos, pad, counter
+                )
                 rows.append(row)
-                print(f"  c={concurrency:<3} {name:<14} {row['wall_s']:7.1f} s  {row['tokens_per_s']:7.0f} tok/s  "
-                      f"{row['passes']:6d} passes (ideal {row['ideal_passes']:.0f})", flush=True)
+                print(
+                    f"  c={concurrency:<3} {name:<14} {row['wall_s']:7.1f} s  {row['tokens_per_s']:7.0f} tok/s  "
+                    f"{row['passes']:6d} passes (ideal {row['ideal_passes']:.0f})",
+                    flush=True,
+                )
     finally:
         counter.remove()
     for row in rows:
@@ -248,10 +300,16 @@ def main(argv=None) -> int:
             same_tokens(f"{name}: c={largest} vs c={smallest}", tokens[(largest, name)], tokens[(smallest, name)])
     if SELFSPEC in args.settings:
         for concurrency in args.concurrency:
-            same_tokens(f"c={concurrency}: {SELFSPEC} vs {K1} (lossless)", tokens[(concurrency, SELFSPEC)],
-                        tokens[(concurrency, K1)])
-    print(f"exactness: every request's tokens at c={largest} == at c={smallest} for each of our settings"
-          + (", and selfspec's == our k=1's at every c" if SELFSPEC in args.settings else "") + ": PASS")
+            same_tokens(
+                f"c={concurrency}: {SELFSPEC} vs {K1} (lossless)",
+                tokens[(concurrency, SELFSPEC)],
+                tokens[(concurrency, K1)],
+            )
+    print(
+        f"exactness: every request's tokens at c={largest} == at c={smallest} for each of our settings"
+        + (", and selfspec's == our k=1's at every c" if SELFSPEC in args.settings else "")
+        + ": PASS"
+    )
     width = round(sum(map(len, prompts)) / len(prompts) + sum(r["tokens"] for r in rows[:1]) / len(prompts))
     costs = [prefill_costs(model, prompts, c, args, width) for c in args.concurrency if c > 1]
     print_prefill_costs(costs)
@@ -264,8 +322,17 @@ def main(argv=None) -> int:
     print(f"\nload avg at end: {', '.join(f'{x:.2f}' for x in machine['load_avg_end'])}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"machine": machine, "args": vars(args), "rows": rows, "prefill_costs": costs,
-                       "targets": [{"target": t, "measured": m, "pass": ok} for t, m, ok in targets]}, f, indent=2)
+            json.dump(
+                {
+                    "machine": machine,
+                    "args": vars(args),
+                    "rows": rows,
+                    "prefill_costs": costs,
+                    "targets": [{"target": t, "measured": m, "pass": ok} for t, m, ok in targets],
+                },
+                f,
+                indent=2,
+            )
         print(f"wrote {args.out}")
     return 0
 

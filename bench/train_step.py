@@ -65,10 +65,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import warnings  # noqa: E402
+import warnings
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.distributed deprecations inside DeepSpeed
 
@@ -76,16 +76,27 @@ REPO = Path(__file__).resolve().parent.parent
 PRESETS = {
     "tiny": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=768, vocab_size=4096),
     "small": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536, vocab_size=8192),
-    "qwen3-4b": dict(hidden_size=2560, num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128,
-                     intermediate_size=9728, vocab_size=151936, tie_word_embeddings=True, rms_norm_eps=1e-6,
-                     rope_theta=1000000.0, max_position_embeddings=40960),
+    "qwen3-4b": dict(
+        hidden_size=2560,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=9728,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=40960,
+    ),
 }
 H200_BF16_DENSE_TFLOPS = 989.0
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seq-len", type=int, default=160)
@@ -95,17 +106,30 @@ def parse_args(argv=None):
     parser.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch")
     parser.add_argument("--steps", type=int, default=None, help="timed steps of each kind (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first")
-    parser.add_argument("--attn", choices=("auto", "sdpa", "flex_attention", "both"), default="auto",
-                        help="auto: sdpa on CPU, both (dense then flex) on CUDA")
+    parser.add_argument(
+        "--attn",
+        choices=("auto", "sdpa", "flex_attention", "both"),
+        default="auto",
+        help="auto: sdpa on CPU, both (dense then flex) on CUDA",
+    )
     parser.add_argument("--teacher-mode", choices=("inference", "replica", "zero3"), default="inference")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help=f"device peak for MFU (default {H200_BF16_DENSE_TFLOPS} on CUDA, none on CPU)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help=f"device peak for MFU (default {H200_BF16_DENSE_TFLOPS} on CUDA, none on CPU)",
+    )
     parser.add_argument("--memory-check", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the numbers (per attention) to this JSON file")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra recipe overrides (recipes/tiny_cpu.yaml keys), e.g. objective.kind=soft")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra recipe overrides (recipes/tiny_cpu.yaml keys), e.g. objective.kind=soft",
+    )
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -124,20 +148,28 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------------------------ setup --
 
+
 def build_recipe(args, world: int):
     from mtp_ds.config import load_recipe
 
     fields = dict(PRESETS[args.model])
     tiny = ",".join(f"{key}: {value}" for key, value in {"arch": "qwen3", **fields}.items())
     overrides = [
-        f"model.tiny_config={{{tiny}}}", "model.tokenizer=builtin:word", "model.dtype=auto",
+        f"model.tiny_config={{{tiny}}}",
+        "model.tokenizer=builtin:word",
+        "model.dtype=auto",
         f"model.attn_implementation={'sdpa' if args.attn in ('sdpa', 'both') else args.attn}",
         f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
-        f"data.seq_len={args.seq_len}", "packing.k_min=2", f"packing.k_max={args.k_max}",
-        f"train.global_batch_size={args.global_batch}", f"train.micro_batch_size={args.micro_batch}",
-        f"train.seed={args.seed}", "objective.kind=hard",
+        f"data.seq_len={args.seq_len}",
+        "packing.k_min=2",
+        f"packing.k_max={args.k_max}",
+        f"train.global_batch_size={args.global_batch}",
+        f"train.micro_batch_size={args.micro_batch}",
+        f"train.seed={args.seed}",
+        "objective.kind=hard",
         f"train.deepspeed_config={'ds_configs/zero3_bf16.json' if args.device == 'cuda' else 'ds_configs/zero3_cpu.json'}",
-        f"teacher.mode={args.teacher_mode}", "teacher.tp_size=1",
+        f"teacher.mode={args.teacher_mode}",
+        "teacher.tp_size=1",
         f"teacher.ds_config={teacher_json(args)}",
         "checkpoint.dir=/tmp/mtp_ds_bench_unused",
     ]
@@ -168,11 +200,22 @@ def build_state(args):
     device = torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu")
     models = build_models(recipe, plan, tokenizer=tokenizer, device=device)
     state = {
-        "recipe": recipe, "plan": plan, "engine": models.engine, "student": models.student,
-        "teacher": models.teacher, "teacher_module": models.teacher_module, "mask_tokens": models.mask_tokens,
-        "device": device, "rank": rank, "world": world, "objective": objective_config(recipe),
-        "pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id, "dtype": getattr(torch, plan.dtype),
-        "ds_config": plan.deepspeed, "teacher_settings": plan.teacher,
+        "recipe": recipe,
+        "plan": plan,
+        "engine": models.engine,
+        "student": models.student,
+        "teacher": models.teacher,
+        "teacher_module": models.teacher_module,
+        "mask_tokens": models.mask_tokens,
+        "device": device,
+        "rank": rank,
+        "world": world,
+        "objective": objective_config(recipe),
+        "pad_id": tokenizer.pad_token_id,
+        "eos_id": tokenizer.eos_token_id,
+        "dtype": getattr(torch, plan.dtype),
+        "ds_config": plan.deepspeed,
+        "teacher_settings": plan.teacher,
     }
     return state
 
@@ -198,15 +241,26 @@ def step_batches(state, step: int):
     tokens = torch.randint(4, vocab, (recipe.train.global_batch_size, recipe.data.seq_len), generator=generator)
     tokens[torch.isin(tokens, torch.tensor(state["mask_tokens"].ids))] = 4
     packing = state["plan"].packing
-    sampler = KOffsetSampler(k_min=packing.k_min, k_max=packing.k_max, static_k=packing.static_k, seed=recipe.train.seed)
+    sampler = KOffsetSampler(
+        k_min=packing.k_min, k_max=packing.k_max, static_k=packing.static_k, seed=recipe.train.seed
+    )
     draws = sampler.sample(step, recipe.train.global_batch_size)
     rows = rank_slice(list(range(recipe.train.global_batch_size)), state["rank"], state["world"])
     my_draws = rank_slice(draws, state["rank"], state["world"])
-    micro = [RandomMicroBatch(tokens[chunk], torch.zeros(len(chunk), dtype=torch.long), draw_chunk)
-             for chunk, draw_chunk in zip(split_micro(rows, recipe.train.micro_batch_size),
-                                          split_micro(my_draws, recipe.train.micro_batch_size))]
-    return pack_micro_batches(micro, packing, mask_tokens=state["mask_tokens"], eos_token_id=state["eos_id"],
-                              pad_token_id=state["pad_id"], device=state["device"])
+    micro = [
+        RandomMicroBatch(tokens[chunk], torch.zeros(len(chunk), dtype=torch.long), draw_chunk)
+        for chunk, draw_chunk in zip(
+            split_micro(rows, recipe.train.micro_batch_size), split_micro(my_draws, recipe.train.micro_batch_size)
+        )
+    ]
+    return pack_micro_batches(
+        micro,
+        packing,
+        mask_tokens=state["mask_tokens"],
+        eos_token_id=state["eos_id"],
+        pad_token_id=state["pad_id"],
+        device=state["device"],
+    )
 
 
 def set_attention(state, implementation: str) -> None:
@@ -216,6 +270,7 @@ def set_attention(state, implementation: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ steps --
+
 
 def mtp_step(state, batches):
     """The trainer's step, verbatim (mtp_ds.train.loop.run_objective)."""
@@ -258,6 +313,7 @@ LABELS = {"ntp": "NTP (full logits)", "ntp_rows": "NTP (head at GT rows)", "mtp"
 
 # ---------------------------------------------------------------------------------------------- measure --
 
+
 def synchronize(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -268,8 +324,15 @@ class PeakMemory:
 
     def __init__(self, device):
         self.device = device
-        self.kind = "cuda max_memory_allocated" if device.type == "cuda" else (
-            "process peak RSS (VmHWM, reset per phase)" if self._can_reset_rss() else "process peak RSS (ru_maxrss, never reset)")
+        self.kind = (
+            "cuda max_memory_allocated"
+            if device.type == "cuda"
+            else (
+                "process peak RSS (VmHWM, reset per phase)"
+                if self._can_reset_rss()
+                else "process peak RSS (ru_maxrss, never reset)"
+            )
+        )
 
     @staticmethod
     def _can_reset_rss() -> bool:
@@ -291,9 +354,10 @@ class PeakMemory:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device)
         if "VmHWM" in self.kind:
-            for line in open("/proc/self/status"):
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -319,7 +383,7 @@ def time_steps(state, args, steps_batches):
     warmup = list(steps_batches[: args.warmup])
     if device.type == "cuda":  # compiled kernels (FlexAttention) specialise on shapes: meet every timed shape once
         seen = {shapes(batches) for batches in warmup}
-        for batches in steps_batches[args.warmup:]:
+        for batches in steps_batches[args.warmup :]:
             if shapes(batches) not in seen:
                 seen.add(shapes(batches))
                 warmup.append(batches)
@@ -345,6 +409,7 @@ def time_steps(state, args, steps_batches):
 
 # ------------------------------------------------------------------------------------------ memory rule --
 
+
 class ShapeRecorder(torch.utils._python_dispatch.TorchDispatchMode):
     """Records (op, shape, phase) of every tensor an aten op returns while active."""
 
@@ -359,8 +424,11 @@ class ShapeRecorder(torch.utils._python_dispatch.TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         # views and in-place results share an input's storage (e.g. the LM head weight transposed, [H, V]):
         # they allocate nothing, so only tensors with fresh storage count
-        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor) and t.device.type != "meta"
+        }
         for tensor in torch.utils._pytree.tree_leaves(out):
             if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in inputs:
                 self.count += 1
@@ -390,8 +458,10 @@ def memory_rule_check(state, batches) -> tuple[bool, list[str]]:
     # the bound for the smallest micro-batch (rows x packed length): the strictest one
     bound_rows = min(batch.input_ids.shape[0] * batch.input_ids.shape[1] for batch in batches)
     bound = bound_rows * vocab // 2
-    lines = [f"V = {vocab}; bound B*T*V/2 = {bound:,} elements (B*T = {bound_rows} for the smallest micro-batch; "
-             f"micro-batches {[tuple(b.input_ids.shape) for b in batches]})"]
+    lines = [
+        f"V = {vocab}; bound B*T*V/2 = {bound:,} elements (B*T = {bound_rows} for the smallest micro-batch; "
+        f"micro-batches {[tuple(b.input_ids.shape) for b in batches]})"
+    ]
     ok = True
     for kind in ("mtp", "ntp"):
         recorder = ShapeRecorder(vocab)
@@ -407,8 +477,10 @@ def memory_rule_check(state, batches) -> tuple[bool, list[str]]:
         phases = ("teacher", "student") if kind == "mtp" else ("student",)
         for phase in phases:
             numel, shape, op = recorder.largest.get(phase, (0, None, "-"))
-            lines.append(f"{kind.upper()} step, {phase:7s}: largest new tensor with last dim V: "
-                         f"{'none' if shape is None else f'{list(shape)} = {numel:,} elements ({op})'}")
+            lines.append(
+                f"{kind.upper()} step, {phase:7s}: largest new tensor with last dim V: "
+                f"{'none' if shape is None else f'{list(shape)} = {numel:,} elements ({op})'}"
+            )
             if kind == "mtp" and numel >= bound:
                 ok = False
                 lines.append(f"  VIOLATION: {numel:,} >= {bound:,}")
@@ -416,13 +488,16 @@ def memory_rule_check(state, batches) -> tuple[bool, list[str]]:
         if kind == "ntp":
             full = recorder.largest.get("student", (0,))[0]
             vacuous = full < 2 * bound
-            lines.append(f"NTP full logits {'NOT seen: the check would be vacuous' if vacuous else 'seen'} "
-                         f"({full:,} >= B*T*V = {2 * bound:,}: {not vacuous})")
+            lines.append(
+                f"NTP full logits {'NOT seen: the check would be vacuous' if vacuous else 'seen'} "
+                f"({full:,} >= B*T*V = {2 * bound:,}: {not vacuous})"
+            )
             ok = ok and not vacuous
     return ok, lines
 
 
 # ----------------------------------------------------------------------------------------------- report --
+
 
 def machine_lines(device) -> list[str]:
     import deepspeed
@@ -430,15 +505,18 @@ def machine_lines(device) -> list[str]:
 
     cpu = platform.processor() or "unknown"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    lines = [f"cpu: {cpu}; {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}",
-             f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}, "
-             f"python {platform.python_version()}"]
+    lines = [
+        f"cpu: {cpu}; {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}",
+        f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}, "
+        f"python {platform.python_version()}",
+    ]
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         lines.append(f"gpu: {props.name}, {props.total_memory / 1024**3:.0f} GiB, CUDA {torch.version.cuda}")
@@ -457,20 +535,27 @@ def table(state, args, seconds, peaks, memory_kind, tokens, attention) -> list[s
     flops = {"ntp": 6 * params * tokens, "ntp_rows": 6 * params * tokens, "mtp": 8 * params * tokens}
     median = {kind: statistics.median(values) for kind, values in seconds.items()}
     header = f"| step | median s/step | min s | max s | tokens/s | model TFLOP/s | {'MFU | ' if args.peak_tflops else ''}peak memory (GiB) |"
-    lines = [f"attention: {attention}   matmul params P = {params:,}   packed tokens/step (median) = {tokens:,}   "
-             f"memory = {memory_kind}", header, "|" + "---|" * (header.count("|") - 1)]
+    lines = [
+        f"attention: {attention}   matmul params P = {params:,}   packed tokens/step (median) = {tokens:,}   "
+        f"memory = {memory_kind}",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
     for kind in KINDS:
         achieved = flops[kind] / median[kind] / 1e12
         lines.append(
             f"| {LABELS[kind]} | {median[kind]:.4f} | {min(seconds[kind]):.4f} | {max(seconds[kind]):.4f} | "
             f"{tokens / median[kind]:,.0f} | {achieved:.3f} | "
             + (f"{100 * achieved / args.peak_tflops:.1f}% | " if args.peak_tflops else "")
-            + f"{peaks[kind] / 1024**3:.2f} |")
+            + f"{peaks[kind] / 1024**3:.2f} |"
+        )
     for base in ("ntp", "ntp_rows"):
         ratios = step_ratios(seconds, base)
-        lines.append(f"ratio MTP / {LABELS[base]}: median of per-step ratios {statistics.median(ratios):.3f} "
-                     f"(min {min(ratios):.3f}, max {max(ratios):.3f}); ratio of medians "
-                     f"{median['mtp'] / median[base]:.3f}; ideal ~1.33")
+        lines.append(
+            f"ratio MTP / {LABELS[base]}: median of per-step ratios {statistics.median(ratios):.3f} "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f}); ratio of medians "
+            f"{median['mtp'] / median[base]:.3f}; ideal ~1.33"
+        )
     return lines
 
 
@@ -479,10 +564,15 @@ def record(state, args, seconds, peaks, tokens, attention, compiles) -> dict:
     params = matmul_parameters(state["teacher_module"])
     median = {kind: statistics.median(values) for kind, values in seconds.items()}
     mtp_tflops = 8 * params * tokens / median["mtp"] / 1e12
-    return {"attention": attention, "median_seconds": median, "peak_gib": {k: v / 1024**3 for k, v in peaks.items()},
-            "packed_tokens_per_step": tokens, "mtp_tflops": mtp_tflops,
-            "mtp_mfu": mtp_tflops / args.peak_tflops if args.peak_tflops else None,
-            "compiles_while_timed": compiles}
+    return {
+        "attention": attention,
+        "median_seconds": median,
+        "peak_gib": {k: v / 1024**3 for k, v in peaks.items()},
+        "packed_tokens_per_step": tokens,
+        "mtp_tflops": mtp_tflops,
+        "mtp_mfu": mtp_tflops / args.peak_tflops if args.peak_tflops else None,
+        "compiles_while_timed": compiles,
+    }
 
 
 def compile_count() -> int:
@@ -512,17 +602,23 @@ def main(argv=None) -> int:
     for line in machine_lines(device) + [load_line()]:
         say(line)
     recipe = state["recipe"]
-    say(f"model: {args.model} {PRESETS[args.model]}, dtype {state['dtype']}, device {device}, world {state['world']}, "
-        f"teacher {args.teacher_mode}, gradient checkpointing {args.gradient_checkpointing}")
-    say(f"batch: global {recipe.train.global_batch_size} x seq_len {recipe.data.seq_len}, micro-batch "
+    say(
+        f"model: {args.model} {PRESETS[args.model]}, dtype {state['dtype']}, device {device}, world {state['world']}, "
+        f"teacher {args.teacher_mode}, gradient checkpointing {args.gradient_checkpointing}"
+    )
+    say(
+        f"batch: global {recipe.train.global_batch_size} x seq_len {recipe.data.seq_len}, micro-batch "
         f"{recipe.train.micro_batch_size} ({len(step_batches(state, 0))} micro-batches on this rank), k_max "
         f"{recipe.packing.k_max}, k {'static ' + str(args.k) if args.k else 'random in [2, k_max] per step'}, "
-        f"{recipe.num_regions} regions/sequence; steps: {args.warmup} warm-up + {args.steps} timed of each kind")
+        f"{recipe.num_regions} regions/sequence; steps: {args.warmup} warm-up + {args.steps} timed of each kind"
+    )
 
     total = args.warmup + args.steps
     steps_batches = [step_batches(state, step) for step in range(total)]
-    ks = [batches[0].ks[0] for batches in steps_batches[args.warmup:]]
-    tokens = int(statistics.median(sum(int(b.valid.sum()) for b in batches) for batches in steps_batches[args.warmup:]))
+    ks = [batches[0].ks[0] for batches in steps_batches[args.warmup :]]
+    tokens = int(
+        statistics.median(sum(int(b.valid.sum()) for b in batches) for batches in steps_batches[args.warmup :])
+    )
     say(f"timed steps' k: {ks}; setup (models, engines, packing) took {time.perf_counter() - setup_started:.1f} s")
     ok = True
     attentions = ["sdpa", "flex_attention"] if args.attn == "both" else [args.attn]
@@ -532,17 +628,28 @@ def main(argv=None) -> int:
         seconds, peaks, memory_kind, compiles = time_steps(state, args, steps_batches)
         records.append(record(state, args, seconds, peaks, tokens, attention, compiles))
         say("")
-        for line in table(state, args, seconds, peaks, memory_kind, tokens,
-                          "dense additive mask (sdpa)" if attention == "sdpa" else "FlexAttention block mask"):
+        for line in table(
+            state,
+            args,
+            seconds,
+            peaks,
+            memory_kind,
+            tokens,
+            "dense additive mask (sdpa)" if attention == "sdpa" else "FlexAttention block mask",
+        ):
             say(line)
         if args.model == "qwen3-4b" and args.global_batch == 128:
             median = statistics.median(seconds["mtp"])
-            say(f"target <= 2.5 s per MTP step (paper recipe step on one H200): {median:.3f} s -> "
-                f"{'PASS' if median <= 2.5 else 'MISS'}")
+            say(
+                f"target <= 2.5 s per MTP step (paper recipe step on one H200): {median:.3f} s -> "
+                f"{'PASS' if median <= 2.5 else 'MISS'}"
+            )
         elif device.type == "cpu":
             for base in ("ntp", "ntp_rows"):
                 ratio = statistics.median(step_ratios(seconds, base))
-                say(f"target MTP step <= 1.4 x {LABELS[base]} step: {ratio:.3f} -> {'PASS' if ratio <= 1.4 else 'MISS'}")
+                say(
+                    f"target MTP step <= 1.4 x {LABELS[base]} step: {ratio:.3f} -> {'PASS' if ratio <= 1.4 else 'MISS'}"
+                )
     if args.memory_check:
         set_attention(state, attentions[0])
         say("\n-- memory rule (TorchDispatchMode over one full optimizer step: forward, backward, optimizer) --")
@@ -553,8 +660,12 @@ def main(argv=None) -> int:
         ok = ok and rule_ok
     say(load_line())
     if args.out and is_main:
-        report = {"args": vars(args), "device": str(device), "runs": records,
-                  "memory_rule": ok if args.memory_check else None}
+        report = {
+            "args": vars(args),
+            "device": str(device),
+            "runs": records,
+            "memory_rule": ok if args.memory_check else None,
+        }
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         say(f"wrote {args.out}")
     if torch.distributed.is_initialized():

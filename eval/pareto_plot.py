@@ -20,8 +20,14 @@ def main(argv=None) -> int:
         return 2
     table = json.loads(Path(argv[0]).read_text())
     out = argv[1] if len(argv) == 2 else Path(argv[0]).with_name("pareto.png")
-    print(plot_pareto(table["rows"], out, title=Path(str(table.get("model", ""))).name,
-                      metric_label=table.get("metric", "accuracy")))
+    print(
+        plot_pareto(
+            table["rows"],
+            out,
+            title=Path(str(table.get("model", ""))).name,
+            metric_label=table.get("metric", "accuracy"),
+        )
+    )
     return 0
 
 

@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pareto_plot import plot_pareto  # noqa: E402
+from pareto_plot import plot_pareto
 
-from mtp_ds.evaluation.pareto import DEFAULT_MASK_LAYOUT, setting_label  # noqa: E402 (torch-free)
+from mtp_ds.evaluation.pareto import DEFAULT_MASK_LAYOUT, setting_label
 
 PAPER_STATIC_K = (1, 2, 3, 4, 5)
 PAPER_THRESHOLDS = (0.995, 0.99, 0.98, 0.97, 0.96, 0.95, 0.9, 0.87, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
@@ -43,13 +43,40 @@ DEFAULT_TASK = "gsm8k_cot_mtp"
 DEFAULT_METRIC = "exact_match,flexible-extract"
 BASELINE = ("static", 1)
 MASK_LAYOUTS = ("linear", "per_proposal")  # mtp_ds.decoding.MASK_LAYOUTS, without importing torch to parse args
-STATS_COLUMNS = ("acceleration_factor", "acceleration_factor_std", "forward_passes", "sequence_passes",
-                 "query_tokens_per_forward_pass", "verified_tokens_per_pass", "generated_tokens",
-                 "tokens_per_second", "generate_seconds")
-CSV_COLUMNS = ("task", "setting", "strategy", "k", "k_max", "threshold", "mask_layout", "accuracy",
-               "accuracy_stderr", "acceleration_factor", "acceleration_factor_std", "forward_passes",
-               "sequence_passes", "query_tokens_per_forward_pass", "verified_tokens_per_pass", "generated_tokens",
-               "tokens_per_second", "wall_clock_speedup", "generate_seconds", "run_seconds", "samples")
+STATS_COLUMNS = (
+    "acceleration_factor",
+    "acceleration_factor_std",
+    "forward_passes",
+    "sequence_passes",
+    "query_tokens_per_forward_pass",
+    "verified_tokens_per_pass",
+    "generated_tokens",
+    "tokens_per_second",
+    "generate_seconds",
+)
+CSV_COLUMNS = (
+    "task",
+    "setting",
+    "strategy",
+    "k",
+    "k_max",
+    "threshold",
+    "mask_layout",
+    "accuracy",
+    "accuracy_stderr",
+    "acceleration_factor",
+    "acceleration_factor_std",
+    "forward_passes",
+    "sequence_passes",
+    "query_tokens_per_forward_pass",
+    "verified_tokens_per_pass",
+    "generated_tokens",
+    "tokens_per_second",
+    "wall_clock_speedup",
+    "generate_seconds",
+    "run_seconds",
+    "samples",
+)
 
 
 def selfspec_setting(k_max: int, mask_layout: str = DEFAULT_MASK_LAYOUT) -> dict:
@@ -69,8 +96,10 @@ def parse_setting(text: str, k_max: int) -> dict:
             return selfspec_setting(int(block), layout or DEFAULT_MASK_LAYOUT)
     except ValueError:
         pass
-    raise SystemExit(f"--settings: bad entry {text!r} (expected static:K, confadapt:TAU or selfspec:K, "
-                     f"optionally selfspec:K:LAYOUT with LAYOUT one of {', '.join(MASK_LAYOUTS)})")
+    raise SystemExit(
+        f"--settings: bad entry {text!r} (expected static:K, confadapt:TAU or selfspec:K, "
+        f"optionally selfspec:K:LAYOUT with LAYOUT one of {', '.join(MASK_LAYOUTS)})"
+    )
 
 
 def _number_list(text: str, cast, flag: str) -> list:
@@ -85,8 +114,10 @@ def chosen_settings(args) -> list[dict]:
         settings = [parse_setting(item, args.k_max) for item in args.settings.split(",") if item.strip()]
     else:
         settings = [{"strategy": "static", "k": k} for k in _number_list(args.static_k, int, "--static_k")]
-        settings += [{"strategy": "confadapt", "threshold": tau, "k_max": args.k_max}
-                     for tau in _number_list(args.thresholds, float, "--thresholds")]
+        settings += [
+            {"strategy": "confadapt", "threshold": tau, "k_max": args.k_max}
+            for tau in _number_list(args.thresholds, float, "--thresholds")
+        ]
         selfspec_k_max = str(args.k_max) if args.selfspec_k_max is None else args.selfspec_k_max
         settings += [selfspec_setting(k) for k in _number_list(selfspec_k_max, int, "--selfspec_k_max")]
     baseline = {"strategy": BASELINE[0], "k": BASELINE[1]}
@@ -103,14 +134,22 @@ def table_rows(results: dict, setting: dict, metric: str, run_seconds: float) ->
     for task, task_results in results["results"].items():
         stats = decoding["per_task"].get(task, decoding)
         stderr = task_results.get(stderr_key)
-        rows.append({
-            "task": task, "setting": setting_label(setting), "strategy": setting["strategy"],
-            "k": setting.get("k"), "k_max": setting.get("k_max"), "threshold": setting.get("threshold"),
-            "mask_layout": setting.get("mask_layout"), "accuracy": task_results.get(metric),
-            "accuracy_stderr": stderr if isinstance(stderr, (int, float)) else None,
-            **{key: stats.get(key) for key in STATS_COLUMNS},
-            "run_seconds": run_seconds, "samples": task_results.get("sample_len"),
-        })
+        rows.append(
+            {
+                "task": task,
+                "setting": setting_label(setting),
+                "strategy": setting["strategy"],
+                "k": setting.get("k"),
+                "k_max": setting.get("k_max"),
+                "threshold": setting.get("threshold"),
+                "mask_layout": setting.get("mask_layout"),
+                "accuracy": task_results.get(metric),
+                "accuracy_stderr": stderr if isinstance(stderr, (int, float)) else None,
+                **{key: stats.get(key) for key in STATS_COLUMNS},
+                "run_seconds": run_seconds,
+                "samples": task_results.get("sample_len"),
+            }
+        )
     return rows
 
 
@@ -142,19 +181,24 @@ def warm_up(lm, settings: list[dict], new_tokens: int = 8) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pretrained", required=True, help="MTP checkpoint directory (or Hub id)")
     parser.add_argument("--out_dir", required=True, type=Path)
     parser.add_argument("--tasks", default=DEFAULT_TASK, help="comma-separated lm-eval task names")
     parser.add_argument("--include_path", default=str(Path(__file__).resolve().parent / "tasks"))
-    parser.add_argument("--metadata", default=None, help="JSON for the tasks, e.g. '{\"gsm8k_path\": \"x.jsonl\"}'")
-    parser.add_argument("--settings", default=None,
-                        help="explicit list: static:K,confadapt:TAU,selfspec:K[:per_proposal],...")
+    parser.add_argument("--metadata", default=None, help='JSON for the tasks, e.g. \'{"gsm8k_path": "x.jsonl"}\'')
+    parser.add_argument(
+        "--settings", default=None, help="explicit list: static:K,confadapt:TAU,selfspec:K[:per_proposal],..."
+    )
     parser.add_argument("--static_k", default=",".join(map(str, PAPER_STATIC_K)))
     parser.add_argument("--thresholds", default=",".join(map(str, PAPER_THRESHOLDS)))
-    parser.add_argument("--selfspec_k_max", default=None,
-                        help="selfspec blocks (k_max) of the default sweep, comma-separated; default: --k_max")
+    parser.add_argument(
+        "--selfspec_k_max",
+        default=None,
+        help="selfspec blocks (k_max) of the default sweep, comma-separated; default: --k_max",
+    )
     parser.add_argument("--k_max", type=int, default=16, help="ConfAdapt's k_max (and selfspec's by default)")
     parser.add_argument("--limit", type=float, default=None, help="examples per task (lm-eval --limit)")
     parser.add_argument("--num_fewshot", type=int, default=None)
@@ -184,8 +228,15 @@ def main(argv=None) -> int:
     warm_up(lm, settings)
     task_manager = TaskManager(include_path=args.include_path, metadata=metadata)
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
-    header = {"model": args.pretrained, "tasks": tasks, "metric": args.metric, "limit": args.limit,
-              "num_fewshot": args.num_fewshot, "gen_kwargs": args.gen_kwargs, "device": device}
+    header = {
+        "model": args.pretrained,
+        "tasks": tasks,
+        "metric": args.metric,
+        "limit": args.limit,
+        "num_fewshot": args.num_fewshot,
+        "gen_kwargs": args.gen_kwargs,
+        "device": device,
+    }
     rows: list[dict] = []
     progress = tqdm(settings, desc="sweep settings", unit="setting")
     for setting in progress:
@@ -194,12 +245,18 @@ def main(argv=None) -> int:
         lm.reset_stats()
         started = time.perf_counter()
         results = lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, task_manager=task_manager, limit=args.limit, num_fewshot=args.num_fewshot,
-            gen_kwargs=args.gen_kwargs, log_samples=False,
+            model=lm,
+            tasks=tasks,
+            task_manager=task_manager,
+            limit=args.limit,
+            num_fewshot=args.num_fewshot,
+            gen_kwargs=args.gen_kwargs,
+            log_samples=False,
         )
         run_seconds = time.perf_counter() - started
         (args.out_dir / f"results_{setting_label(setting)}.json").write_text(
-            json.dumps(results, indent=2, default=str) + "\n")
+            json.dumps(results, indent=2, default=str) + "\n"
+        )
         rows.extend(table_rows(results, setting, args.metric, run_seconds))
         add_speedups(rows)
         write_tables(rows, args.out_dir, header)  # after every setting, so a killed sweep keeps its rows

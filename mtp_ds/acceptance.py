@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 
 
-def confident_run_length(confidences: torch.Tensor, threshold: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+def confident_run_length(
+    confidences: torch.Tensor, threshold: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """(..., K) top-1 probabilities -> (...,) long: tokens ConfAdapt keeps (the confident leading run, >= 1).
 
     `valid` (..., K) bool, optional: slots that exist (a region cut short by the sequence end, or a pass with

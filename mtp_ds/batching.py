@@ -38,8 +38,10 @@ class PackedBatch:
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def to(self, device) -> "PackedBatch":
-        moved = {name: (value.to(device) if isinstance(value, torch.Tensor) else value) for name, value in vars(self).items()}
+    def to(self, device) -> PackedBatch:
+        moved = {
+            name: (value.to(device) if isinstance(value, torch.Tensor) else value) for name, value in vars(self).items()
+        }
         return PackedBatch(**moved)
 
     def dense_mask(self, *, bidirectional: bool | None = None) -> torch.Tensor:
@@ -94,15 +96,26 @@ def collate(sequences: list[PackedSequence], *, pad_token_id: int, pad_to: int |
         target_ids[row, :r, :k] = seq.target_ids
         eos_fill[row, :r, :k] = seq.eos_fill
     return PackedBatch(
-        input_ids=input_ids, position_ids=position_ids, anchor_of=anchor_of, region_of=region_of,
-        mask_slot=mask_slot, valid=valid, source_index=source_index, slot_index=slot_index,
-        slot_valid=slot_valid, target_ids=target_ids, eos_fill=eos_fill, ks=[seq.k for seq in sequences],
+        input_ids=input_ids,
+        position_ids=position_ids,
+        anchor_of=anchor_of,
+        region_of=region_of,
+        mask_slot=mask_slot,
+        valid=valid,
+        source_index=source_index,
+        slot_index=slot_index,
+        slot_valid=slot_valid,
+        target_ids=target_ids,
+        eos_fill=eos_fill,
+        ks=[seq.k for seq in sequences],
         bidirectional=sequences[0].bidirectional,
         first_anchor=torch.tensor([seq.first_anchor for seq in sequences], dtype=torch.long),
     )
 
 
-def model_attention_mask(batch: PackedBatch, attn_implementation: str, dtype: torch.dtype, *, bidirectional: bool | None = None):
+def model_attention_mask(
+    batch: PackedBatch, attn_implementation: str, dtype: torch.dtype, *, bidirectional: bool | None = None
+):
     """The mask to pass as `attention_mask=` to a Hugging Face model with this attention implementation.
 
     - flex_attention: a BlockMask built from the rule's mask_mod (block-sparse, no (T, T) tensor per head);
@@ -115,7 +128,11 @@ def model_attention_mask(batch: PackedBatch, attn_implementation: str, dtype: to
 
         length = batch.input_ids.shape[1]
         return create_block_mask(
-            batch.mask_mod(bidirectional=bidirectional), batch.batch_size, None, length, length,
+            batch.mask_mod(bidirectional=bidirectional),
+            batch.batch_size,
+            None,
+            length,
+            length,
             device=batch.input_ids.device,
         )
     allowed = batch.dense_mask(bidirectional=bidirectional)

@@ -72,11 +72,18 @@ def _attention_rule(q_anchor, q_region, q_slot, q_valid, kv_anchor, kv_region, k
 
 def dense_attention_mask(anchor_of, region_of, mask_slot, valid, bidirectional: bool) -> torch.Tensor:
     """(..., T, T) bool mask from (..., T) descriptors (batched or not)."""
-    q = lambda x: x.unsqueeze(-1)  # noqa: E731 - query along rows
-    kv = lambda x: x.unsqueeze(-2)  # noqa: E731 - key along columns
+    q = lambda x: x.unsqueeze(-1)
+    kv = lambda x: x.unsqueeze(-2)
     return _attention_rule(
-        q(anchor_of), q(region_of), q(mask_slot), q(valid),
-        kv(anchor_of), kv(region_of), kv(mask_slot), kv(valid), bidirectional,
+        q(anchor_of),
+        q(region_of),
+        q(mask_slot),
+        q(valid),
+        kv(anchor_of),
+        kv(region_of),
+        kv(mask_slot),
+        kv(valid),
+        bidirectional,
     )
 
 
@@ -85,8 +92,15 @@ def flex_mask_mod(anchor_of, region_of, mask_slot, valid, bidirectional: bool):
 
     def mask_mod(b, h, q_idx, kv_idx):
         return _attention_rule(
-            anchor_of[b, q_idx], region_of[b, q_idx], mask_slot[b, q_idx], valid[b, q_idx],
-            anchor_of[b, kv_idx], region_of[b, kv_idx], mask_slot[b, kv_idx], valid[b, kv_idx], bidirectional,
+            anchor_of[b, q_idx],
+            region_of[b, q_idx],
+            mask_slot[b, q_idx],
+            valid[b, q_idx],
+            anchor_of[b, kv_idx],
+            region_of[b, kv_idx],
+            mask_slot[b, kv_idx],
+            valid[b, kv_idx],
+            bidirectional,
         )
 
     return mask_mod
@@ -94,7 +108,9 @@ def flex_mask_mod(anchor_of, region_of, mask_slot, valid, bidirectional: bool):
 
 def _check_pack_arguments(token_ids, k, offset, k_max, num_regions, first_anchor, mask_tokens: MaskTokens):
     if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 1:
-        raise ValueError(f"token_ids must be a 1-D tensor of token ids, got {getattr(token_ids, 'shape', type(token_ids))}")
+        raise ValueError(
+            f"token_ids must be a 1-D tensor of token ids, got {getattr(token_ids, 'shape', type(token_ids))}"
+        )
     if k_max < 1:
         raise ValueError(f"k_max must be >= 1, got {k_max}")
     if not 1 <= k <= k_max:
@@ -113,7 +129,9 @@ def _check_pack_arguments(token_ids, k, offset, k_max, num_regions, first_anchor
             f"sequence of length {length} is too short for one MTP region (regions are 2*k_max = {2 * k_max} tokens apart)"
         )
     if first_anchor >= length:
-        raise ValueError(f"sequence of length {length} is too short for one MTP region after first_anchor={first_anchor}")
+        raise ValueError(
+            f"sequence of length {length} is too short for one MTP region after first_anchor={first_anchor}"
+        )
     is_mask = torch.isin(token_ids, torch.tensor(mask_tokens.ids, dtype=token_ids.dtype))
     if bool(is_mask.any()):
         where = int(is_mask.nonzero()[0, 0])
@@ -199,8 +217,20 @@ def pack(
 
     attention_mask = dense_attention_mask(anchor_of, region_of, mask_slot, valid, bidirectional)
     return PackedSequence(
-        input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-        slot_index=slot_index, target_ids=target_ids, anchor_positions=anchors, eos_fill=eos_fill,
-        anchor_of=anchor_of, region_of=region_of, mask_slot=mask_slot, valid=valid, source_index=source_index,
-        k=k, offset=offset, bidirectional=bidirectional, first_anchor=first_anchor,
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        slot_index=slot_index,
+        target_ids=target_ids,
+        anchor_positions=anchors,
+        eos_fill=eos_fill,
+        anchor_of=anchor_of,
+        region_of=region_of,
+        mask_slot=mask_slot,
+        valid=valid,
+        source_index=source_index,
+        k=k,
+        offset=offset,
+        bidirectional=bidirectional,
+        first_anchor=first_anchor,
     )

@@ -26,8 +26,22 @@ class MetricSums:
     SCALARS = ("regions", "slot_loss_sum", "entropy_sum", "prefix_loss_sum")
 
     @classmethod
-    def from_slots(cls, batch, *, rows, regions, slots, proposals, targets, confidences, thresholds,
-                   num_slot_metrics, slot_loss, entropy, prefix_loss=None) -> "MetricSums":
+    def from_slots(
+        cls,
+        batch,
+        *,
+        rows,
+        regions,
+        slots,
+        proposals,
+        targets,
+        confidences,
+        thresholds,
+        num_slot_metrics,
+        slot_loss,
+        entropy,
+        prefix_loss=None,
+    ) -> MetricSums:
         device = proposals.device
         supervised = targets != -100
         agree = ((proposals == targets) & supervised).float()
@@ -37,16 +51,22 @@ class MetricSums:
         confidence_grid = torch.zeros(batch.slot_index.shape, device=device)
         confidence_grid[rows, regions, slots] = confidences.float()
         region_valid = batch.slot_valid[..., 0]
-        accept = [confident_run_length(confidence_grid, threshold, batch.slot_valid)[region_valid].float().sum()
-                  for threshold in thresholds]
-        scalars = torch.stack([
-            region_valid.sum().float().to(device), slot_loss.float(), entropy.float(),
-            (prefix_loss if prefix_loss is not None else torch.zeros((), device=device)).float(),
-        ])
+        accept = [
+            confident_run_length(confidence_grid, threshold, batch.slot_valid)[region_valid].float().sum()
+            for threshold in thresholds
+        ]
+        scalars = torch.stack(
+            [
+                region_valid.sum().float().to(device),
+                slot_loss.float(),
+                entropy.float(),
+                (prefix_loss if prefix_loss is not None else torch.zeros((), device=device)).float(),
+            ]
+        )
         accept_length = torch.stack(accept) if accept else torch.zeros(0, device=device)
         return cls(slot_agree, slot_confidence, slot_count, accept_length, scalars, tuple(thresholds))
 
-    def __add__(self, other: "MetricSums") -> "MetricSums":
+    def __add__(self, other: MetricSums) -> MetricSums:
         size = max(self.slot_count.numel(), other.slot_count.numel())
 
         def padded(tensor):
@@ -56,16 +76,21 @@ class MetricSums:
             padded(self.slot_agree) + padded(other.slot_agree),
             padded(self.slot_confidence) + padded(other.slot_confidence),
             padded(self.slot_count) + padded(other.slot_count),
-            self.accept_length + other.accept_length, self.scalars + other.scalars, self.thresholds,
+            self.accept_length + other.accept_length,
+            self.scalars + other.scalars,
+            self.thresholds,
         )
 
-    def all_reduce(self, group=None) -> "MetricSums":
+    def all_reduce(self, group=None) -> MetricSums:
         """Sum over the data-parallel group (all ranks must hold the same K; pad to k_max before)."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return self
         flat = torch.cat([self.slot_agree, self.slot_confidence, self.slot_count, self.accept_length, self.scalars])
         torch.distributed.all_reduce(flat, group=group)
-        sizes = [t.numel() for t in (self.slot_agree, self.slot_confidence, self.slot_count, self.accept_length, self.scalars)]
+        sizes = [
+            t.numel()
+            for t in (self.slot_agree, self.slot_confidence, self.slot_count, self.accept_length, self.scalars)
+        ]
         return MetricSums(*flat.split(sizes), self.thresholds)
 
     def summary(self) -> dict[str, float]:

@@ -56,6 +56,7 @@ class ObjectiveConfig:
 
 # ----------------------------------------------------------------------------------------------- models --
 
+
 def hidden_states(model, input_ids, position_ids, attention_mask) -> torch.Tensor:
     """Final (normed) hidden states (B, T, H) of a Hugging Face causal LM, without its LM head."""
     output = model.get_decoder()(
@@ -86,11 +87,15 @@ def model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def packed_hidden_states(model, batch: PackedBatch, input_ids=None, *, bidirectional=None, forward=None) -> torch.Tensor:
+def packed_hidden_states(
+    model, batch: PackedBatch, input_ids=None, *, bidirectional=None, forward=None
+) -> torch.Tensor:
     """Run `model` on the packed batch (or on `input_ids` laid out like it) with the right mask kind.
     `forward(input_ids=, position_ids=, attention_mask=)`, when given, computes the hidden states instead
     (the trainer passes its DeepSpeed engine wrapping `HiddenStatesModel(model)`)."""
-    mask = model_attention_mask(batch, model.config._attn_implementation, model_dtype(model), bidirectional=bidirectional)
+    mask = model_attention_mask(
+        batch, model.config._attn_implementation, model_dtype(model), bidirectional=bidirectional
+    )
     input_ids = batch.input_ids if input_ids is None else input_ids
     if forward is not None:
         return forward(input_ids=input_ids, position_ids=batch.position_ids, attention_mask=mask)
@@ -111,6 +116,7 @@ def suppress_mask_tokens(logits: torch.Tensor, mask_token_ids) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ supervision --
+
 
 def slot_coordinates(batch: PackedBatch):
     """(rows, regions, slots, cols) of every slot in the batch, flattened in a fixed order."""
@@ -153,8 +159,9 @@ def supervision_counts(batch: PackedBatch, config: ObjectiveConfig) -> dict[str,
     return counts
 
 
-def global_supervision_counts(micro_batches: list[PackedBatch], config: ObjectiveConfig, *, group=None,
-                              device=None) -> dict[str, float]:
+def global_supervision_counts(
+    micro_batches: list[PackedBatch], config: ObjectiveConfig, *, group=None, device=None
+) -> dict[str, float]:
     """Counts summed over this rank's micro-batches of a step and all-reduced over the data-parallel group."""
     totals = {"slots": 0, "prefix": 0}
     for batch in micro_batches:
@@ -169,6 +176,7 @@ def global_supervision_counts(micro_batches: list[PackedBatch], config: Objectiv
 
 # ----------------------------------------------------------------------------------------------- losses --
 
+
 @dataclass
 class ObjectiveOutput:
     loss: torch.Tensor  # scalar, already divided by the global counts (times loss_multiplier)
@@ -177,8 +185,9 @@ class ObjectiveOutput:
     metrics: MetricSums | None = field(repr=False, default=None)
 
 
-def _slot_loss_terms(logits, hard_targets, teacher_log_probs, soft_rows, temperature, mask_token_ids,
-                     entropy_grad=True):
+def _slot_loss_terms(
+    logits, hard_targets, teacher_log_probs, soft_rows, temperature, mask_token_ids, entropy_grad=True
+):
     """Per-chunk sums: (slot loss, entropy). Hard rows: CE; soft rows: tau^2 * KL(teacher || student).
     The entropy is a metric only (no graph) unless `entropy_grad` (a non-zero entropy weight). Rows are
     selected by ignore_index / per-row masks, never by gathering (rows, V) copies: each boolean-indexed copy
@@ -193,8 +202,9 @@ def _slot_loss_terms(logits, hard_targets, teacher_log_probs, soft_rows, tempera
     entropy_source = log_probs if entropy_grad else log_probs.detach()
     entropy = -torch.where(supervised, (entropy_source.exp() * entropy_source).sum(-1), 0.0).sum()
     # reduction="sum" over no target at all is 0, still attached to the graph
-    loss = F.nll_loss(log_probs, torch.where(hard_rows, hard_targets, IGNORE_INDEX), ignore_index=IGNORE_INDEX,
-                      reduction="sum")
+    loss = F.nll_loss(
+        log_probs, torch.where(hard_rows, hard_targets, IGNORE_INDEX), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     if soft_rows is not None and soft_rows.any():
         student = F.log_softmax(logits / temperature, -1)[:, : teacher_log_probs.shape[-1]]
         kl = (teacher_log_probs.exp() * (teacher_log_probs - student)).sum(-1)
@@ -202,26 +212,42 @@ def _slot_loss_terms(logits, hard_targets, teacher_log_probs, soft_rows, tempera
     return loss, entropy
 
 
-def _chunked_loss(head, hidden, first_chunk_logits, hard_targets, teacher_log_probs, soft_rows, config,
-                  mask_token_ids):
+def _chunked_loss(head, hidden, first_chunk_logits, hard_targets, teacher_log_probs, soft_rows, config, mask_token_ids):
     """Sum the slot terms over row chunks; recompute each chunk's logits in backward when there are several."""
     chunk = config.logits_chunk_size
     entropy_grad = config.entropy_weight != 0
     if first_chunk_logits is not None:  # everything fitted in one chunk: reuse the logits of the proposal pass
-        return _slot_loss_terms(first_chunk_logits, hard_targets, teacher_log_probs, soft_rows, config.temperature,
-                                mask_token_ids, entropy_grad)
+        return _slot_loss_terms(
+            first_chunk_logits,
+            hard_targets,
+            teacher_log_probs,
+            soft_rows,
+            config.temperature,
+            mask_token_ids,
+            entropy_grad,
+        )
 
     def chunk_terms(hidden_chunk, targets_chunk, teacher_chunk, soft_chunk):
-        return _slot_loss_terms(head(hidden_chunk).float(), targets_chunk, teacher_chunk, soft_chunk,
-                                config.temperature, mask_token_ids, entropy_grad)
+        return _slot_loss_terms(
+            head(hidden_chunk).float(),
+            targets_chunk,
+            teacher_chunk,
+            soft_chunk,
+            config.temperature,
+            mask_token_ids,
+            entropy_grad,
+        )
 
     loss_sum = entropy_sum = hidden.sum() * 0
     for start in range(0, hidden.shape[0], chunk):
         part = slice(start, start + chunk)
         loss, entropy = checkpoint(
-            chunk_terms, hidden[part], hard_targets[part],
+            chunk_terms,
+            hidden[part],
+            hard_targets[part],
             None if teacher_log_probs is None else teacher_log_probs[part],
-            None if soft_rows is None else soft_rows[part], use_reentrant=False,
+            None if soft_rows is None else soft_rows[part],
+            use_reentrant=False,
         )
         loss_sum, entropy_sum = loss_sum + loss, entropy_sum + entropy
     return loss_sum, entropy_sum
@@ -249,9 +275,18 @@ def student_forced_inputs(batch: PackedBatch, proposals, rows, regions, slots, c
     return teacher_ids
 
 
-def mtp_objective(student, teacher, batch: PackedBatch, config: ObjectiveConfig, *, mask_token_ids,
-                  global_counts: dict[str, float] | None = None, loss_multiplier: float = 1.0,
-                  num_slot_metrics: int | None = None, student_forward=None) -> ObjectiveOutput:
+def mtp_objective(
+    student,
+    teacher,
+    batch: PackedBatch,
+    config: ObjectiveConfig,
+    *,
+    mask_token_ids,
+    global_counts: dict[str, float] | None = None,
+    loss_multiplier: float = 1.0,
+    num_slot_metrics: int | None = None,
+    student_forward=None,
+) -> ObjectiveOutput:
     """Loss and metrics for one micro-batch. `teacher(batch, input_ids, rows, cols, want=, temperature=)`
     returns teacher argmax ids or log-probs at (rows, cols) (see mtp_ds.models.teacher); unused for ground_truth.
 
@@ -291,31 +326,51 @@ def mtp_objective(student, teacher, batch: PackedBatch, config: ObjectiveConfig,
         if config.kind == "hard":
             teacher_argmax = teacher(batch, teacher_ids, rows, cols, want="argmax", mask_token_ids=mask_token_ids)
         else:
-            teacher_log_probs = teacher(batch, teacher_ids, rows, cols, want="log_probs",
-                                        mask_token_ids=mask_token_ids, temperature=config.temperature)
+            teacher_log_probs = teacher(
+                batch,
+                teacher_ids,
+                rows,
+                cols,
+                want="log_probs",
+                mask_token_ids=mask_token_ids,
+                temperature=config.temperature,
+            )
             teacher_argmax = teacher_log_probs.argmax(-1)
             soft_rows = ~eos_fill  # the EOS rule: slots past the sample's EOS learn EOS outright
         hard_targets = torch.where(eos_fill, slot_targets_gt, teacher_argmax)
         agreement_targets = hard_targets
 
-    slot_loss, entropy = _chunked_loss(head, slot_hidden, first_chunk_logits, hard_targets, teacher_log_probs,
-                                       soft_rows, config, mask_token_ids)
+    slot_loss, entropy = _chunked_loss(
+        head, slot_hidden, first_chunk_logits, hard_targets, teacher_log_probs, soft_rows, config, mask_token_ids
+    )
     loss = (slot_loss + config.entropy_weight * entropy) / max(counts["slots"], 1.0)
     prefix_loss = None
     if config.prefix_ntp_weight > 0:
         prefix_rows, prefix_cols, prefix_targets = prefix_coordinates(batch)
         prefix_loss, _ = _chunked_loss(
-            head, hidden[prefix_rows, prefix_cols],
+            head,
+            hidden[prefix_rows, prefix_cols],
             head(hidden[prefix_rows, prefix_cols]).float() if prefix_rows.numel() <= config.logits_chunk_size else None,
-            prefix_targets, None, None, config, mask_token_ids,
+            prefix_targets,
+            None,
+            None,
+            config,
+            mask_token_ids,
         )
         loss = loss + config.prefix_ntp_weight * prefix_loss / max(counts["prefix"], 1.0)
 
     metrics = MetricSums.from_slots(
-        batch, regions=regions, rows=rows, slots=slots, proposals=proposals, targets=agreement_targets,
-        confidences=confidences, thresholds=config.accept_thresholds,
+        batch,
+        regions=regions,
+        rows=rows,
+        slots=slots,
+        proposals=proposals,
+        targets=agreement_targets,
+        confidences=confidences,
+        thresholds=config.accept_thresholds,
         num_slot_metrics=num_slot_metrics or batch.slot_index.shape[-1],
-        slot_loss=slot_loss.detach(), entropy=entropy.detach(),
+        slot_loss=slot_loss.detach(),
+        entropy=entropy.detach(),
         prefix_loss=None if prefix_loss is None else prefix_loss.detach(),
     )
     return ObjectiveOutput(loss=loss * loss_multiplier, proposals=proposals, targets=agreement_targets, metrics=metrics)

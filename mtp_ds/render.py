@@ -41,11 +41,15 @@ def render_text(packed: PackedSequence, tokenizer=None) -> str:
         for j, index in enumerate(slots):
             target = int(packed.target_ids[region, j])
             targets[index] = "-" if target == IGNORE_INDEX else _token_text(target, tokenizer)
-    lines = [f"k={packed.k} offset={packed.offset} regions={packed.num_regions} bidirectional={packed.bidirectional}",
-             f"{'idx':>4} {'token':>10} {'pos':>4}  {'role':<10} predicts"]
+    lines = [
+        f"k={packed.k} offset={packed.offset} regions={packed.num_regions} bidirectional={packed.bidirectional}",
+        f"{'idx':>4} {'token':>10} {'pos':>4}  {'role':<10} predicts",
+    ]
     for index, (token_id, position) in enumerate(zip(packed.input_ids.tolist(), packed.position_ids.tolist())):
-        lines.append(f"{index:>4} {_token_text(token_id, tokenizer):>10} {position:>4}  {roles[index]:<10} "
-                     f"{targets.get(index, '')}")
+        lines.append(
+            f"{index:>4} {_token_text(token_id, tokenizer):>10} {position:>4}  {roles[index]:<10} "
+            f"{targets.get(index, '')}"
+        )
     lines.append("")
     lines.append("attention (row = query, column = key; # = may attend, . = blocked)")
     for index, row in enumerate(packed.attention_mask.tolist()):
@@ -69,9 +73,14 @@ def render_png(packed: PackedSequence, path: str, tokenizer=None) -> None:
         for key, allowed in enumerate(row):
             if allowed:
                 role = roles[query]
-                image[query, key] = (0.25, 0.25, 0.25) if role == "gt" or role.startswith("anchor") else \
-                    colour_of_region(int(role.split()[1].split(".")[0]) % 10)[:3]
-    labels = [f"{_token_text(t, tokenizer)}@{p}" for t, p in zip(packed.input_ids.tolist(), packed.position_ids.tolist())]
+                image[query, key] = (
+                    (0.25, 0.25, 0.25)
+                    if role == "gt" or role.startswith("anchor")
+                    else colour_of_region(int(role.split()[1].split(".")[0]) % 10)[:3]
+                )
+    labels = [
+        f"{_token_text(t, tokenizer)}@{p}" for t, p in zip(packed.input_ids.tolist(), packed.position_ids.tolist())
+    ]
     size = max(4.0, 0.22 * length)
     figure, axes = plt.subplots(figsize=(size, size))
     axes.imshow(image, interpolation="nearest")
@@ -79,8 +88,11 @@ def render_png(packed: PackedSequence, path: str, tokenizer=None) -> None:
     axes.set_yticks(range(length), [f"{label} ({role})" for label, role in zip(labels, roles)], fontsize=6)
     axes.set_xlabel("key (token@position)")
     axes.set_ylabel("query")
-    axes.set_title(f"MTP packed layout: k={packed.k}, offset={packed.offset}\n"
-                   "dark: ground-truth queries, colour: mask queries of one region", fontsize=9)
+    axes.set_title(
+        f"MTP packed layout: k={packed.k}, offset={packed.offset}\n"
+        "dark: ground-truth queries, colour: mask queries of one region",
+        fontsize=9,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -98,11 +110,15 @@ def _bad_flag(args: argparse.Namespace) -> str | None:
         if png.is_dir():
             return f"--png {args.png}: is a directory, give a file name"
     if args.eos_at is not None and not 1 <= args.eos_at < args.length:
-        return f"--eos-at {args.eos_at}: must be in [1, {args.length - 1}] (inside --length {args.length}, after token 0)"
+        return (
+            f"--eos-at {args.eos_at}: must be in [1, {args.length - 1}] (inside --length {args.length}, after token 0)"
+        )
     end, limit = (args.length, "--length") if args.eos_at is None else (args.eos_at, "--eos-at")
     if args.length >= 1 and not 0 <= args.offset < end:
-        return (f"--offset {args.offset}: the first anchor must lie before the sample's end ({limit} {end}), "
-                f"so --offset must be in [0, {end - 1}]")
+        return (
+            f"--offset {args.offset}: the first anchor must lie before the sample's end ({limit} {end}), "
+            f"so --offset must be in [0, {end - 1}]"
+        )
     return None
 
 
@@ -128,8 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         eos_id = args.length + 1
         token_ids[args.eos_at] = eos_id
     try:
-        packed = pack(token_ids, k=args.k, offset=args.offset, mtp_token_id=args.length, k_max=args.k_max,
-                      bidirectional=args.bidirectional, eos_token_id=eos_id)
+        packed = pack(
+            token_ids,
+            k=args.k,
+            offset=args.offset,
+            mtp_token_id=args.length,
+            k_max=args.k_max,
+            bidirectional=args.bidirectional,
+            eos_token_id=eos_id,
+        )
     except ValueError as error:
         print(f"mtp-ds show-layout: {error}", file=sys.stderr)
         return 2

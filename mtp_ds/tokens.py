@@ -97,8 +97,10 @@ def _gathered(parameters, gather):
     if not any(hasattr(p, "ds_id") for p in parameters):
         return contextlib.nullcontext()
     if gather is None:
-        raise ValueError("the model's embeddings are ZeRO-3 partitioned: pass gather= "
-                         "(mtp_ds.models.student.gathered_for_write) to add_mtp_tokens")
+        raise ValueError(
+            "the model's embeddings are ZeRO-3 partitioned: pass gather= "
+            "(mtp_ds.models.student.gathered_for_write) to add_mtp_tokens"
+        )
     return gather(parameters)
 
 
@@ -113,8 +115,9 @@ def _init_rows(weight: torch.Tensor, rows: list[int], num_existing: int, generat
         weight[rows] = (mean + std * noise.to(mean.device)).to(dtype=weight.dtype)
 
 
-def add_mtp_tokens(tokenizer, model, *, distinct_slots: bool = False, k_max: int = 16, seed: int = 0,
-                   gather=None) -> MaskTokens:
+def add_mtp_tokens(
+    tokenizer, model, *, distinct_slots: bool = False, k_max: int = 16, seed: int = 0, gather=None
+) -> MaskTokens:
     """Add `<MTP>` (or `<MTP_0>..<MTP_{k_max-1}>`) to `tokenizer` and `model`, in place; return the ids.
 
     `gather(parameters)`: a context manager making partitioned parameters whole and writable (needed only for a

@@ -8,16 +8,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from mtp_ds.models.tiny import tiny_model, word_tokenizer  # noqa: E402
-from mtp_ds.tokens import add_mtp_tokens  # noqa: E402
+from mtp_ds.models.tiny import tiny_model, word_tokenizer
+from mtp_ds.tokens import add_mtp_tokens
 
 ARCHS = ["qwen3", "llama"]
 # "cuda" variants run where a GPU is (bench/gpu_check.sh runs them with `-m cuda`); on CPU machines they skip
-CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                       reason="no CUDA device")])
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+)
 DEVICES = ["cpu", CUDA]
 
 
@@ -27,12 +28,24 @@ def _deterministic():
     yield
 
 
-def make_mtp_model(arch: str, *, distinct_slots: bool = False, k_max: int = 16, tie_word_embeddings: bool = False,
-                   attn_implementation: str = "sdpa", seed: int = 0):
+def make_mtp_model(
+    arch: str,
+    *,
+    distinct_slots: bool = False,
+    k_max: int = 16,
+    tie_word_embeddings: bool = False,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+):
     """(model, tokenizer, mask_tokens) with the mask token(s) added; fp32, eval mode."""
     tokenizer = word_tokenizer()
-    model = tiny_model(arch, vocab_size=len(tokenizer), tie_word_embeddings=tie_word_embeddings,
-                       attn_implementation=attn_implementation, seed=seed)
+    model = tiny_model(
+        arch,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=tie_word_embeddings,
+        attn_implementation=attn_implementation,
+        seed=seed,
+    )
     mask_tokens = add_mtp_tokens(tokenizer, model, distinct_slots=distinct_slots, k_max=k_max)
     return model, tokenizer, mask_tokens
 

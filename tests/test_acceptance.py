@@ -57,13 +57,24 @@ def test_training_metric_uses_the_rule():
     """accept_length@tau of MetricSums on hand-made confidences: mean over regions of the paper's count."""
     regions = [[0.5, 0.95, 0.95, 0.2], [0.95, 0.92, 0.85, 0.97], [0.99, 0.91, 0.93, 0.95]]
     grid = torch.tensor(regions)[None]  # (1 row, 3 regions, 4 slots)
-    batch = SimpleNamespace(slot_index=torch.zeros(grid.shape, dtype=torch.long),
-                            slot_valid=torch.ones(grid.shape, dtype=torch.bool))
+    batch = SimpleNamespace(
+        slot_index=torch.zeros(grid.shape, dtype=torch.long), slot_valid=torch.ones(grid.shape, dtype=torch.bool)
+    )
     rows, region_index, slots = batch.slot_valid.nonzero(as_tuple=True)
     confidences = grid[rows, region_index, slots]
-    sums = MetricSums.from_slots(batch, regions=region_index, rows=rows, slots=slots, proposals=slots * 0,
-                                 targets=slots * 0, confidences=confidences, thresholds=(0.9, 0.5),
-                                 num_slot_metrics=4, slot_loss=torch.zeros(()), entropy=torch.zeros(()))
+    sums = MetricSums.from_slots(
+        batch,
+        regions=region_index,
+        rows=rows,
+        slots=slots,
+        proposals=slots * 0,
+        targets=slots * 0,
+        confidences=confidences,
+        thresholds=(0.9, 0.5),
+        num_slot_metrics=4,
+        slot_loss=torch.zeros(()),
+        entropy=torch.zeros(()),
+    )
     summary = sums.summary()
     assert summary["accept_length@0.9"] == pytest.approx((1 + 2 + 4) / 3)
     assert summary["accept_length@0.5"] == pytest.approx(sum(paper_rule(r, 0.5) for r in regions) / 3)

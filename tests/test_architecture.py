@@ -19,8 +19,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mtp_ds"
 
-METHOD = ("mtp_ds.tokens", "mtp_ds.layout", "mtp_ds.batching", "mtp_ds.objective", "mtp_ds.metrics",
-          "mtp_ds.acceptance", "mtp_ds.decoding")
+METHOD = (
+    "mtp_ds.tokens",
+    "mtp_ds.layout",
+    "mtp_ds.batching",
+    "mtp_ds.objective",
+    "mtp_ds.metrics",
+    "mtp_ds.acceptance",
+    "mtp_ds.decoding",
+)
 ROOMS = {  # room -> module-name prefixes (a prefix matches itself and everything below it)
     "method": METHOD,
     "config": ("mtp_ds.config",),
@@ -55,8 +62,15 @@ CONFIG_EXTERNALS = {"yaml"}  # the config room is stdlib + yaml: `import mtp_ds.
 
 
 def room_of(module: str) -> str:
-    best = max(((room, prefix) for room, prefixes in ROOMS.items() for prefix in prefixes
-                if module == prefix or module.startswith(prefix + ".")), key=lambda item: len(item[1]))
+    best = max(
+        (
+            (room, prefix)
+            for room, prefixes in ROOMS.items()
+            for prefix in prefixes
+            if module == prefix or module.startswith(prefix + ".")
+        ),
+        key=lambda item: len(item[1]),
+    )
     return best[0]
 
 
@@ -109,7 +123,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -150,34 +164,44 @@ def check_graph(internal: dict[str, set[str]], external: dict[str, set[str]]) ->
 
 # ------------------------------------------------------------------------ the checker, on hand-made graphs --
 
+
 def test_checker_finds_a_cycle():
-    graph = {"mtp_ds.config.a": {"mtp_ds.config.b"}, "mtp_ds.config.b": {"mtp_ds.config.c"},
-             "mtp_ds.config.c": {"mtp_ds.config.a"}}
+    graph = {
+        "mtp_ds.config.a": {"mtp_ds.config.b"},
+        "mtp_ds.config.b": {"mtp_ds.config.c"},
+        "mtp_ds.config.c": {"mtp_ds.config.a"},
+    }
     assert find_cycle(graph) == ["mtp_ds.config.a", "mtp_ds.config.b", "mtp_ds.config.c", "mtp_ds.config.a"]
     assert find_cycle({"mtp_ds.config.a": {"mtp_ds.config.b"}, "mtp_ds.config.b": set()}) is None
 
 
-@pytest.mark.parametrize("importer, imported, broken", [
-    ("mtp_ds.layout", "mtp_ds.config", True),  # the method reads no recipe
-    ("mtp_ds.decoding.decoder", "mtp_ds.demo.run", True),  # nothing outside the demo imports it
-    ("mtp_ds.models.student", "mtp_ds.train.loop", True),  # runtime below the loop
-    ("mtp_ds.train.loop", "mtp_ds.models.student", False),
-    ("mtp_ds.demo.run", "mtp_ds.decoding.decoder", False),
-    ("mtp_ds.data.micro_batches", "mtp_ds.layout", False),
-])
+@pytest.mark.parametrize(
+    "importer, imported, broken",
+    [
+        ("mtp_ds.layout", "mtp_ds.config", True),  # the method reads no recipe
+        ("mtp_ds.decoding.decoder", "mtp_ds.demo.run", True),  # nothing outside the demo imports it
+        ("mtp_ds.models.student", "mtp_ds.train.loop", True),  # runtime below the loop
+        ("mtp_ds.train.loop", "mtp_ds.models.student", False),
+        ("mtp_ds.demo.run", "mtp_ds.decoding.decoder", False),
+        ("mtp_ds.data.micro_batches", "mtp_ds.layout", False),
+    ],
+)
 def test_checker_applies_the_room_rules(importer, imported, broken):
     problems = check_graph({importer: {imported}, imported: set()}, {importer: set(), imported: set()})
     assert bool(problems) == broken, problems
 
 
-@pytest.mark.parametrize("module, package, broken", [
-    ("mtp_ds.objective", "deepspeed", True),
-    ("mtp_ds.tokens", "deepspeed", True),
-    ("mtp_ds.config.recipe", "torch", True),
-    ("mtp_ds.decoding.decoder", "lm_eval", True),
-    ("mtp_ds.models.teacher", "deepspeed", False),
-    ("mtp_ds.config.recipe", "yaml", False),
-])
+@pytest.mark.parametrize(
+    "module, package, broken",
+    [
+        ("mtp_ds.objective", "deepspeed", True),
+        ("mtp_ds.tokens", "deepspeed", True),
+        ("mtp_ds.config.recipe", "torch", True),
+        ("mtp_ds.decoding.decoder", "lm_eval", True),
+        ("mtp_ds.models.teacher", "deepspeed", False),
+        ("mtp_ds.config.recipe", "yaml", False),
+    ],
+)
 def test_checker_applies_the_external_rules(module, package, broken):
     assert bool(check_graph({module: set()}, {module: {package}})) == broken
 
@@ -196,6 +220,7 @@ def test_reader_sees_lazy_relative_and_submodule_imports(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the real tree --
+
 
 def test_package_follows_the_rooms_and_has_no_cycle():
     internal, external = read_imports(PACKAGE)
@@ -228,8 +253,14 @@ def test_cli_table_points_at_modules_with_a_main():
 
 def test_python_dash_m_mtp_ds_train_is_a_package_entry():
     assert (PACKAGE / "train" / "__main__.py").exists()
-    out = subprocess.run([sys.executable, "-m", "mtp_ds.train"], capture_output=True, text=True, cwd="/",
-                         env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "mtp_ds.train"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"},
+        timeout=120,
+    )
     assert out.returncode == 2 and "usage: mtp-ds train RECIPE.yaml" in out.stderr, out.stderr
 
 
@@ -244,6 +275,7 @@ def test_public_paths_of_the_method_are_importable():
 
 
 # ---------------------------------------------------------------------------------- paths after the moves --
+
 
 def test_repo_root_is_the_checkout():
     from mtp_ds.config import REPO_ROOT
@@ -278,6 +310,7 @@ def test_lm_eval_pth_is_packaged_from_packaging():
 
 # ------------------------------------------------------------------------------------- docs match the tree --
 
+
 def _what_is_here_paths() -> list[str]:
     readme = (REPO / "README.md").read_text()
     section = readme.split("## What is here", 1)[1].split("\n## ", 1)[0]
@@ -302,6 +335,7 @@ def test_no_reference_to_the_development_only_shared_folder():
     """Users have no ../shared: docs and comments cite docs/METHOD.md and ARCHITECTURE.md instead."""
     needle = "shared" + "/"  # spelled apart so that this file does not match itself
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    offenders = [name for name in tracked if (REPO / name).is_file()
-                 and needle in (REPO / name).read_text(errors="ignore")]
+    offenders = [
+        name for name in tracked if (REPO / name).is_file() and needle in (REPO / name).read_text(errors="ignore")
+    ]
     assert offenders == []

@@ -3,11 +3,11 @@ tensors and on whole models with ragged 4D masks; the decoder switches to it onl
 
 import pytest
 import torch
+from conftest import make_mtp_model
 
 import mtp_ds.decoding.attention as attention
-from mtp_ds.decoding.kv_cache import cache_argument
-from conftest import make_mtp_model
 from mtp_ds.decoding import generate
+from mtp_ds.decoding.kv_cache import cache_argument
 from mtp_ds.models.tiny import tiny_model
 
 
@@ -41,8 +41,9 @@ def test_model_logits_equal_sdpa_with_ragged_mask(arch, monkeypatch):
 
     model = tiny_model(arch, num_heads=4, num_kv_heads=2)
     folds = []
-    monkeypatch.setattr(attention, "fold_query_heads",
-                        lambda *a, _fold=attention.fold_query_heads: folds.append(1) or _fold(*a))
+    monkeypatch.setattr(
+        attention, "fold_query_heads", lambda *a, _fold=attention.fold_query_heads: folds.append(1) or _fold(*a)
+    )
     batch, cached, q_len = 3, 9, 4
     ids = torch.randint(4, 120, (batch, cached + q_len))
     mask = torch.zeros(batch, 1, q_len, cached + q_len)
@@ -55,18 +56,26 @@ def test_model_logits_equal_sdpa_with_ragged_mask(arch, monkeypatch):
             cache = DynamicCache()
             model(input_ids=ids[:, :cached], **{cache_argument(model): cache}, use_cache=True)
             with attention.decoding_attention(model) if fold else torch.inference_mode():
-                logits.append(model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=positions,
-                                    **{cache_argument(model): cache}, use_cache=True).logits)
+                logits.append(
+                    model(
+                        input_ids=ids[:, cached:],
+                        attention_mask=mask,
+                        position_ids=positions,
+                        **{cache_argument(model): cache},
+                        use_cache=True,
+                    ).logits
+                )
     assert len(folds) == model.config.num_hidden_layers  # the folded path really ran, once per layer
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
     assert model.config._attn_implementation == "sdpa"
 
 
 def test_decoder_switches_only_during_generate_and_restores_after_an_error():
-    model, tokenizer, mask_tokens = make_mtp_model("qwen3")
+    model, _tokenizer, mask_tokens = make_mtp_model("qwen3")
     seen = []
     hook = model.model.layers[0].self_attn.register_forward_pre_hook(
-        lambda module, args: seen.append(module.config._attn_implementation))
+        lambda module, args: seen.append(module.config._attn_implementation)
+    )
     generate(model, torch.tensor([[5, 6, 7]]), mtp_token_id=mask_tokens, k=3, max_new_tokens=6)
     assert set(seen) == {attention.IMPLEMENTATION} and model.config._attn_implementation == "sdpa"
 

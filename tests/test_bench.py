@@ -11,15 +11,27 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_mtp_model
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "tests" / "fixtures" / "gsm8k_3.jsonl"
 SETTINGS = "HF greedy,ours k=1,static k=2,confadapt 0.9,selfspec linear,selfspec per_proposal"
 SELFSPEC = ("selfspec linear", "selfspec per_proposal")
-BENCH_ARGS = ("--prompts", PROMPTS, "--prompt-template", "Q: {prompt}\nA:", "--batch-sizes", "1,3", "--new-tokens", 8,
-              "--repeats", 1, "--skip-curve", "--k-max", 4)
+BENCH_ARGS = (
+    "--prompts",
+    PROMPTS,
+    "--prompt-template",
+    "Q: {prompt}\nA:",
+    "--batch-sizes",
+    "1,3",
+    "--new-tokens",
+    8,
+    "--repeats",
+    1,
+    "--skip-curve",
+    "--k-max",
+    4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +47,13 @@ def checkpoint(tmp_path_factory):
 
 
 def _bench(*args):
-    return subprocess.run([sys.executable, str(REPO / "bench" / "decode.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "decode.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def test_decode_bench_on_real_prompts_matches_hf_greedy(checkpoint, tmp_path):
@@ -68,8 +85,10 @@ def test_decode_bench_on_real_prompts_matches_hf_greedy(checkpoint, tmp_path):
             assert 1.0 <= row["acceleration_factor"] <= 4.0, setting
             assert 0.0 <= row["verified_per_pass"] < row["acceleration_factor"], setting
             assert batch < row["query_tokens_per_decode_pass"] <= batch * widest, setting
-    assert rows[(3, "selfspec per_proposal")]["query_tokens_per_decode_pass"] > \
-        rows[(3, "selfspec linear")]["query_tokens_per_decode_pass"]
+    assert (
+        rows[(3, "selfspec per_proposal")]["query_tokens_per_decode_pass"]
+        > rows[(3, "selfspec linear")]["query_tokens_per_decode_pass"]
+    )
     assert report["args"]["k_max"] == report["args"]["selfspec_k_max"] == 4
     assert "the first b prompts of" in result.stdout
     assert "ConfAdapt k_max 4, selfspec k_max 4" in result.stdout
@@ -97,12 +116,15 @@ def test_decode_bench_fails_loudly_when_selfspec_differs_from_k1(checkpoint, tmp
     monkeypatch.setattr(mtp_ds.decoding, "generate", off_by_one)
     out = tmp_path / "decode.json"
     with pytest.raises(SystemExit) as failed:  # --settings without ours k=1: the bench adds its reference
-        decode.main(["--model", str(checkpoint), *map(str, BENCH_ARGS), "--settings", ",".join(SELFSPEC),
-                     "--out", str(out)])
+        decode.main(
+            ["--model", str(checkpoint), *map(str, BENCH_ARGS), "--settings", ",".join(SELFSPEC), "--out", str(out)]
+        )
     assert isinstance(failed.value, decode.TokensDiffer)
     message = str(failed.value)
-    assert message.startswith("batch 3: selfspec per_proposal differs from ours k=1 (lossless decoding must give "
-                              "the same tokens): row 1 first at new token 5: ")
+    assert message.startswith(
+        "batch 3: selfspec per_proposal differs from ours k=1 (lossless decoding must give "
+        "the same tokens): row 1 first at new token 5: "
+    )
     assert not out.exists()
 
 
@@ -121,7 +143,8 @@ def test_decode_bench_names_a_missing_prompt_field(checkpoint):
     result = _bench("--model", checkpoint, "--prompts", PROMPTS, "--prompt-field", "problem", "--skip-curve")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        f"{PROMPTS}:1: record has no field 'problem' (--prompt-field); fields: ['answer', 'question']")
+        f"{PROMPTS}:1: record has no field 'problem' (--prompt-field); fields: ['answer', 'question']"
+    )
 
 
 def test_decode_bench_refuses_prompts_without_a_checkpoint():
@@ -130,11 +153,14 @@ def test_decode_bench_refuses_prompts_without_a_checkpoint():
     assert "--prompts needs --model" in result.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("missing", "--prompts: cannot read {path}: No such file or directory"),
-    ("not_json", "{path}:2: not a JSON record (--prompts): Expecting property name enclosed in double quotes"),
-    ("too_few", "--prompts: {path} has 2 records, fewer than the largest --batch-sizes entry 4"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("missing", "--prompts: cannot read {path}: No such file or directory"),
+        ("not_json", "{path}:2: not a JSON record (--prompts): Expecting property name enclosed in double quotes"),
+        ("too_few", "--prompts: {path} has 2 records, fewer than the largest --batch-sizes entry 4"),
+    ],
+)
 def test_decode_bench_names_a_bad_prompts_file(checkpoint, tmp_path, problem, message):
     path = tmp_path / "prompts.jsonl"
     if problem != "missing":

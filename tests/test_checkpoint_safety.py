@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mtp_ds.checkpoint import ownership
-from mtp_ds.checkpoint.manifest import COMPLETE, describe, checkpoint_files, read_marker, verify, write_marker
+from mtp_ds.checkpoint.manifest import COMPLETE, checkpoint_files, describe, read_marker, verify, write_marker
 from mtp_ds.checkpoint.ownership import DirectoryInUse, RunLock
 from mtp_ds.checkpoint.resume import _claim
 from mtp_ds.checkpoint.store import rng_state, rotate, set_rng_state
@@ -42,7 +42,11 @@ def problems(path, checksums=True):
 def test_the_manifest_names_what_is_wrong_with_a_checkpoint(tmp_path):
     path = fake_checkpoint(tmp_path)
     assert problems(path) == [] and sorted(read_marker(path)["files"]) == [
-        "hf/config.json", "rng_rank0.pt", "rng_rank1.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+        "hf/config.json",
+        "rng_rank0.pt",
+        "rng_rank1.pt",
+        "zero_pp_rank_0_mp_rank_00_model_states.pt",
+    ]
     shard = path / "zero_pp_rank_0_mp_rank_00_model_states.pt"
     data = shard.read_bytes()
     shard.write_bytes(data[:1000])
@@ -111,8 +115,12 @@ def test_claim_refuses_a_held_directory_and_overwrite_moves_it_aside(tmp_path):
     fake_checkpoint(directory, "step00000004")
     metrics_file.parent.mkdir()
     metrics_file.write_text('{"step": 1}\n{"step": 2}\n')
-    settings = load_recipe("recipes/tiny_cpu.yaml", [f"checkpoint.dir={directory}", "checkpoint.resume=never"]).checkpoint
-    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint step00000004, metrics.jsonl \(2 lines\)\)"):
+    settings = load_recipe(
+        "recipes/tiny_cpu.yaml", [f"checkpoint.dir={directory}", "checkpoint.resume=never"]
+    ).checkpoint
+    with pytest.raises(
+        ConfigError, match=r"already holds a run \(checkpoint step00000004, metrics.jsonl \(2 lines\)\)"
+    ):
         _claim(settings, metrics_file, None)
     settings.overwrite = True
     run_id = _claim(settings, metrics_file, None)
@@ -150,11 +158,14 @@ def test_checkpoint_settings_are_checked_without_writing(tmp_path):
     assert sorted(tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.deepspeed_overrides.optimizer.params.lr=-1e-4", "optimizer.params.lr must be >= 0, got -0.0001"),
-    ("train.deepspeed_overrides.optimizer.params.lr=fast", "optimizer.params.lr must be a number, got 'fast'"),
-    ("train.deepspeed_overrides.scheduler.params.warmup_max_lr=-1", "scheduler.params.warmup_max_lr must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.deepspeed_overrides.optimizer.params.lr=-1e-4", "optimizer.params.lr must be >= 0, got -0.0001"),
+        ("train.deepspeed_overrides.optimizer.params.lr=fast", "optimizer.params.lr must be a number, got 'fast'"),
+        ("train.deepspeed_overrides.scheduler.params.warmup_max_lr=-1", "scheduler.params.warmup_max_lr must be >= 0"),
+    ],
+)
 def test_learning_rates_are_checked_when_the_run_is_planned(override, expected):
     recipe = load_recipe("recipes/tiny_cpu.yaml", [override])
     with pytest.raises(ConfigError, match=expected):
@@ -162,12 +173,18 @@ def test_learning_rates_are_checked_when_the_run_is_planned(override, expected):
 
 
 def test_an_unknown_optimizer_or_schedule_is_one_line():
-    names = dict(optimizers={"adamw", "lion"}, torch_optimizers={"SGD"}, schedulers={"WarmupLR"},
-                 torch_schedulers={"StepLR"})
-    for accepted in ({"optimizer": {"type": "AdamW"}}, {"optimizer": {"type": "SGD"}},
-                     {"scheduler": {"type": "StepLR"}}):
+    names = dict(
+        optimizers={"adamw", "lion"}, torch_optimizers={"SGD"}, schedulers={"WarmupLR"}, torch_schedulers={"StepLR"}
+    )
+    for accepted in (
+        {"optimizer": {"type": "AdamW"}},
+        {"optimizer": {"type": "SGD"}},
+        {"scheduler": {"type": "StepLR"}},
+    ):
         check_optimizer_and_scheduler(accepted, "ds.json", **names)
-    with pytest.raises(ConfigError, match=r"ds.json: optimizer.type='AdamWW' is not a DeepSpeed optimizer \(adamw, lion\)"):
+    with pytest.raises(
+        ConfigError, match=r"ds.json: optimizer.type='AdamWW' is not a DeepSpeed optimizer \(adamw, lion\)"
+    ):
         check_optimizer_and_scheduler({"optimizer": {"type": "AdamWW"}}, "ds.json", **names)
-    with pytest.raises(ConfigError, match="scheduler.type='Cosine' is not a DeepSpeed LR schedule"):
+    with pytest.raises(ConfigError, match=r"scheduler\.type='Cosine' is not a DeepSpeed LR schedule"):
         check_optimizer_and_scheduler({"scheduler": {"type": "Cosine"}}, "ds.json", **names)

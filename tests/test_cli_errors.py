@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_mtp_model
 from test_lm_eval import TASK, TASKS_DIR, require_installed, tiny_mtp_dir  # noqa: F401 (fixtures)
 from test_train import run_trainer
@@ -30,10 +29,17 @@ from mtp_ds.models.tiny import tiny_model
 REPO = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 HEAVY = ("transformers", "deepspeed", "matplotlib")
-PROBE = ("import sys; from mtp_ds.cli import main; code = main(sys.argv[1:]); "
-         f"print('imported:', *sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(code)")
-ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "OMP_NUM_THREADS": "1"}
+PROBE = (
+    "import sys; from mtp_ds.cli import main; code = main(sys.argv[1:]); "
+    f"print('imported:', *sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(code)"
+)
+ENV = {
+    **os.environ,
+    "DS_ACCELERATOR": "cpu",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 @dataclass
@@ -45,17 +51,40 @@ class Outcome:
 
 
 def run_mtp_ds(*args, timeout=300) -> Outcome:
-    result = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], cwd=REPO, env=ENV, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *map(str, args)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     lines = result.stdout.splitlines()
     probe = lines.pop() if lines and lines[-1].startswith("imported:") else "imported:"
     return Outcome(result.returncode, "\n".join(lines), result.stderr, set(probe.split()[1:]))
 
 
 def run_lm_eval(model_args: str) -> Outcome:
-    result = subprocess.run([str(BIN_DIR / "lm_eval"), "--model", "mtp", "--model_args", model_args,
-                             "--device", "cpu", "--tasks", TASK, "--include_path", str(TASKS_DIR)],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            str(BIN_DIR / "lm_eval"),
+            "--model",
+            "mtp",
+            "--model_args",
+            model_args,
+            "--device",
+            "cpu",
+            "--tasks",
+            TASK,
+            "--include_path",
+            str(TASKS_DIR),
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return Outcome(result.returncode, result.stdout, result.stderr, set())
 
 
@@ -111,6 +140,7 @@ def test_hub_id_is_left_to_hugging_face_and_a_missing_local_path_is_refused(tmp_
 
 # --- mtp-ds generate ---------------------------------------------------------------------------------------
 
+
 def test_generate_refuses_a_model_dir_without_tokenizer_files(tmp_path):
     model_dir = tmp_path / "weights_only"
     tiny_model("qwen3").save_pretrained(model_dir)  # config.json + weights, no tokenizer
@@ -120,6 +150,7 @@ def test_generate_refuses_a_model_dir_without_tokenizer_files(tmp_path):
 
 
 # --- mtp-ds show-layout ------------------------------------------------------------------------------------
+
 
 def test_show_layout_png_into_a_missing_directory(tmp_path):
     target = tmp_path / "no_such_dir" / "layout.png"
@@ -142,6 +173,7 @@ def test_show_layout_offset_must_land_before_the_eos():
 
 
 # --- mtp-ds export: the cheap checks -----------------------------------------------------------------------
+
 
 def _checkpoint_with_hf_folder(root: Path) -> Path:
     """COMPLETE plus a real hf/ folder (config with mtp_token_id, tokenizer), but no DeepSpeed shards."""
@@ -175,6 +207,7 @@ def test_export_refuses_an_out_dir_that_is_a_file(tmp_path):
 
 # --- mtp-ds export: DeepSpeed's pickles are loaded with weights_only=True -----------------------------------
 
+
 class TouchOnUnpickle:
     """A pickle payload: unpickling it calls `Path.touch(marker)`, i.e. runs code chosen by the file's author."""
 
@@ -194,10 +227,12 @@ def test_safe_loading_refuses_code_accepts_deepspeed_types_and_is_undone_afterwa
 
     from mtp_ds.checkpoint.safe_load import FORCE_WEIGHTS_ONLY, weights_only_loads
 
-    scaler = DynamicLossScaler(init_scale=2.0 ** 16, scale_window=1000, min_scale=1, delayed_shift=2,
-                               consecutive_hysteresis=False)
-    torch.save({"zero_stage": ZeroStageEnum.weights, "loss_scaler": scaler, "flat": [torch.ones(3)]},
-               tmp_path / "optim.pt")
+    scaler = DynamicLossScaler(
+        init_scale=2.0**16, scale_window=1000, min_scale=1, delayed_shift=2, consecutive_hysteresis=False
+    )
+    torch.save(
+        {"zero_stage": ZeroStageEnum.weights, "loss_scaler": scaler, "flat": [torch.ones(3)]}, tmp_path / "optim.pt"
+    )
     marker = tmp_path / "the_payload_ran"
     torch.save(TouchOnUnpickle(marker), tmp_path / "crafted.pt")
     before = (os.environ.get(FORCE_WEIGHTS_ONLY), set(torch.serialization.get_safe_globals()))
@@ -233,10 +268,15 @@ def _plain_pickle(payload, path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shard, write", [("zero_pp_rank_0_mp_rank_00_model_states.pt", _torch_save),
-                                          ("zero_pp_rank_1_mp_rank_00_optim_states.pt", _torch_save),
-                                          ("zero_pp_rank_1_mp_rank_00_optim_states.pt", _plain_pickle)],
-                         ids=["model_states", "optim_states", "optim_states_plain_pickle"])
+@pytest.mark.parametrize(
+    "shard, write",
+    [
+        ("zero_pp_rank_0_mp_rank_00_model_states.pt", _torch_save),
+        ("zero_pp_rank_1_mp_rank_00_optim_states.pt", _torch_save),
+        ("zero_pp_rank_1_mp_rank_00_optim_states.pt", _plain_pickle),
+    ],
+    ids=["model_states", "optim_states", "optim_states_plain_pickle"],
+)
 def test_export_refuses_a_crafted_shard_without_running_it(real_checkpoint, tmp_path, shard, write):
     checkpoint = tmp_path / "run" / real_checkpoint.name
     shutil.copytree(real_checkpoint, checkpoint)

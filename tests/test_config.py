@@ -7,17 +7,24 @@ import pytest
 import yaml
 
 from mtp_ds.config import (
-    ConfigError, Recipe, apply_overrides, effective_config, gradient_accumulation_steps, load_recipe, parse_cli,
-    resolve_deepspeed_config, resolve_teacher_config, save_effective_config,
+    ConfigError,
+    Recipe,
+    apply_overrides,
+    effective_config,
+    gradient_accumulation_steps,
+    load_recipe,
+    parse_cli,
+    resolve_deepspeed_config,
+    resolve_model_dtype,
+    resolve_teacher_config,
+    save_effective_config,
 )
-from mtp_ds.config import resolve_model_dtype
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAIN_RECIPES = {"tiny_cpu_pretrain.yaml"}  # mtp_ds.pretrain's schema (tests/test_demo.py)
 RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p.name not in PRETRAIN_RECIPES)
 # recipes whose inputs another stage writes first (the demo's teacher and data): stand-ins that exist
-STAGE_INPUTS = {"tiny_cpu_demo.yaml": ["model.name_or_path=tests/fixtures",
-                                       "data.path=tests/fixtures/gsm8k_3.jsonl"]}
+STAGE_INPUTS = {"tiny_cpu_demo.yaml": ["model.name_or_path=tests/fixtures", "data.path=tests/fixtures/gsm8k_3.jsonl"]}
 DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
 TINY = REPO / "recipes" / "tiny_cpu.yaml"
 
@@ -31,10 +38,19 @@ def assert_one_line(error: pytest.ExceptionInfo, *fragments: str) -> None:
 
 def test_repo_ships_recipes_and_ds_configs():
     names = {p.name for p in RECIPES}
-    assert {"qwen3_4b_metamath.yaml", "llama31_8b_magpie_metamath.yaml", "llama31_8b_magpie_ablation.yaml",
-            "tiny_cpu.yaml"} <= names
-    assert {"zero3_bf16.json", "zero3_offload.json", "zero3_cpu.json", "teacher_inference.json",
-            "teacher_inference_cpu.json"} <= {p.name for p in DS_CONFIGS}
+    assert {
+        "qwen3_4b_metamath.yaml",
+        "llama31_8b_magpie_metamath.yaml",
+        "llama31_8b_magpie_ablation.yaml",
+        "tiny_cpu.yaml",
+    } <= names
+    assert {
+        "zero3_bf16.json",
+        "zero3_offload.json",
+        "zero3_cpu.json",
+        "teacher_inference.json",
+        "teacher_inference_cpu.json",
+    } <= {p.name for p in DS_CONFIGS}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -46,14 +62,22 @@ def test_every_recipe_loads_and_resolves(path):
     for device_type in ("cuda", "cpu"):
         ds = resolve_deepspeed_config(recipe, world_size, device_type=device_type)
         assert ds["train_batch_size"] == recipe.train.global_batch_size
-        assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world_size
+        assert (
+            ds["train_batch_size"]
+            == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world_size
+        )
         resolve_teacher_config(recipe, world_size, device_type=device_type)
     assert recipe.num_regions == (recipe.packing.num_regions or recipe.data.seq_len // (2 * recipe.packing.k_max))
 
 
 def test_paper_recipes_match_method():
     qwen = load_recipe(REPO / "recipes/qwen3_4b_metamath.yaml")
-    assert (qwen.data.seq_len, qwen.train.global_batch_size, qwen.packing.k_min, qwen.packing.k_max) == (160, 128, 2, 16)
+    assert (qwen.data.seq_len, qwen.train.global_batch_size, qwen.packing.k_min, qwen.packing.k_max) == (
+        160,
+        128,
+        2,
+        16,
+    )
     assert qwen.data.chat_template is False and qwen.data.separator == "\n\n" and qwen.objective.kind == "hard"
     llama = load_recipe(REPO / "recipes/llama31_8b_magpie_metamath.yaml")
     assert llama.data.chat_template is True
@@ -81,11 +105,22 @@ def test_every_ds_config_resolves(path):
 
 
 def test_overrides_are_typed():
-    recipe = load_recipe(TINY, ["train.steps=10", "objective.kind=soft", "objective.temperature=2",
-                                "data.separator=\"\\n\"", "packing.static_k=4", "packing.static_k=null",
-                                "objective.accept_thresholds=[0.5, 0.7]", "model.tiny_config.hidden_size=32",
-                                "train.deepspeed_overrides.scheduler.params.warmup_num_steps=3",
-                                "checkpoint.dir=123", "objective.prefix_ntp_weight=1e-3"])
+    recipe = load_recipe(
+        TINY,
+        [
+            "train.steps=10",
+            "objective.kind=soft",
+            "objective.temperature=2",
+            'data.separator="\\n"',
+            "packing.static_k=4",
+            "packing.static_k=null",
+            "objective.accept_thresholds=[0.5, 0.7]",
+            "model.tiny_config.hidden_size=32",
+            "train.deepspeed_overrides.scheduler.params.warmup_num_steps=3",
+            "checkpoint.dir=123",
+            "objective.prefix_ntp_weight=1e-3",
+        ],
+    )
     assert recipe.train.steps == 10 and recipe.objective.kind == "soft"
     assert recipe.objective.temperature == 2.0 and isinstance(recipe.objective.temperature, float)
     assert recipe.data.separator == "\n" and recipe.packing.static_k is None
@@ -97,14 +132,17 @@ def test_overrides_are_typed():
     assert ds["scheduler"]["params"]["warmup_max_lr"] == 1e-4  # the rest of the block is kept
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("train.steps=ten", "train.steps: expected int, got 'ten'"),
-    ("train.steps=1.5", "train.steps"),
-    ("data.chat_template=maybe", "data.chat_template: expected bool"),
-    ("objective.accept_thresholds=[0.9, high]", "objective.accept_thresholds[1]"),
-    ("packing.bidirectional=1", "packing.bidirectional: expected bool"),
-    ("train.steps", "is not key=value"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.steps=ten", "train.steps: expected int, got 'ten'"),
+        ("train.steps=1.5", "train.steps"),
+        ("data.chat_template=maybe", "data.chat_template: expected bool"),
+        ("objective.accept_thresholds=[0.9, high]", "objective.accept_thresholds[1]"),
+        ("packing.bidirectional=1", "packing.bidirectional: expected bool"),
+        ("train.steps", "is not key=value"),
+    ],
+)
 def test_override_type_errors(override, fragment):
     with pytest.raises(ConfigError) as error:
         load_recipe(TINY, [override])
@@ -114,7 +152,9 @@ def test_override_type_errors(override, fragment):
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError) as error:
         load_recipe(TINY, ["train.stepz=3"])
-    assert_one_line(error, "unknown recipe key 'train.stepz'; valid keys in 'train': global_batch_size, micro_batch_size, steps")
+    assert_one_line(
+        error, "unknown recipe key 'train.stepz'; valid keys in 'train': global_batch_size, micro_batch_size, steps"
+    )
     with pytest.raises(ConfigError) as error:
         load_recipe(TINY, ["trian.steps=3"])
     assert_one_line(error, "unknown recipe key 'trian.steps'", "valid top-level keys: model, data, packing")
@@ -130,21 +170,24 @@ def test_unknown_key_in_yaml_file(tmp_path):
     assert_one_line(error, "unknown recipe key 'packing.kmax'; valid keys in 'packing': k_min, k_max")
 
 
-@pytest.mark.parametrize("overrides, fragments", [
-    (["packing.k_max=40"], ["packing.k_max=40", "data.seq_len=64"]),
-    (["packing.k_min=9"], ["packing.k_min"]),
-    (["packing.static_k=9"], ["packing.static_k"]),
-    (["objective.kind=softer"], ["objective.kind", "hard, soft, ground_truth"]),
-    (["data.source=csv"], ["data.source", "metamathqa"]),
-    (["data.validation_fraction=1.0"], ["data.validation_fraction"]),
-    (["train.micro_batch_size=16"], ["train.micro_batch_size=16", "train.global_batch_size=8"]),
-    (["teacher.mode=remote"], ["teacher.mode"]),
-    (["train.deepspeed_config=ds_configs/nope.json"], ["train.deepspeed_config", "nope.json"]),
-    (["data.path=/nonexistent/data.jsonl", "data.source=jsonl"], ["data.path", "/nonexistent/data.jsonl"]),
-    (["data.path=tests/fixtures/missing.jsonl"], ["data.path", "missing.jsonl"]),
-    (["model.tiny_config=null"], ["model.name_or_path", "model.tiny_config"]),
-    (["checkpoint.resume=/no/such/ckpt"], ["checkpoint.resume"]),
-])
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (["packing.k_max=40"], ["packing.k_max=40", "data.seq_len=64"]),
+        (["packing.k_min=9"], ["packing.k_min"]),
+        (["packing.static_k=9"], ["packing.static_k"]),
+        (["objective.kind=softer"], ["objective.kind", "hard, soft, ground_truth"]),
+        (["data.source=csv"], ["data.source", "metamathqa"]),
+        (["data.validation_fraction=1.0"], ["data.validation_fraction"]),
+        (["train.micro_batch_size=16"], ["train.micro_batch_size=16", "train.global_batch_size=8"]),
+        (["teacher.mode=remote"], ["teacher.mode"]),
+        (["train.deepspeed_config=ds_configs/nope.json"], ["train.deepspeed_config", "nope.json"]),
+        (["data.path=/nonexistent/data.jsonl", "data.source=jsonl"], ["data.path", "/nonexistent/data.jsonl"]),
+        (["data.path=tests/fixtures/missing.jsonl"], ["data.path", "missing.jsonl"]),
+        (["model.tiny_config=null"], ["model.name_or_path", "model.tiny_config"]),
+        (["checkpoint.resume=/no/such/ckpt"], ["checkpoint.resume"]),
+    ],
+)
 def test_validation_errors(overrides, fragments):
     with pytest.raises(ConfigError) as error:
         load_recipe(TINY, overrides)
@@ -186,7 +229,11 @@ def _recipe_with_ds(tmp_path, **fields):
 def test_ds_auto_filling_and_precision(tmp_path):
     recipe = load_recipe(TINY, ["train.deepspeed_config=ds_configs/zero3_bf16.json"])
     gpu = resolve_deepspeed_config(recipe, 2, device_type="cuda")
-    assert (gpu["train_batch_size"], gpu["train_micro_batch_size_per_gpu"], gpu["gradient_accumulation_steps"]) == (8, 2, 2)
+    assert (gpu["train_batch_size"], gpu["train_micro_batch_size_per_gpu"], gpu["gradient_accumulation_steps"]) == (
+        8,
+        2,
+        2,
+    )
     assert gpu["bf16"]["enabled"] is True and gpu["fp16"]["enabled"] is False
     cpu = resolve_deepspeed_config(recipe, 2, device_type="cpu")
     assert cpu["bf16"]["enabled"] is False
@@ -210,11 +257,14 @@ def test_decaying_schedule_total_steps_auto_is_the_run_length():
     assert params["warmup_num_steps"] == 10  # the JSON's other params are kept
 
 
-@pytest.mark.parametrize("field, value, fragments", [
-    ("train_batch_size", 64, ["train_batch_size=64", "train.global_batch_size gives 8"]),
-    ("train_micro_batch_size_per_gpu", 4, ["train_micro_batch_size_per_gpu=4", "train.micro_batch_size gives 2"]),
-    ("gradient_accumulation_steps", 1, ["gradient_accumulation_steps=1", "gives 2"]),
-])
+@pytest.mark.parametrize(
+    "field, value, fragments",
+    [
+        ("train_batch_size", 64, ["train_batch_size=64", "train.global_batch_size gives 8"]),
+        ("train_micro_batch_size_per_gpu", 4, ["train_micro_batch_size_per_gpu=4", "train.micro_batch_size gives 2"]),
+        ("gradient_accumulation_steps", 1, ["gradient_accumulation_steps=1", "gives 2"]),
+    ],
+)
 def test_ds_batch_conflict_shows_both_values(tmp_path, field, value, fragments):
     recipe = _recipe_with_ds(tmp_path, **{field: value})
     with pytest.raises(ConfigError) as error:
@@ -236,8 +286,15 @@ def test_ds_unsupported_auto_and_teacher_tp_conflict(tmp_path):
 
 
 def test_effective_config_round_trip(tmp_path):
-    recipe = load_recipe(TINY, ["train.steps=7", "objective.kind=soft", "data.separator=\"\\n\"",
-                                "train.deepspeed_overrides={gradient_clipping: 0.5}"])
+    recipe = load_recipe(
+        TINY,
+        [
+            "train.steps=7",
+            "objective.kind=soft",
+            'data.separator="\\n"',
+            "train.deepspeed_overrides={gradient_clipping: 0.5}",
+        ],
+    )
     ds = resolve_deepspeed_config(recipe, 2, device_type="cpu")
     effective = effective_config(recipe, ds, world_size=2, device_type="cpu")
     for name in ("effective.yaml", "effective.json"):

@@ -6,17 +6,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_math import generate_rows
 
 import mtp_ds.data.tokenize as data_module
 from mtp_ds.config import ConfigError, DataConfig, load_recipe
 from mtp_ds.data import (
-    EpochShuffleSampler, build_datasets, encode_example, rank_slice, step_micro_batches, validation_batches,
+    EpochShuffleSampler,
+    build_datasets,
+    encode_example,
+    rank_slice,
+    step_micro_batches,
+    validation_batches,
 )
 from mtp_ds.data.sources import group_hash, load_raw_dataset, split_indices
 from mtp_ds.layout import pack
 from mtp_ds.models.loading import load_tokenizer
 from mtp_ds.models.tiny import word_tokenizer
-from toy_math import generate_rows
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "tiny_cpu.yaml"
@@ -49,6 +54,7 @@ def test_fixture_is_small_and_in_vocabulary():
 
 # ---------------------------------------------------------------- split
 
+
 def test_split_is_stratified_deterministic_and_order_free():
     rng = random.Random(0)
     groups = [f"question {rng.randrange(5000)}" for _ in range(20000)]
@@ -78,6 +84,7 @@ def test_built_split_keeps_augmentations_together(tmp_path):
 
 # ---------------------------------------------------------------- formatting
 
+
 def test_format_without_chat_template():
     tokenizer = word_tokenizer()
     data = DataConfig(seq_len=64)
@@ -85,7 +92,7 @@ def test_format_without_chat_template():
     ids, start = encoded["input_ids"], encoded["response_start"]
     assert ids[0] == tokenizer.bos_token_id and encoded["first_anchor"] == 0
     assert tokenizer.decode(ids[1:start]) == "how many apples?"
-    assert tokenizer.convert_ids_to_tokens(ids[start:encoded["length"]]) == ["3", "apples", "</s>"]
+    assert tokenizer.convert_ids_to_tokens(ids[start : encoded["length"]]) == ["3", "apples", "</s>"]
     assert encoded["length"] == 1 + 4 + 2 + 1 and len(ids) == 64
     no_bos = encode_example("how many apples ?", "3 apples", tokenizer, DataConfig(seq_len=64, add_bos=False), 2)
     assert no_bos["input_ids"][0] != tokenizer.bos_token_id and no_bos["response_start"] == start - 1
@@ -99,7 +106,7 @@ def test_format_with_chat_template_and_response_only_anchors():
     ids, start = encoded["input_ids"], encoded["response_start"]
     tokens = tokenizer.convert_ids_to_tokens(ids[: encoded["length"]])
     assert tokens[:3] == ["###", "<unk>", ":"]  # "user" is not in the word vocabulary
-    assert tokens[start - 3: start] == ["###", "<unk>", ":"] and tokens[start:] == ["3", "apples", "</s>"]
+    assert tokens[start - 3 : start] == ["###", "<unk>", ":"] and tokens[start:] == ["3", "apples", "</s>"]
     assert encoded["first_anchor"] == start - 1
 
 
@@ -120,7 +127,7 @@ def test_cut_pad_drop_and_the_eos_rule():
     data = DataConfig(seq_len=16)
     eos = tokenizer.eos_token_id
     short = encode_example("how many ?", "3 apples", tokenizer, data, eos)
-    assert short["input_ids"][short["length"]:] == [eos] * (16 - short["length"])
+    assert short["input_ids"][short["length"] :] == [eos] * (16 - short["length"])
     long = encode_example("how many ?", " ".join(["apples"] * 40), tokenizer, data, eos)
     assert long["length"] == 16 and eos not in long["input_ids"]
     assert encode_example(" ".join(["the"] * 20), "3", tokenizer, data, eos) is None  # prompt fills the window
@@ -132,6 +139,7 @@ def test_cut_pad_drop_and_the_eos_rule():
 
 
 # ---------------------------------------------------------------- sources, errors and caching
+
 
 def test_tokenisation_is_cached_on_disk(tmp_path, monkeypatch):
     recipe = tiny_recipe(tmp_path)
@@ -159,30 +167,63 @@ def test_build_datasets_end_to_end_batches(tmp_path):
     data = build_datasets(recipe, load_tokenizer(recipe.model))
     assert set(data.train.column_names) == {"input_ids", "response_start", "first_anchor", "length", "group_id"}
     sampler = EpochShuffleSampler(len(data.train), global_batch_size=8, seed=recipe.train.seed)
-    micro = step_micro_batches(data.train, sampler.next_batch(), rank=1, world_size=2, micro_batch_size=2,
-                               draws=[(2 + i % 3, i) for i in range(8)])
+    micro = step_micro_batches(
+        data.train,
+        sampler.next_batch(),
+        rank=1,
+        world_size=2,
+        micro_batch_size=2,
+        draws=[(2 + i % 3, i) for i in range(8)],
+    )
     assert len(micro) == 2 and micro[0].token_ids.shape == (2, recipe.data.seq_len)
     assert micro[0].token_ids.dtype == torch.long and micro[1].draws == [(2 + 6 % 3, 6), (2 + 7 % 3, 7)]
     assert torch.equal(micro[0].first_anchor, micro[0].response_start - 1)
     for row in range(2):
         k, offset = micro[0].draws[row]
-        packed = pack(micro[0].token_ids[row], k=k, offset=offset, mtp_token_id=500, k_max=recipe.packing.k_max,
-                      first_anchor=int(micro[0].first_anchor[row]), eos_token_id=data.eos_token_id)
+        packed = pack(
+            micro[0].token_ids[row],
+            k=k,
+            offset=offset,
+            mtp_token_id=500,
+            k_max=recipe.packing.k_max,
+            first_anchor=int(micro[0].first_anchor[row]),
+            eos_token_id=data.eos_token_id,
+        )
         assert bool((packed.anchor_positions >= micro[0].response_start[row] - 1).all())
 
 
 def test_local_source_with_field_names_and_errors(tmp_path):
     rows = [{"q": f"how many {i} ?", "a": f"{i} apples", "seed": f"s{i % 3}"} for i in range(30)]
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    config = DataConfig(source="jsonl", path=str(path), prompt_field="q", response_field="a", group_field="seed",
-                        cache_dir=str(tmp_path / "cache"))
+    config = DataConfig(
+        source="jsonl",
+        path=str(path),
+        prompt_field="q",
+        response_field="a",
+        group_field="seed",
+        cache_dir=str(tmp_path / "cache"),
+    )
     raw = load_raw_dataset(config)
-    assert raw.column_names == ["prompt", "response", "group"] and raw[4] == {"prompt": "how many 4 ?", "response": "4 apples",
-                                                                               "group": "s1"}
+    assert raw.column_names == ["prompt", "response", "group"] and raw[4] == {
+        "prompt": "how many 4 ?",
+        "response": "4 apples",
+        "group": "s1",
+    }
     with pytest.raises(ConfigError) as error:
-        load_raw_dataset(DataConfig(source="jsonl", path=str(path), prompt_field="question", response_field="a",
-                                    cache_dir=str(tmp_path / "cache")))
-    assert "'question'" in str(error.value) and "rows.jsonl" in str(error.value) and "data.prompt_field" in str(error.value)
+        load_raw_dataset(
+            DataConfig(
+                source="jsonl",
+                path=str(path),
+                prompt_field="question",
+                response_field="a",
+                cache_dir=str(tmp_path / "cache"),
+            )
+        )
+    assert (
+        "'question'" in str(error.value)
+        and "rows.jsonl" in str(error.value)
+        and "data.prompt_field" in str(error.value)
+    )
     with pytest.raises(ConfigError) as error:  # MetaMathQA field names by default
         load_raw_dataset(DataConfig(source="metamathqa", path=str(path), cache_dir=str(tmp_path / "cache")))
     assert "'query'" in str(error.value)
@@ -199,19 +240,42 @@ def test_local_source_with_field_names_and_errors(tmp_path):
 def test_magpie_conversations_and_parquet_mix(tmp_path):
     import datasets
 
-    conversations = [{"conversations": [{"from": "system", "value": "be nice"}, {"from": "human", "value": f"q{i}"},
-                                         {"from": "gpt", "value": f"a{i}"}], "uuid": str(i)} for i in range(4)]
+    conversations = [
+        {
+            "conversations": [
+                {"from": "system", "value": "be nice"},
+                {"from": "human", "value": f"q{i}"},
+                {"from": "gpt", "value": f"a{i}"},
+            ],
+            "uuid": str(i),
+        }
+        for i in range(4)
+    ]
     first = write_jsonl(tmp_path / "pro.jsonl", conversations)
     second = tmp_path / "reasoning.parquet"
-    datasets.Dataset.from_list([{"instruction": "iq", "response": "ir", "conversations": [
-        {"from": "human", "value": "cq"}, {"from": "gpt", "value": "cr"}], "extra": 1.5}]).to_parquet(str(second))
+    datasets.Dataset.from_list(
+        [
+            {
+                "instruction": "iq",
+                "response": "ir",
+                "conversations": [{"from": "human", "value": "cq"}, {"from": "gpt", "value": "cr"}],
+                "extra": 1.5,
+            }
+        ]
+    ).to_parquet(str(second))
     raw = load_raw_dataset(DataConfig(source="magpie", path=[str(first), str(second)], cache_dir=str(tmp_path / "c")))
-    assert raw["prompt"] == ["q0", "q1", "q2", "q3", "cq"] and raw["response"][-1] == "cr" and raw["group"] == raw["prompt"]
+    assert (
+        raw["prompt"] == ["q0", "q1", "q2", "q3", "cq"]
+        and raw["response"][-1] == "cr"
+        and raw["group"] == raw["prompt"]
+    )
 
 
 def test_prompts_that_fill_the_window_are_dropped(tmp_path):
-    rows = [{"query": " ".join(["the"] * n), "response": "3", "original_question": str(n), "type": "x"}
-            for n in (5, 10, 70, 80)]
+    rows = [
+        {"query": " ".join(["the"] * n), "response": "3", "original_question": str(n), "type": "x"}
+        for n in (5, 10, 70, 80)
+    ]
     path = write_jsonl(tmp_path / "long.jsonl", rows)
     recipe = tiny_recipe(tmp_path, f"data.path={path}", "data.validation_fraction=0.0")
     data = build_datasets(recipe, load_tokenizer(recipe.model))
@@ -223,6 +287,7 @@ def test_prompts_that_fill_the_window_are_dropped(tmp_path):
 
 
 # ---------------------------------------------------------------- sampler and rank slices
+
 
 def test_sampler_resume_equals_uninterrupted_run():
     uninterrupted = EpochShuffleSampler(50, global_batch_size=8, seed=7)
@@ -243,7 +308,7 @@ def test_sampler_resume_equals_uninterrupted_run():
 def test_epochs_are_permutations_reshuffled_deterministically():
     sampler = EpochShuffleSampler(40, global_batch_size=10, seed=1)
     stream = [i for _ in range(12) for i in sampler.next_batch()]
-    epochs = [stream[i * 40:(i + 1) * 40] for i in range(3)]
+    epochs = [stream[i * 40 : (i + 1) * 40] for i in range(3)]
     assert all(sorted(epoch) == list(range(40)) for epoch in epochs)
     assert epochs[0] != epochs[1] != epochs[2]
     assert EpochShuffleSampler(40, global_batch_size=10, seed=1).order(2) == epochs[2]

@@ -12,8 +12,7 @@ import torch
 from conftest import DEVICES, bias_lm_head, make_mtp_model
 from test_acceptance import paper_rule
 
-from mtp_ds.decoding import ragged_cache
-from mtp_ds.decoding import generate
+from mtp_ds.decoding import generate, ragged_cache
 from mtp_ds.decoding.cli import main as generate_main
 from mtp_ds.models.tiny import tiny_model, word_tokenizer
 
@@ -46,8 +45,9 @@ def _left_pad(rows: list[list[int]], pad_id: int = 0):
 UNSURE_FIRST = []  # ConfAdapt passes seen by the reference whose slot 0 is below tau but slot 1 is not
 
 
-def reference_decode(model, prompt, mask_tokens, *, strategy="static", k=1, k_max=16, threshold=0.9,
-                     max_new_tokens=32, stop_ids=()):
+def reference_decode(
+    model, prompt, mask_tokens, *, strategy="static", k=1, k_max=16, threshold=0.9, max_new_tokens=32, stop_ids=()
+):
     """No cache: each pass is a plain causal forward over prompt + accepted + masks. ConfAdapt keeps the
     paper's run (tests/test_acceptance.py's reference): from slot 0 while confidence >= tau, at least one."""
     k_run = k if strategy == "static" else k_max
@@ -67,9 +67,9 @@ def reference_decode(model, prompt, mask_tokens, *, strategy="static", k=1, k_ma
         stopped = False
         for i, token in enumerate(block):
             if token in stop_ids:
-                block, stopped = block[:i + 1], True
+                block, stopped = block[: i + 1], True
                 break
-        block = block[:max_new_tokens - len(generated)]
+        block = block[: max_new_tokens - len(generated)]
         generated += block
         per_pass.append(len(block))
         if stopped:
@@ -100,8 +100,14 @@ def test_decoding_passes_the_cache_under_the_current_name():
     assert cache_argument(model) in inspect.signature(model.forward).parameters
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = generate(model, torch.tensor([_ids(tokenizer, PROMPTS[0])]), mtp_token_id=mask_tokens,
-                          strategy="static", k=3, max_new_tokens=6)
+        result = generate(
+            model,
+            torch.tensor([_ids(tokenizer, PROMPTS[0])]),
+            mtp_token_id=mask_tokens,
+            strategy="static",
+            k=3,
+            max_new_tokens=6,
+        )
     assert result.num_new_tokens == 6
     assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
 
@@ -115,9 +121,16 @@ def test_k1_equals_hf_greedy(arch, device):
         prompt = torch.tensor([_ids(tokenizer, text)], device=device)
         ours = generate(model, prompt, mtp_token_id=mask_tokens, k=1, max_new_tokens=24)
         with torch.no_grad():
-            hf = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=24,
-                                suppress_tokens=list(mask_tokens.ids), eos_token_id=None, pad_token_id=0)
-        assert ours.sequences[0] == hf[0, prompt.shape[1]:].tolist()
+            hf = model.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=24,
+                suppress_tokens=list(mask_tokens.ids),
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+        assert ours.sequences[0] == hf[0, prompt.shape[1] :].tolist()
         assert ours.tokens_per_pass[0] == [1] * 24 and ours.acceleration_factor == 1.0
 
 
@@ -127,8 +140,9 @@ def test_static_k_equals_no_cache_reference(arch, device):
     model, tokenizer, mask_tokens = make_mtp_model(arch)
     model.to(device)
     for k in (2, 3, 4, 5):
-        result = _assert_matches_reference(model, tokenizer, mask_tokens, PROMPTS[0], strategy="static", k=k,
-                                           max_new_tokens=20)
+        result = _assert_matches_reference(
+            model, tokenizer, mask_tokens, PROMPTS[0], strategy="static", k=k, max_new_tokens=20
+        )
         assert result.num_forward_passes == -(-20 // k)
 
 
@@ -139,8 +153,16 @@ def test_confadapt_equals_no_cache_reference(arch, device):
     model.to(device)
     factors = []
     for threshold in (0.0, 0.4, 0.7, 1.0):
-        result = _assert_matches_reference(model, tokenizer, mask_tokens, PROMPTS[0], strategy="confadapt",
-                                           k_max=6, threshold=threshold, max_new_tokens=18)
+        result = _assert_matches_reference(
+            model,
+            tokenizer,
+            mask_tokens,
+            PROMPTS[0],
+            strategy="confadapt",
+            k_max=6,
+            threshold=threshold,
+            max_new_tokens=18,
+        )
         factors.append(result.acceleration_factor)
     assert factors[0] == 6.0 and factors[-1] == 1.0  # tau=0 accepts all k_max, tau=1 (almost) only one
     assert any(1.0 < factor < 6.0 for factor in factors), factors
@@ -160,8 +182,9 @@ def test_batch_equals_rows_alone(arch, strategy):
         alone = generate(model, torch.tensor([prompt]), **settings)
         assert batched.sequences[row] == alone.sequences[0]
         assert batched.tokens_per_pass[row] == alone.tokens_per_pass[0]
-        expected, _ = reference_decode(model, prompt, mask_tokens, **{k: v for k, v in settings.items()
-                                                                         if k != "mtp_token_id"})
+        expected, _ = reference_decode(
+            model, prompt, mask_tokens, **{k: v for k, v in settings.items() if k != "mtp_token_id"}
+        )
         assert batched.sequences[row] == expected
     assert batched.num_forward_passes == max(len(counts) for counts in batched.tokens_per_pass)
     if strategy == "confadapt":  # rows really advanced by different amounts in one forward
@@ -206,9 +229,10 @@ def test_stop_token_inside_block_trims_and_ends(arch):
     cut = next(i for i, token in enumerate(free) if i >= k and token not in free[:i] and i % k != k - 1)
     stop = free[cut]
     for eos in (stop, [stop, 10_000]):
-        result = _assert_matches_reference(model, tokenizer, mask_tokens, PROMPTS[0], strategy="static", k=k,
-                                           max_new_tokens=32, eos_token_id=eos)
-        assert result.sequences[0] == free[:cut + 1]
+        result = _assert_matches_reference(
+            model, tokenizer, mask_tokens, PROMPTS[0], strategy="static", k=k, max_new_tokens=32, eos_token_id=eos
+        )
+        assert result.sequences[0] == free[: cut + 1]
         assert result.tokens_per_pass[0][-1] == cut % k + 1
         assert result.stop_reasons == ["stop_token"]
 
@@ -232,8 +256,9 @@ def test_distinct_slot_tokens(arch):
     with torch.no_grad():
         model.lm_head.weight.mul_(SHARPEN)
     _assert_matches_reference(model, tokenizer, mask_tokens, PROMPTS[0], strategy="static", k=4, max_new_tokens=16)
-    _assert_matches_reference(model, tokenizer, mask_tokens, PROMPTS[0], strategy="confadapt", k_max=6,
-                              threshold=0.5, max_new_tokens=16)
+    _assert_matches_reference(
+        model, tokenizer, mask_tokens, PROMPTS[0], strategy="confadapt", k_max=6, threshold=0.5, max_new_tokens=16
+    )
     prompt = torch.tensor([_ids(tokenizer, PROMPTS[0])])
     from_config = generate(model, prompt, strategy="static", k=4, max_new_tokens=16)  # ids read from config
     explicit = generate(model, prompt, mtp_token_id=list(mask_tokens.ids), strategy="static", k=4, max_new_tokens=16)
@@ -262,8 +287,9 @@ def test_stop_strings_trim_at_completing_token():
     free = generate(model, prompt, mtp_token_id=mask_tokens, k=3, max_new_tokens=24).sequences[0]
     cut = next(i for i, token in enumerate(free) if i >= 3 and token not in free[:i])
     word = tokenizer.decode([free[cut]])
-    result = generate(model, prompt, mtp_token_id=mask_tokens, k=3, max_new_tokens=24, tokenizer=tokenizer,
-                      stop_strings=[word])
+    result = generate(
+        model, prompt, mtp_token_id=mask_tokens, k=3, max_new_tokens=24, tokenizer=tokenizer, stop_strings=[word]
+    )
     text = tokenizer.decode(result.sequences[0])
     assert text.endswith(word) and word not in tokenizer.decode(result.sequences[0][:-1])
     assert result.stop_reasons == ["stop_string"]
@@ -274,8 +300,15 @@ def test_temperature_samples_single_token_passes_only():
     prompt = torch.tensor([_ids(tokenizer, PROMPTS[0])])
 
     def run(seed, **settings):
-        return generate(model, prompt, mtp_token_id=mask_tokens, max_new_tokens=16, temperature=1.0,
-                        generator=torch.Generator().manual_seed(seed), **settings).sequences[0]
+        return generate(
+            model,
+            prompt,
+            mtp_token_id=mask_tokens,
+            max_new_tokens=16,
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(seed),
+            **settings,
+        ).sequences[0]
 
     assert run(1) == run(1)
     assert run(1) != run(2) or run(1) != run(3)
@@ -291,8 +324,9 @@ def test_bf16_left_padded_batch_equals_each_row_decoded_alone():
     rows = [_ids(tokenizer, text) for text in PROMPTS]
     ids, attention_mask = _left_pad(rows)
     for settings in ({"strategy": "confadapt", "k_max": 4, "threshold": 0.5}, {"strategy": "static", "k": 3}):
-        result = generate(model, ids, attention_mask=attention_mask, mtp_token_id=mask_tokens, max_new_tokens=10,
-                          **settings)
+        result = generate(
+            model, ids, attention_mask=attention_mask, mtp_token_id=mask_tokens, max_new_tokens=10, **settings
+        )
         for index, row in enumerate(rows):
             alone = generate(model, torch.tensor([row]), mtp_token_id=mask_tokens, max_new_tokens=10, **settings)
             assert result.sequences[index] == alone.sequences[0], settings
@@ -307,16 +341,19 @@ def test_model_without_mask_token_names_mtp_token_id():
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(strategy="beam"), "strategy"),
-    (dict(k=0), "k must"),
-    (dict(k=5, k_max=4), "k must"),
-    (dict(threshold=1.5), "threshold"),
-    (dict(max_new_tokens=-1), "max_new_tokens"),
-    (dict(stop_strings=["x"]), "tokenizer"),
-    (dict(input_ids=torch.tensor([1, 5, 6])), "input_ids"),
-    (dict(attention_mask=torch.tensor([[1, 1, 0]])), "LEFT-padded"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(strategy="beam"), "strategy"),
+        (dict(k=0), "k must"),
+        (dict(k=5, k_max=4), "k must"),
+        (dict(threshold=1.5), "threshold"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(stop_strings=["x"]), "tokenizer"),
+        (dict(input_ids=torch.tensor([1, 5, 6])), "input_ids"),
+        (dict(attention_mask=torch.tensor([[1, 1, 0]])), "LEFT-padded"),
+    ],
+)
 def test_bad_arguments_give_one_line_value_errors(kwargs, match):
     model, _, mask_tokens = make_mtp_model("qwen3")
     input_ids = kwargs.pop("input_ids", torch.tensor([[1, 5, 6]]))
@@ -329,13 +366,38 @@ def test_generate_cli_prints_coloured_chunks_and_acceleration(tmp_path, capsys):
     model, tokenizer, _ = _sharpened("qwen3")
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    code = generate_main([str(tmp_path / "model"), "--prompt", PROMPTS[0], "--strategy", "confadapt",
-                          "--k-max", "6", "--threshold", "0.5", "--max-new-tokens", "12"])
+    code = generate_main(
+        [
+            str(tmp_path / "model"),
+            "--prompt",
+            PROMPTS[0],
+            "--strategy",
+            "confadapt",
+            "--k-max",
+            "6",
+            "--threshold",
+            "0.5",
+            "--max-new-tokens",
+            "12",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "acceleration factor" in out and "tokens/s" in out and "\033[36m" in out
-    code = generate_main([str(tmp_path / "model"), "--prompt", "three pens", "--strategy", "static", "--k", "2",
-                          "--max-new-tokens", "6", "--no-color"])
+    code = generate_main(
+        [
+            str(tmp_path / "model"),
+            "--prompt",
+            "three pens",
+            "--strategy",
+            "static",
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--no-color",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "acceleration factor 2.00" in out and "\033[" not in out
 
@@ -385,8 +447,12 @@ def test_generate_cli_selfspec_marks_verified_proposals_and_equals_k1(tmp_path, 
     assert "\033[" not in plain and SELFSPEC_LEGEND not in plain and "lossless" in plain
     assert results[-1].sequences == spec.sequences and results[-1].tokens_per_pass == spec.tokens_per_pass
 
-    assert generate_main([*common, "--strategy", "selfspec", "--k-max", "4", "--mask-layout", "per_proposal",
-                          "--no-color"]) == 0
+    assert (
+        generate_main(
+            [*common, "--strategy", "selfspec", "--k-max", "4", "--mask-layout", "per_proposal", "--no-color"]
+        )
+        == 0
+    )
     per_proposal = capsys.readouterr().out
     assert "(selfspec, k_max=4, per_proposal; lossless" in per_proposal and results[-1].sequences == spec.sequences
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtp_ds.demo import report as demo_report
 from mtp_ds.batching import collate
 from mtp_ds.config import ConfigError, DataConfig
 from mtp_ds.data import encode_example, format_text
-from mtp_ds.layout import pack
-from mtp_ds.objective import prefix_coordinates
+from mtp_ds.demo import report as demo_report
 from mtp_ds.demo.pretrain import LengthBucketSampler, learning_rate, load_pretrain_recipe, ntp_batch, pretrain
 from mtp_ds.demo.synth_gsm import make_split, write_splits
+from mtp_ds.layout import pack
+from mtp_ds.objective import prefix_coordinates
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 PROMPT_TEMPLATE = "Q: {prompt}\nA: Let's think step by step."
@@ -104,16 +104,20 @@ def test_ntp_batch_labels_follow_the_hugging_face_convention():
     from mtp_ds.models.tiny import tiny_model
 
     model = tiny_model("qwen3", vocab_size=32)
-    rows = [{"input_ids": [5, 6, 7, 8, 9, 2, 2, 2], "length": 6, "response_start": 3},
-            {"input_ids": [5, 9, 9, 9, 9, 9, 9, 2], "length": 8, "response_start": 2}]
+    rows = [
+        {"input_ids": [5, 6, 7, 8, 9, 2, 2, 2], "length": 6, "response_start": 3},
+        {"input_ids": [5, 9, 9, 9, 9, 9, 9, 2], "length": 8, "response_start": 2},
+    ]
     input_ids, labels = ntp_batch(rows, loss_on_prompt=False)
     assert input_ids.shape == (2, 8)
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits
         hf_loss = model(input_ids=input_ids, labels=labels).loss
     predicting = [(0, p) for p in range(2, 5)] + [(1, p) for p in range(1, 7)]  # position p predicts p + 1
-    manual = F.cross_entropy(torch.stack([logits[r, p] for r, p in predicting]),
-                             torch.tensor([int(input_ids[r, p + 1]) for r, p in predicting]))
+    manual = F.cross_entropy(
+        torch.stack([logits[r, p] for r, p in predicting]),
+        torch.tensor([int(input_ids[r, p + 1]) for r, p in predicting]),
+    )
     torch.testing.assert_close(hf_loss, manual)
     _, all_labels = ntp_batch(rows, loss_on_prompt=True)
     assert (all_labels[0, 1:6] == input_ids[0, 1:6]).all() and (all_labels[0, 6:] == -100).all()
@@ -136,8 +140,9 @@ def test_length_buckets_cover_each_epoch_and_resume_exactly():
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
-    settings = load_pretrain_recipe.__globals__["PretrainSettings"](steps=100, lr=1e-3, warmup_steps=10,
-                                                                   min_lr_ratio=0.1)
+    settings = load_pretrain_recipe.__globals__["PretrainSettings"](
+        steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1
+    )
     assert learning_rate(0, settings) == pytest.approx(1e-4)
     assert learning_rate(9, settings) == pytest.approx(1e-3)
     assert learning_rate(100, settings) == pytest.approx(1e-4)
@@ -147,15 +152,24 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
 @pytest.fixture()
 def pretrain_inputs(tmp_path, spm_tokenizer_dir):
     paths = write_splits(tmp_path / "data", train=120, test=4, seed=0)
-    return [f"model.tokenizer={spm_tokenizer_dir}", f"data.path={paths['train']}",
-            "model.tiny_config.hidden_size=32", "model.tiny_config.intermediate_size=64",
-            "model.tiny_config.num_layers=2", "pretrain.batch_size=4", "pretrain.steps=4", "pretrain.save_every=2",
-            "pretrain.warmup_steps=1", f"data.cache_dir={tmp_path / 'cache'}"]
+    return [
+        f"model.tokenizer={spm_tokenizer_dir}",
+        f"data.path={paths['train']}",
+        "model.tiny_config.hidden_size=32",
+        "model.tiny_config.intermediate_size=64",
+        "model.tiny_config.num_layers=2",
+        "pretrain.batch_size=4",
+        "pretrain.steps=4",
+        "pretrain.save_every=2",
+        "pretrain.warmup_steps=1",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
 
 
 def test_pretraining_resumes_after_a_crash_to_the_same_weights(tmp_path, pretrain_inputs, monkeypatch):
-    import mtp_ds.demo.pretrain as pretrain_module
     from transformers import AutoModelForCausalLM
+
+    import mtp_ds.demo.pretrain as pretrain_module
 
     recipe_path = "recipes/tiny_cpu_pretrain.yaml"
     straight = pretrain(load_pretrain_recipe(recipe_path, [*pretrain_inputs, f"pretrain.out_dir={tmp_path / 'a'}"]))
@@ -196,12 +210,21 @@ def test_prefix_ntp_positions_start_at_the_first_anchor():
     from mtp_ds.models.tiny import word_tokenizer
 
     tokenizer = word_tokenizer()
-    data = DataConfig(prompt_template=PROMPT_TEMPLATE, separator=" ", response_only_anchors=True, seq_len=48,
-                      add_bos=False)
-    encoded = encode_example("how many apples are there ?", "5 + 3 = 8 apples . the answer is : 8", tokenizer, data,
-                             tokenizer.eos_token_id)
-    sequence = pack(torch.tensor(encoded["input_ids"]), k=3, offset=1, mtp_token_id=len(tokenizer), k_max=4,
-                    first_anchor=encoded["first_anchor"], eos_token_id=tokenizer.eos_token_id)
+    data = DataConfig(
+        prompt_template=PROMPT_TEMPLATE, separator=" ", response_only_anchors=True, seq_len=48, add_bos=False
+    )
+    encoded = encode_example(
+        "how many apples are there ?", "5 + 3 = 8 apples . the answer is : 8", tokenizer, data, tokenizer.eos_token_id
+    )
+    sequence = pack(
+        torch.tensor(encoded["input_ids"]),
+        k=3,
+        offset=1,
+        mtp_token_id=len(tokenizer),
+        k_max=4,
+        first_anchor=encoded["first_anchor"],
+        eos_token_id=tokenizer.eos_token_id,
+    )
     batch = collate([sequence], pad_token_id=0)
     rows, cols, _ = prefix_coordinates(batch)
     sources = batch.source_index[rows, cols]
@@ -214,8 +237,16 @@ def test_prefix_ntp_positions_start_at_the_first_anchor():
 
 
 def _row(model, strategy, k, threshold, accuracy, acceleration, tps, **extra):
-    return {"model": model, "strategy": strategy, "k": k, "threshold": threshold, "accuracy": accuracy,
-            "acceleration": acceleration, "tokens_per_second": tps, **extra}
+    return {
+        "model": model,
+        "strategy": strategy,
+        "k": k,
+        "threshold": threshold,
+        "accuracy": accuracy,
+        "acceleration": acceleration,
+        "tokens_per_second": tps,
+        **extra,
+    }
 
 
 def _selfspec_row(accuracy=0.58, acceleration=3.5, differing=0):
@@ -224,28 +255,49 @@ def _selfspec_row(accuracy=0.58, acceleration=3.5, differing=0):
 
 def test_settings_and_summary_rows():
     settings = demo_report.demo_settings([2, 3], [0.9, 0.8, 0.9], k_max=8)
-    assert [s.label for s in settings] == ["teacher_static_k1", "mtp_static_k1", "mtp_static_k2", "mtp_static_k3",
-                                           "mtp_confadapt_t0.9_kmax8", "mtp_confadapt_t0.8_kmax8",
-                                           "mtp_selfspec_kmax8"]
+    assert [s.label for s in settings] == [
+        "teacher_static_k1",
+        "mtp_static_k1",
+        "mtp_static_k2",
+        "mtp_static_k3",
+        "mtp_confadapt_t0.9_kmax8",
+        "mtp_confadapt_t0.8_kmax8",
+        "mtp_selfspec_kmax8",
+    ]
     assert settings[-2].model_args("m") == "pretrained=m,strategy=confadapt,dtype=float32,k_max=8,threshold=0.8"
     # the spelling lm-eval's mtp model reads (mtp_ds/evaluation/lm_eval_model.py)
     assert settings[-1].model_args("m") == "pretrained=m,strategy=selfspec,dtype=float32,k_max=8"
     assert [s.label for s in settings if s.compared_sample_for_sample] == ["mtp_static_k1", "mtp_selfspec_kmax8"]
-    results = {"results": {"gsm8k_cot_mtp": {"exact_match,flexible-extract": 0.5,
-                                             "exact_match_stderr,flexible-extract": 0.03}}}
+    results = {
+        "results": {"gsm8k_cot_mtp": {"exact_match,flexible-extract": 0.5, "exact_match_stderr,flexible-extract": 0.03}}
+    }
     stats = {"acceleration_factor": 2.7, "tokens_per_second": 900.0, "sequences": 200}
     row = demo_report.summary_row(settings[-2], results, stats)
-    assert row == {"model": "mtp", "strategy": "confadapt", "k": 8, "threshold": 0.8, "accuracy": 0.5,
-                   "acceleration": 2.7, "tokens_per_second": 900.0, "wall_clock_speedup": None,
-                   "accuracy_stderr": 0.03, "samples": 200}
+    assert row == {
+        "model": "mtp",
+        "strategy": "confadapt",
+        "k": 8,
+        "threshold": 0.8,
+        "accuracy": 0.5,
+        "acceleration": 2.7,
+        "tokens_per_second": 900.0,
+        "wall_clock_speedup": None,
+        "accuracy_stderr": 0.03,
+        "samples": 200,
+    }
     row = demo_report.summary_row(settings[-1], results, stats)
     assert (row["strategy"], row["k"], row["threshold"]) == ("selfspec", 8, None)
 
 
 def test_targets_pass_and_miss():
-    rows = demo_report.add_speedups([
-        _row("teacher", "static", 1, None, 0.60, 1.0, 400.0), _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
-        _row("mtp", "confadapt", 8, 0.9, 0.56, 2.6, 1000.0), _selfspec_row()])
+    rows = demo_report.add_speedups(
+        [
+            _row("teacher", "static", 1, None, 0.60, 1.0, 400.0),
+            _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
+            _row("mtp", "confadapt", 8, 0.9, 0.56, 2.6, 1000.0),
+            _selfspec_row(),
+        ]
+    )
     assert rows[2]["wall_clock_speedup"] == 2.0 and rows[0]["wall_clock_speedup"] == 0.8
     targets = demo_report.check_targets(rows, test_problems=200)
     assert [t["passed"] for t in targets] == [True] * 7
@@ -264,22 +316,33 @@ def _selfspec_targets(rows):
     return {t["name"]: t for t in demo_report.check_targets(rows, test_problems=200) if "selfspec" in t["name"]}
 
 
-@pytest.mark.parametrize("change, missed", [
-    ({}, set()),
-    ({"accuracy": 0.585}, {"accuracy"}),  # lossless means equal: higher than k=1 is a miss too
-    ({"accuracy": 0.575}, {"accuracy"}),
-    ({"acceleration": 2.49}, {"acceleration"}),
-    ({"acceleration": 2.5}, set()),
-    ({"outputs_differing_from_k1": 1}, {"outputs"}),
-    ({"outputs_differing_from_k1": None}, {"outputs"}),  # no per-sample outputs to compare: a miss
-])
+@pytest.mark.parametrize(
+    "change, missed",
+    [
+        ({}, set()),
+        ({"accuracy": 0.585}, {"accuracy"}),  # lossless means equal: higher than k=1 is a miss too
+        ({"accuracy": 0.575}, {"accuracy"}),
+        ({"acceleration": 2.49}, {"acceleration"}),
+        ({"acceleration": 2.5}, set()),
+        ({"outputs_differing_from_k1": 1}, {"outputs"}),
+        ({"outputs_differing_from_k1": None}, {"outputs"}),  # no per-sample outputs to compare: a miss
+    ],
+)
 def test_selfspec_targets_hold_it_to_the_k1_outputs(change, missed):
-    base = [_row("teacher", "static", 1, None, 0.60, 1.0, 400.0), _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
-            _row("mtp", "confadapt", 4, 0.9, 0.57, 2.6, 1000.0)]
+    base = [
+        _row("teacher", "static", 1, None, 0.60, 1.0, 400.0),
+        _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
+        _row("mtp", "confadapt", 4, 0.9, 0.57, 2.6, 1000.0),
+    ]
     targets = _selfspec_targets(base + [{**_selfspec_row(), **change}])
     assert len(targets) == 3
-    failed = {word for name, t in targets.items() if not t["passed"]
-              for word in ("accuracy", "acceleration", "outputs") if word in name}
+    failed = {
+        word
+        for name, t in targets.items()
+        if not t["passed"]
+        for word in ("accuracy", "acceleration", "outputs")
+        if word in name
+    }
     assert failed == missed
     assert not any(t["passed"] for t in _selfspec_targets(base).values())  # no selfspec row: every target missed
     no_k1 = [row for row in base if row["k"] != 1 or row["model"] != "mtp"] + [_selfspec_row()]
@@ -296,18 +359,25 @@ def test_selfspec_outputs_are_compared_sample_for_sample(tmp_path):
     assert sample_outputs(tmp_path) is None
     nested = tmp_path / "outputs__demo__mtp"  # where lm-eval --log_samples writes them
     nested.mkdir()
-    records = [{"doc_id": 1, "resps": [["It is 4.\n#### 4"]], "filtered_resps": ["4"]},
-               {"doc_id": 0, "resps": [["It is 5.\n#### 5"]], "filtered_resps": ["5"]}]
+    records = [
+        {"doc_id": 1, "resps": [["It is 4.\n#### 4"]], "filtered_resps": ["4"]},
+        {"doc_id": 0, "resps": [["It is 5.\n#### 5"]], "filtered_resps": ["5"]},
+    ]
     (nested / f"samples_{TASK}_2026-01-01T00-00-00.jsonl").write_text(
-        "".join(json.dumps(record) + "\n" for record in records))
+        "".join(json.dumps(record) + "\n" for record in records)
+    )
     outputs = sample_outputs(tmp_path)
     assert sorted(outputs) == [0, 1] and json.loads(outputs[1]) == [["It is 4.\n#### 4"]]
 
 
 def test_run_time_is_reported_beside_its_goal_never_a_target(tmp_path):
     """A slow machine (the same deterministic run took 28.6 minutes on a busy CI machine) must not fail --check."""
-    rows = [_row("teacher", "static", 1, None, 0.60, 1.0, 400.0), _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
-            _row("mtp", "confadapt", 8, 0.9, 0.57, 2.6, 1000.0), _selfspec_row()]
+    rows = [
+        _row("teacher", "static", 1, None, 0.60, 1.0, 400.0),
+        _row("mtp", "static", 1, None, 0.58, 1.0, 500.0),
+        _row("mtp", "confadapt", 8, 0.9, 0.57, 2.6, 1000.0),
+        _selfspec_row(),
+    ]
     targets = demo_report.check_targets(rows, test_problems=200)
     assert all(t["passed"] for t in targets) and not any("minute" in t["name"] for t in targets)
     slow = demo_report.time_report(28.6 * 60)
@@ -318,11 +388,14 @@ def test_run_time_is_reported_beside_its_goal_never_a_target(tmp_path):
     assert saved["time"] == slow and saved["timings"] == {"pretrain": 1000.0, "mtp": 716.0}
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--static-k", "0"], "mtp-ds demo: --static-k: every k must be >= 1, got '0'"),
-    (["--thresholds", "1.5"], "mtp-ds demo: --thresholds: every threshold must be in [0, 1], got '1.5'"),
-    (["--thresholds", "x"], "mtp-ds demo: --thresholds: expected a comma-separated list of numbers, got 'x'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--static-k", "0"], "mtp-ds demo: --static-k: every k must be >= 1, got '0'"),
+        (["--thresholds", "1.5"], "mtp-ds demo: --thresholds: every threshold must be in [0, 1], got '1.5'"),
+        (["--thresholds", "x"], "mtp-ds demo: --thresholds: expected a comma-separated list of numbers, got 'x'"),
+    ],
+)
 def test_demo_refuses_bad_flags_before_writing_anything(tmp_path, flags, message):
     from mtp_ds.demo.run import main
 

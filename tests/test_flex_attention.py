@@ -26,8 +26,10 @@ PAD_TO = 128  # one FlexAttention block: 64 + 4 * 7 = 92 tokens at most
 def _batch(tokenizer, mask_tokens, seed=0):
     ids = torch.randint(4, len(tokenizer) - 1, (len(DRAWS), 64), generator=torch.Generator().manual_seed(seed))
     ids[1, 30] = EOS  # a sample that ends early: the rest of row 1 is padding
-    packs = [pack(ids[row], k=k, offset=offset, mtp_token_id=mask_tokens, k_max=K_MAX, eos_token_id=EOS)
-             for row, (k, offset) in enumerate(DRAWS)]
+    packs = [
+        pack(ids[row], k=k, offset=offset, mtp_token_id=mask_tokens, k_max=K_MAX, eos_token_id=EOS)
+        for row, (k, offset) in enumerate(DRAWS)
+    ]
     return collate(packs, pad_token_id=0, pad_to=PAD_TO)
 
 
@@ -62,19 +64,23 @@ def test_teacher_through_flex_gives_the_sdpa_teachers_targets():
     teacher_ids = student_forced_inputs(batch, proposals, rows, regions, slots, cols)
     sdpa_teacher, flex_teacher = LocalTeacher(model), LocalTeacher(_flex_copy(model))
     ids = mask_tokens.ids
-    assert torch.equal(flex_teacher(batch, teacher_ids, rows, cols, want="argmax", mask_token_ids=ids),
-                       sdpa_teacher(batch, teacher_ids, rows, cols, want="argmax", mask_token_ids=ids))
-    torch.testing.assert_close(flex_teacher(batch, teacher_ids, rows, cols, want="log_probs", mask_token_ids=ids),
-                               sdpa_teacher(batch, teacher_ids, rows, cols, want="log_probs", mask_token_ids=ids),
-                               rtol=1e-4, atol=1e-5)
+    assert torch.equal(
+        flex_teacher(batch, teacher_ids, rows, cols, want="argmax", mask_token_ids=ids),
+        sdpa_teacher(batch, teacher_ids, rows, cols, want="argmax", mask_token_ids=ids),
+    )
+    torch.testing.assert_close(
+        flex_teacher(batch, teacher_ids, rows, cols, want="log_probs", mask_token_ids=ids),
+        sdpa_teacher(batch, teacher_ids, rows, cols, want="log_probs", mask_token_ids=ids),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_auto_is_sdpa_everywhere_and_flex_pads_to_one_length():
     for device_type in ("cuda", "cpu"):
         plan = plan_run(load_recipe("recipes/qwen3_4b_metamath.yaml", validate=False), 4, device_type=device_type)
         assert plan.attn_implementation == "sdpa" and plan.packing.pad_to is None
-    ablation = plan_run(load_recipe("recipes/llama31_8b_magpie_ablation.yaml", validate=False), 4,
-                        device_type="cuda")
+    ablation = plan_run(load_recipe("recipes/llama31_8b_magpie_ablation.yaml", validate=False), 4, device_type="cuda")
     assert ablation.attn_implementation == "flex_attention"
     assert ablation.packing.pad_to == 1536  # 1024 + 32 * 15 = 1504 rounded up to 128-token blocks
 
@@ -85,11 +91,17 @@ def test_flex_plan_packs_every_k_to_the_same_length():
     assert plan.packing.pad_to == 128  # 64 + 4 * 7 = 92
     lengths = set()
     for k in range(plan.packing.k_min, plan.packing.k_max + 1):
-        micro = SampleBatch(token_ids=torch.randint(4, 40, (2, 64)), first_anchor=torch.zeros(2, dtype=torch.long),
-                            response_start=torch.zeros(2, dtype=torch.long), lengths=torch.full((2,), 64),
-                            indices=[0, 1], draws=[(k, 0), (k, 5)])
-        (batch,) = pack_micro_batches([micro], plan.packing, mask_tokens=200, eos_token_id=EOS, pad_token_id=0,
-                                      device="cpu")
+        micro = SampleBatch(
+            token_ids=torch.randint(4, 40, (2, 64)),
+            first_anchor=torch.zeros(2, dtype=torch.long),
+            response_start=torch.zeros(2, dtype=torch.long),
+            lengths=torch.full((2,), 64),
+            indices=[0, 1],
+            draws=[(k, 0), (k, 5)],
+        )
+        (batch,) = pack_micro_batches(
+            [micro], plan.packing, mask_tokens=200, eos_token_id=EOS, pad_token_id=0, device="cpu"
+        )
         lengths.add(batch.input_ids.shape[1])
     assert lengths == {128}
     with pytest.raises(ValueError, match="does not fit pad_to=8"):

@@ -35,8 +35,9 @@ def reference_logits(model, ids: list[int], *, bidirectional_tail: int = 0):
         ).logits[0]
 
 
-def assert_packed_equals_unpacked(model, tokens, token_ids, packed, *, bidirectional=False, atol=1e-5,
-                                  same_argmax=False):
+def assert_packed_equals_unpacked(
+    model, tokens, token_ids, packed, *, bidirectional=False, atol=1e-5, same_argmax=False
+):
     """`atol`: fp32 noise grows with depth and logit scale (a trained 30-layer model needs ~1e-3);
     `same_argmax`: the greedy prediction at every slot and position must also be the same."""
     logits = packed_logits(model, packed)
@@ -51,7 +52,7 @@ def assert_packed_equals_unpacked(model, tokens, token_ids, packed, *, bidirecti
         masks = tokens.ids_for_masks(packed.k - 1)
         ids = token_ids[: anchor + 1].tolist() + masks
         expected = reference_logits(model, ids, bidirectional_tail=(packed.k - 1) if bidirectional else 0)
-        check(logits[packed.slot_index[region]], expected[-packed.k:])
+        check(logits[packed.slot_index[region]], expected[-packed.k :])
     # every real ground-truth position equals a plain forward over the unpacked sequence
     plain = reference_logits(model, token_ids.tolist())
     ground_truth = (packed.source_index >= 0) & packed.valid
@@ -69,7 +70,9 @@ def test_packed_equals_unpacked_every_k(arch, k):
     assert_packed_equals_unpacked(model, tokens, token_ids, packed)
 
 
-@pytest.mark.parametrize("case", ["eos_inside_region", "cut_by_end", "bidirectional", "distinct_tokens", "first_anchor"])
+@pytest.mark.parametrize(
+    "case", ["eos_inside_region", "cut_by_end", "bidirectional", "distinct_tokens", "first_anchor"]
+)
 def test_packed_equals_unpacked_special_cases(arch, case):
     model, tokenizer, tokens = make_mtp_model(arch, distinct_slots=case == "distinct_tokens", k_max=8)
     token_ids = torch.randint(4, len(tokenizer) - 9, (48,), generator=torch.Generator().manual_seed(1))
@@ -153,16 +156,24 @@ def test_dense_mask_and_flex_mask_mod_match_the_rule_written_out():
     for bidirectional in (False, True):
         draws = sampler.sample(step=3, num_sequences=4)
         packs = [
-            pack(token_ids[row], k=k, offset=offset, mtp_token_id=[100 + j for j in range(8)], k_max=8,
-                 bidirectional=bidirectional, eos_token_id=EOS)
+            pack(
+                token_ids[row],
+                k=k,
+                offset=offset,
+                mtp_token_id=[100 + j for j in range(8)],
+                k_max=8,
+                bidirectional=bidirectional,
+                eos_token_id=EOS,
+            )
             for row, (k, offset) in enumerate(draws)
         ]
         batch = collate(packs, pad_token_id=0)
         length = batch.input_ids.shape[1]
         flex = create_mask(batch.mask_mod(), batch.batch_size, 1, length, length, device="cpu")[:, 0]
         for row, (packed, (k, offset)) in enumerate(zip(packs, draws)):
-            expected = reference_mask(token_ids[row].tolist(), k=k, offset=offset, k_max=8, eos=EOS,
-                                      bidirectional=bidirectional)
+            expected = reference_mask(
+                token_ids[row].tolist(), k=k, offset=offset, k_max=8, eos=EOS, bidirectional=bidirectional
+            )
             n = expected.shape[0]
             assert torch.equal(packed.attention_mask, expected), (row, k, offset)
             for grid in (batch.dense_mask()[row], flex[row]):  # collated (right-padded) and FlexAttention's

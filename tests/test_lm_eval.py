@@ -13,10 +13,10 @@ import site
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
-
 from conftest import make_mtp_model
 
 from mtp_ds.decoding import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, generate
@@ -30,9 +30,18 @@ BIN_DIR = Path(sys.executable).parent
 
 
 def _run(args, timeout=300, **kwargs):
-    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=kwargs.pop("cwd", REPO),
-                            env={**os.environ, **kwargs.pop("env", {})}, **kwargs)
-    assert result.returncode == 0, f"{args[:3]} failed:\nSTDOUT:\n{result.stdout[-3000:]}\nSTDERR:\n{result.stderr[-6000:]}"
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=kwargs.pop("cwd", REPO),
+        env={**os.environ, **kwargs.pop("env", {})},
+        **kwargs,
+    )
+    assert result.returncode == 0, (
+        f"{args[:3]} failed:\nSTDOUT:\n{result.stdout[-3000:]}\nSTDERR:\n{result.stderr[-6000:]}"
+    )
     return result
 
 
@@ -94,20 +103,25 @@ def _load_task_utils():
 
 # --- the hook: installed, cheap at start-up, leaves built-in models alone, guarded against recursion -------
 
+
 def test_pth_is_installed_in_site_packages(require_installed):
     assert _installed_pth().read_text().strip() == "import mtp_ds.evaluation.lm_eval_hook"
 
 
 def test_python_startup_imports_neither_lm_eval_nor_torch(require_installed):
-    code = ("import sys; heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('lm_eval', 'torch', "
-            "'transformers')); hooked = any(getattr(f, '_mtp_ds_lm_eval_hook', False) for f in sys.meta_path); "
-            "print(heavy, hooked)")
+    code = (
+        "import sys; heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('lm_eval', 'torch', "
+        "'transformers')); hooked = any(getattr(f, '_mtp_ds_lm_eval_hook', False) for f in sys.meta_path); "
+        "print(heavy, hooked)"
+    )
     assert _run([sys.executable, "-c", code], cwd="/").stdout.strip() == "[] True"
 
 
 def test_hf_and_mtp_both_resolve_with_hook_installed(require_installed):
-    code = ("import lm_eval.models; from lm_eval.api.registry import get_model; "
-            "print(get_model('hf').__name__, get_model('mtp').__name__)")
+    code = (
+        "import lm_eval.models; from lm_eval.api.registry import get_model; "
+        "print(get_model('hf').__name__, get_model('mtp').__name__)"
+    )
     assert _run([sys.executable, "-c", code], cwd="/").stdout.strip().splitlines()[-1] == "HFLM MTPLM"
 
 
@@ -129,6 +143,7 @@ print(get_model("hf").__name__, "mtp" in lm_eval.api.registry.model_registry)
 
 
 # --- the model class in-process -----------------------------------------------------------------------------
+
 
 def test_bad_model_arg_names_the_arg(tiny_mtp_dir):
     from mtp_ds.evaluation.lm_eval_model import MTPLM
@@ -152,8 +167,12 @@ def test_checkpoint_without_mask_token_is_refused_except_at_k1(tmp_path):
     model = tiny_model("qwen3", vocab_size=len(tokenizer))
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    for kwargs in ({"strategy": "static", "k": 2}, {"strategy": "confadapt"}, {"strategy": "selfspec", "k_max": 4},
-                   {"strategy": "selfspec", "k_max": 1}):
+    for kwargs in (
+        {"strategy": "static", "k": 2},
+        {"strategy": "confadapt"},
+        {"strategy": "selfspec", "k_max": 4},
+        {"strategy": "selfspec", "k_max": 1},
+    ):
         with pytest.raises(ValueError, match=r"model arg pretrained=.*no mtp_token_id.*not strategy="):
             MTPLM(pretrained=str(tmp_path), device="cpu", dtype="float32", **kwargs)
     lm = MTPLM(pretrained=str(tmp_path), device="cpu", dtype="float32")
@@ -187,24 +206,33 @@ def test_every_eos_id_of_the_generation_config_stops_as_in_hf_generate(tmp_path)
     assert ours[0, 4:].tolist() == new_tokens[:cut]
     with torch.no_grad():
         hf = lm.model.generate(context, max_new_tokens=12, do_sample=False, pad_token_id=0)  # its generation_config
-    assert hf[0, 4:4 + cut].tolist() == new_tokens[:cut] and hf.shape[1] == 4 + cut
+    assert hf[0, 4 : 4 + cut].tolist() == new_tokens[:cut] and hf.shape[1] == 4 + cut
 
 
 def test_model_generate_pads_rows_and_counts_passes(tiny_mtp_dir, tmp_path):
     from mtp_ds.evaluation.lm_eval_model import MTPLM
 
     stats_path = tmp_path / "stats.json"
-    lm = MTPLM(pretrained=str(tiny_mtp_dir), strategy="static", k=3, device="cpu", dtype="float32",
-               stats_path=str(stats_path))
+    lm = MTPLM(
+        pretrained=str(tiny_mtp_dir), strategy="static", k=3, device="cpu", dtype="float32", stats_path=str(stats_path)
+    )
     context = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
     attention_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     out = lm._model_generate(context, max_length=11, stop=[], attention_mask=attention_mask)
     assert torch.equal(out[:, :5], context)
-    direct = generate(lm.model, context, attention_mask=attention_mask, strategy="static", k=3, max_new_tokens=6,
-                      eos_token_id=lm.stop_token_ids)
+    direct = generate(
+        lm.model,
+        context,
+        attention_mask=attention_mask,
+        strategy="static",
+        k=3,
+        max_new_tokens=6,
+        eos_token_id=lm.stop_token_ids,
+    )
     pad = lm.tokenizer.pad_token_id
     assert [[t for t in row if t != pad] for row in out[:, 5:].tolist()] == [
-        [t for t in seq if t != pad] for seq in direct.sequences]
+        [t for t in seq if t != pad] for seq in direct.sequences
+    ]
     report = lm.decoding_report()
     assert report["strategy"] == "static" and report["k"] == 3
     assert report["acceleration_factor"] == direct.acceleration_factor
@@ -232,9 +260,19 @@ def _generate_requests(max_gen_toks: int = 16):
     from lm_eval.api.instance import Instance
 
     docs = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
-    return [Instance("generate_until", doc, (f"Q: {doc['question']}\nA: Let's think step by step.",
-                                             {"until": ["Q:"], "max_gen_toks": max_gen_toks, "do_sample": False}),
-                     index, (TASK, index, 1)) for index, doc in enumerate(docs)]
+    return [
+        Instance(
+            "generate_until",
+            doc,
+            (
+                f"Q: {doc['question']}\nA: Let's think step by step.",
+                {"until": ["Q:"], "max_gen_toks": max_gen_toks, "do_sample": False},
+            ),
+            index,
+            (TASK, index, 1),
+        )
+        for index, doc in enumerate(docs)
+    ]
 
 
 def test_selfspec_generate_until_equals_static_k1(drifting_mtp_dir, tmp_path):
@@ -243,8 +281,9 @@ def test_selfspec_generate_until_equals_static_k1(drifting_mtp_dir, tmp_path):
     from mtp_ds.evaluation.lm_eval_model import MTPLM
 
     stats_path = tmp_path / "stats.json"
-    lm = MTPLM(pretrained=str(drifting_mtp_dir), device="cpu", dtype="float32", batch_size=2,
-               stats_path=str(stats_path))
+    lm = MTPLM(
+        pretrained=str(drifting_mtp_dir), device="cpu", dtype="float32", batch_size=2, stats_path=str(stats_path)
+    )
     requests = _generate_requests()
     expected = lm.generate_until(requests, disable_tqdm=True)
     assert json.loads(stats_path.read_text())["setting"] == "static_k1"
@@ -257,7 +296,11 @@ def test_selfspec_generate_until_equals_static_k1(drifting_mtp_dir, tmp_path):
         stats = json.loads(stats_path.read_text())
         label = "selfspec_kmax4" if mask_layout == DEFAULT_MASK_LAYOUT else f"selfspec_kmax4_{mask_layout}"
         assert (stats["strategy"], stats["k_max"], stats["mask_layout"], stats["setting"]) == (
-            "selfspec", 4, mask_layout, label)
+            "selfspec",
+            4,
+            mask_layout,
+            label,
+        )
         assert "threshold" not in stats and "k" not in stats  # unused by selfspec: not reported as if they were
         assert stats["sequences"] == 3 and stats["per_task"][TASK]["generated_tokens"] == stats["generated_tokens"]
         assert 1.0 <= stats["acceleration_factor"] <= 4.0
@@ -271,12 +314,13 @@ def test_continuous_batching_generate_until_equals_fixed_batches(drifting_mtp_di
     """`continuous_batching` (the default): a task's requests are one `generate_many` stream with batch_size rows in
     flight, in lm-eval's order, and the texts are those of lm-eval's fixed batches, for every strategy."""
     from mtp_ds.evaluation import lm_eval_model
-    from mtp_ds.evaluation.lm_eval_model import ModelArgError, MTPLM
+    from mtp_ds.evaluation.lm_eval_model import MTPLM, ModelArgError
 
     with pytest.raises(ModelArgError, match="continuous_batching='maybe': must be true or false"):
         MTPLM(pretrained=str(drifting_mtp_dir), continuous_batching="maybe")
-    lm = MTPLM(pretrained=str(drifting_mtp_dir), device="cpu", dtype="float32", batch_size=2,
-               continuous_batching="false")
+    lm = MTPLM(
+        pretrained=str(drifting_mtp_dir), device="cpu", dtype="float32", batch_size=2, continuous_batching="false"
+    )
     streams = []
     real_generate_many = lm_eval_model.generate_many
 
@@ -286,8 +330,12 @@ def test_continuous_batching_generate_until_equals_fixed_batches(drifting_mtp_di
 
     monkeypatch.setattr(lm_eval_model, "generate_many", spy)
     requests = _generate_requests()
-    for setting in (dict(strategy="static", k=1), dict(strategy="static", k=3),
-                    dict(strategy="confadapt", k_max=4, threshold=0.5), dict(strategy="selfspec", k_max=4)):
+    for setting in (
+        dict(strategy="static", k=1),
+        dict(strategy="static", k=3),
+        dict(strategy="confadapt", k_max=4, threshold=0.5),
+        dict(strategy="selfspec", k_max=4),
+    ):
         lm.set_decoding(**setting)
         lm.continuous_batching = False
         expected = lm.generate_until(requests, disable_tqdm=True)
@@ -306,8 +354,9 @@ def test_decoding_stats_count_query_tokens_and_verified_proposals(tiny_mtp_dir):
     lm = MTPLM(pretrained=str(tiny_mtp_dir), strategy="selfspec", k_max=3, device="cpu", dtype="float32")
     context = torch.tensor([[5, 6, 7, 8]])
     lm._model_generate(context, max_length=14, stop=[])
-    direct = generate(lm.model, context, strategy="selfspec", k_max=3, max_new_tokens=10,
-                      eos_token_id=lm.stop_token_ids)
+    direct = generate(
+        lm.model, context, strategy="selfspec", k_max=3, max_new_tokens=10, eos_token_id=lm.stop_token_ids
+    )
     report = lm.decoding_report()
     assert report["acceleration_factor"] == direct.acceleration_factor
     assert report["query_tokens_per_forward_pass"] == direct.query_tokens_per_pass
@@ -321,6 +370,7 @@ def test_decoding_stats_count_query_tokens_and_verified_proposals(tiny_mtp_dir):
 
 # --- the task's data path override ----------------------------------------------------------------------------
 
+
 def test_task_data_path_from_metadata_or_env(monkeypatch, tmp_path):
     utils = _load_task_utils()
     assert utils.load_gsm8k(gsm8k_path=str(FIXTURE))["test"].num_rows == 3
@@ -332,24 +382,45 @@ def test_task_data_path_from_metadata_or_env(monkeypatch, tmp_path):
 
 # --- the stock console script, end to end ---------------------------------------------------------------------
 
+
 def _lm_eval_cli(model_dir, out_dir, model_args: str):
-    args = [str(BIN_DIR / "lm_eval"), "--model", "mtp", "--model_args", f"pretrained={model_dir},{model_args}",
-            "--device", "cpu", "--tasks", TASK, "--include_path", str(TASKS_DIR),
-            "--metadata", json.dumps({"gsm8k_path": str(FIXTURE)}), "--gen_kwargs", "max_gen_toks=8",
-            "--output_path", str(out_dir)]
+    args = [
+        str(BIN_DIR / "lm_eval"),
+        "--model",
+        "mtp",
+        "--model_args",
+        f"pretrained={model_dir},{model_args}",
+        "--device",
+        "cpu",
+        "--tasks",
+        TASK,
+        "--include_path",
+        str(TASKS_DIR),
+        "--metadata",
+        json.dumps({"gsm8k_path": str(FIXTURE)}),
+        "--gen_kwargs",
+        "max_gen_toks=8",
+        "--output_path",
+        str(out_dir),
+    ]
     result = _run(args, env={"TOKENIZERS_PARALLELISM": "false"})
     (results_file,) = sorted(Path(out_dir).rglob("results_*.json"))
     return json.loads(results_file.read_text()), result.stdout + result.stderr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_args, max_acceleration, setting", [
-    ("strategy=static,k=2,dtype=float32", 2.0, "static_k2"),
-    ("strategy=confadapt,k_max=16,threshold=0.9,dtype=float32", 16.0, "confadapt_t0.9_kmax16"),
-    ("strategy=selfspec,k_max=4,dtype=float32", 4.0, "selfspec_kmax4"),
-], ids=["static_k2", "confadapt", "selfspec"])
-def test_lm_eval_console_script_runs_mtp_model(require_installed, tiny_mtp_dir, tmp_path, model_args,
-                                               max_acceleration, setting):
+@pytest.mark.parametrize(
+    "model_args, max_acceleration, setting",
+    [
+        ("strategy=static,k=2,dtype=float32", 2.0, "static_k2"),
+        ("strategy=confadapt,k_max=16,threshold=0.9,dtype=float32", 16.0, "confadapt_t0.9_kmax16"),
+        ("strategy=selfspec,k_max=4,dtype=float32", 4.0, "selfspec_kmax4"),
+    ],
+    ids=["static_k2", "confadapt", "selfspec"],
+)
+def test_lm_eval_console_script_runs_mtp_model(
+    require_installed, tiny_mtp_dir, tmp_path, model_args, max_acceleration, setting
+):
     stats_path = tmp_path / "stats.json"
     results, output = _lm_eval_cli(tiny_mtp_dir, tmp_path / "out", f"{model_args},stats_path={stats_path}")
     task_results = results["results"][TASK]
@@ -370,10 +441,26 @@ def test_lm_eval_console_script_runs_mtp_model(require_installed, tiny_mtp_dir, 
 
 def _lm_eval_refusal(model_args: str) -> str:
     """lm_eval --model mtp with bad model args: exit 2, no traceback, exactly one `lm_eval --model mtp:` line."""
-    result = subprocess.run([str(BIN_DIR / "lm_eval"), "--model", "mtp", "--model_args", model_args, "--device", "cpu",
-                             "--tasks", TASK, "--include_path", str(TASKS_DIR)], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "TOKENIZERS_PARALLELISM": "false",
-                                                         "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            str(BIN_DIR / "lm_eval"),
+            "--model",
+            "mtp",
+            "--model_args",
+            model_args,
+            "--device",
+            "cpu",
+            "--tasks",
+            TASK,
+            "--include_path",
+            str(TASKS_DIR),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
+    )
     context = f"rc={result.returncode}\nSTDERR:\n{result.stderr[-4000:]}"
     assert result.returncode == 2 and "Traceback" not in result.stderr, context
     lines = [line for line in result.stderr.splitlines() if line.startswith("lm_eval --model mtp: ")]
@@ -383,8 +470,9 @@ def _lm_eval_refusal(model_args: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["bad_mask_layout", "selfspec_on_base_model"])
-def test_lm_eval_console_script_refuses_bad_selfspec_args_in_one_line(require_installed, tiny_mtp_dir,
-                                                                      base_model_dir, case):
+def test_lm_eval_console_script_refuses_bad_selfspec_args_in_one_line(
+    require_installed, tiny_mtp_dir, base_model_dir, case
+):
     if case == "bad_mask_layout":
         line = _lm_eval_refusal(f"pretrained={tiny_mtp_dir},strategy=selfspec,k_max=4,mask_layout=tree")
         assert "model arg mask_layout='tree'" in line and "linear, per_proposal" in line
@@ -397,17 +485,43 @@ def test_lm_eval_console_script_refuses_bad_selfspec_args_in_one_line(require_in
 @pytest.mark.slow
 def test_sweep_writes_tables_and_pareto_plot(require_installed, tiny_mtp_dir, tmp_path):
     out_dir = tmp_path / "sweep"
-    _run([sys.executable, str(REPO / "eval" / "sweep.py"), "--pretrained", str(tiny_mtp_dir), "--out_dir",
-          str(out_dir), "--settings", "static:2,confadapt:0.9,selfspec:4", "--limit", "2", "--num_fewshot", "1",
-          "--gen_kwargs", "max_gen_toks=6", "--metadata", json.dumps({"gsm8k_path": str(FIXTURE)}),
-          "--device", "cpu", "--dtype", "float32"], env={"TOKENIZERS_PARALLELISM": "false"})
+    _run(
+        [
+            sys.executable,
+            str(REPO / "eval" / "sweep.py"),
+            "--pretrained",
+            str(tiny_mtp_dir),
+            "--out_dir",
+            str(out_dir),
+            "--settings",
+            "static:2,confadapt:0.9,selfspec:4",
+            "--limit",
+            "2",
+            "--num_fewshot",
+            "1",
+            "--gen_kwargs",
+            "max_gen_toks=6",
+            "--metadata",
+            json.dumps({"gsm8k_path": str(FIXTURE)}),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+        ],
+        env={"TOKENIZERS_PARALLELISM": "false"},
+    )
     rows = json.loads((out_dir / "sweep.json").read_text())["rows"]
     assert [row["setting"] for row in rows] == ["static_k1", "static_k2", "confadapt_t0.9_kmax16", "selfspec_kmax4"]
     assert rows[0]["wall_clock_speedup"] == 1.0 and rows[1]["acceleration_factor"] <= 2.0
     assert all(row["accuracy"] is not None and row["samples"] == 2 for row in rows)
     selfspec = rows[3]
     assert (selfspec["strategy"], selfspec["k"], selfspec["k_max"], selfspec["threshold"], selfspec["mask_layout"]) == (
-        "selfspec", None, 4, None, "linear")
+        "selfspec",
+        None,
+        4,
+        None,
+        "linear",
+    )
     assert 1.0 <= selfspec["acceleration_factor"] <= 4.0 and selfspec["verified_tokens_per_pass"] is not None
     assert selfspec["accuracy"] == rows[0]["accuracy"]  # lossless: Static k=1's answers
     assert (out_dir / "results_selfspec_kmax4.json").exists()
@@ -447,7 +561,7 @@ def _drawn_series(rows: list[dict]) -> dict:
             name, line = container.get_label(), container.lines[0]
             assert line.get_marker() == markers[name], name
             count = len(line.get_xdata())
-            series[name], index = points[index:index + count], index + count
+            series[name], index = points[index : index + count], index + count
         assert set(series) <= set(ax.get_legend_handles_labels()[1])
         drawn[ax.get_title()] = series
     original_close(figure)
@@ -474,10 +588,23 @@ def test_pareto_plot_draws_selfspec_as_its_own_series():
         {**base, "strategy": "static", "k": 1, "accuracy": 0.5, "acceleration_factor": 1.0},
         {**base, "strategy": "static", "k": 3, "accuracy": 0.4, "acceleration_factor": 2.6},
         {**base, "strategy": "confadapt", "k_max": 16, "threshold": 0.9, "accuracy": 0.45, "acceleration_factor": 2.0},
-        {**base, "strategy": "selfspec", "k": None, "k_max": 4, "mask_layout": "linear", "accuracy": 0.5,
-         "acceleration_factor": 1.8},
-        {**base, "strategy": "selfspec", "k_max": 4, "mask_layout": "per_proposal", "accuracy": 0.5,
-         "acceleration_factor": 2.1},
+        {
+            **base,
+            "strategy": "selfspec",
+            "k": None,
+            "k_max": 4,
+            "mask_layout": "linear",
+            "accuracy": 0.5,
+            "acceleration_factor": 1.8,
+        },
+        {
+            **base,
+            "strategy": "selfspec",
+            "k_max": 4,
+            "mask_layout": "per_proposal",
+            "accuracy": 0.5,
+            "acceleration_factor": 2.1,
+        },
         {**base, "strategy": "selfspec", "k": 8, "threshold": None, "accuracy": 0.5, "acceleration_factor": 2.4},
     ]
     drawn = _drawn_series(rows)["t"]
@@ -501,10 +628,21 @@ def test_sweep_settings_parse_selfspec_and_refuse_bad_entries_in_one_line():
     sweep = _load_sweep()
     assert sweep.MASK_LAYOUTS == MASK_LAYOUTS
     assert sweep.parse_setting("selfspec:4", 16) == {"strategy": "selfspec", "k_max": 4, "mask_layout": "linear"}
-    assert sweep.parse_setting(" selfspec:8:per_proposal", 16) == {"strategy": "selfspec", "k_max": 8,
-                                                                   "mask_layout": "per_proposal"}
-    for bad in ("selfspec", "selfspec:", "selfspec:0", "selfspec:four", "selfspec:4:tree", "static:0",
-                "confadapt:1.5", "spec:4"):
+    assert sweep.parse_setting(" selfspec:8:per_proposal", 16) == {
+        "strategy": "selfspec",
+        "k_max": 8,
+        "mask_layout": "per_proposal",
+    }
+    for bad in (
+        "selfspec",
+        "selfspec:",
+        "selfspec:0",
+        "selfspec:four",
+        "selfspec:4:tree",
+        "static:0",
+        "confadapt:1.5",
+        "spec:4",
+    ):
         with pytest.raises(SystemExit) as refused:
             sweep.parse_setting(bad, 16)
         message = str(refused.value)
@@ -512,18 +650,31 @@ def test_sweep_settings_parse_selfspec_and_refuse_bad_entries_in_one_line():
         assert "static:K" in message and "confadapt:TAU" in message and "selfspec:K" in message
 
     def labels(argv):
-        return [sweep.setting_label(s) for s in sweep.chosen_settings(sweep.parse_args(
-            ["--pretrained", "x", "--out_dir", "y", *argv]))]
+        return [
+            sweep.setting_label(s)
+            for s in sweep.chosen_settings(sweep.parse_args(["--pretrained", "x", "--out_dir", "y", *argv]))
+        ]
 
     default = labels([])
     assert default[0] == "static_k1" and default[-1] == "selfspec_kmax16" and len(default) == 5 + 14 + 1
     assert labels(["--k_max", "8", "--static_k", "1,2", "--thresholds", "0.9"]) == [
-        "static_k1", "static_k2", "confadapt_t0.9_kmax8", "selfspec_kmax8"]
+        "static_k1",
+        "static_k2",
+        "confadapt_t0.9_kmax8",
+        "selfspec_kmax8",
+    ]
     assert labels(["--static_k", "", "--thresholds", "", "--selfspec_k_max", "4,8"]) == [
-        "static_k1", "selfspec_kmax4", "selfspec_kmax8"]
+        "static_k1",
+        "selfspec_kmax4",
+        "selfspec_kmax8",
+    ]
     assert labels(["--selfspec_k_max", "", "--thresholds", "", "--static_k", "2"]) == ["static_k1", "static_k2"]
     assert labels(["--settings", "selfspec:4,selfspec:4:per_proposal,static:3"]) == [
-        "static_k1", "selfspec_kmax4", "selfspec_kmax4_per_proposal", "static_k3"]
+        "static_k1",
+        "selfspec_kmax4",
+        "selfspec_kmax4_per_proposal",
+        "static_k3",
+    ]
     with pytest.raises(SystemExit, match="--selfspec_k_max: expected a comma-separated list"):
         labels(["--selfspec_k_max", "4,x"])
 
@@ -533,7 +684,7 @@ def test_sweep_warm_up_runs_each_strategy_and_selfspec_layout_once():
 
     class FakeLM:
         device = "cpu"
-        calls: list = []
+        calls: ClassVar[list] = []
 
         def tok_encode(self, text):
             return [1, 2, 3]
@@ -548,8 +699,18 @@ def test_sweep_warm_up_runs_each_strategy_and_selfspec_layout_once():
             self.calls.append("reset")
 
     lm = FakeLM()
-    settings = sweep.chosen_settings(sweep.parse_args(["--pretrained", "x", "--out_dir", "y", "--settings",
-                                                       "static:2,selfspec:4,selfspec:8:per_proposal,selfspec:8"]))
+    settings = sweep.chosen_settings(
+        sweep.parse_args(
+            [
+                "--pretrained",
+                "x",
+                "--out_dir",
+                "y",
+                "--settings",
+                "static:2,selfspec:4,selfspec:8:per_proposal,selfspec:8",
+            ]
+        )
+    )
     sweep.warm_up(lm, settings)
     assert lm.calls == ["static_k2", "selfspec_kmax8", "selfspec_kmax8_per_proposal", "reset"]
 
@@ -557,14 +718,25 @@ def test_sweep_warm_up_runs_each_strategy_and_selfspec_layout_once():
 @pytest.mark.slow
 def test_eval_script_runs_the_sweep_without_slurm(require_installed, tiny_mtp_dir, tmp_path):
     """slurm/eval_gsm8k.sh falls back to this machine when there is no Slurm (the Slurm CI covers sbatch)."""
-    env = {"MODEL_DIR": str(tiny_mtp_dir), "OUT_DIR": str(tmp_path / "sweep"), "GSM8K_PATH": str(FIXTURE),
-           "MTP_DS_ACTIVATE": f"export PATH={BIN_DIR}:$PATH", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "SWEEP_ARGS": "--settings static:2 --limit 1 --num_fewshot 1 --gen_kwargs max_gen_toks=4 "
-                         "--dtype float32 --device cpu"}
+    env = {
+        "MODEL_DIR": str(tiny_mtp_dir),
+        "OUT_DIR": str(tmp_path / "sweep"),
+        "GSM8K_PATH": str(FIXTURE),
+        "MTP_DS_ACTIVATE": f"export PATH={BIN_DIR}:$PATH",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "SWEEP_ARGS": "--settings static:2 --limit 1 --num_fewshot 1 --gen_kwargs max_gen_toks=4 "
+        "--dtype float32 --device cpu",
+    }
     _run(["bash", "slurm/eval_gsm8k.sh"], env=env)
     rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
     assert [row["setting"] for row in rows] == ["static_k1", "static_k2"]
     assert (tmp_path / "sweep" / "pareto.png").exists()
-    missing = subprocess.run(["bash", "slurm/eval_gsm8k.sh"], cwd=REPO, capture_output=True, text=True,
-                             env={k: v for k, v in os.environ.items() if k != "MODEL_DIR"})
+    missing = subprocess.run(
+        ["bash", "slurm/eval_gsm8k.sh"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "MODEL_DIR"},
+    )
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: set MODEL_DIR")

@@ -11,7 +11,11 @@ from mtp_ds.batching import KOffsetSampler, collate
 from mtp_ds.layout import pack
 from mtp_ds.models.teacher import LocalTeacher
 from mtp_ds.objective import (
-    ObjectiveConfig, global_supervision_counts, mtp_objective, prefix_coordinates, slot_coordinates,
+    ObjectiveConfig,
+    global_supervision_counts,
+    mtp_objective,
+    prefix_coordinates,
+    slot_coordinates,
     suppress_mask_tokens,
 )
 
@@ -53,7 +57,7 @@ def test_student_forced_teacher_matches_plain_forward(arch):
         return out
 
     output = mtp_objective(student, recording_teacher, batch, config, mask_token_ids=tokens.ids)
-    rows, regions, slots, cols = slot_coordinates(batch)
+    rows, regions, slots, _cols = slot_coordinates(batch)
     proposals = torch.zeros_like(batch.slot_index)
     proposals[rows, regions, slots] = output.proposals
     assert not torch.isin(captured["input_ids"][batch.valid], torch.tensor(tokens.ids)).any()
@@ -65,7 +69,9 @@ def test_student_forced_teacher_matches_plain_forward(arch):
             k = packed.k
             ids = token_ids[row, : anchor + 1].tolist() + proposals[row, region, : k - 1].tolist()
             with torch.no_grad():
-                expected = F.log_softmax(suppress_mask_tokens(teacher(torch.tensor([ids])).logits[0, -k:], tokens.ids), -1)
+                expected = F.log_softmax(
+                    suppress_mask_tokens(teacher(torch.tensor([ids])).logits[0, -k:], tokens.ids), -1
+                )
             torch.testing.assert_close(log_probs[row, region, :k], expected, rtol=1e-4, atol=1e-4)
             checked += 1
     assert checked >= 8
@@ -85,14 +91,15 @@ def test_student_equals_teacher_at_k1_gives_zero_soft_loss_and_full_agreement(ar
 
 
 def test_ground_truth_kind_is_cross_entropy_on_targets(arch):
-    student, teacher, tokenizer, tokens = student_and_teacher(arch)
+    student, _teacher, tokenizer, tokens = student_and_teacher(arch)
     batch, _, _ = make_batch(tokenizer, tokens, eos_row=2)
     output = mtp_objective(student, None, batch, ObjectiveConfig(kind="ground_truth"), mask_token_ids=tokens.ids)
     rows, regions, slots, cols = slot_coordinates(batch)
     targets = batch.target_ids[rows, regions, slots]
     with torch.no_grad():
-        logits = student(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                         attention_mask=_additive(batch)).logits[rows, cols]
+        logits = student(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=_additive(batch)
+        ).logits[rows, cols]
     expected = F.cross_entropy(suppress_mask_tokens(logits, tokens.ids), targets, ignore_index=-100)
     torch.testing.assert_close(output.loss.detach(), expected, rtol=1e-5, atol=1e-6)
 
@@ -107,33 +114,45 @@ def test_prefix_and_entropy_terms(arch):
     student, teacher, tokenizer, tokens = student_and_teacher(arch)
     batch, _, _ = make_batch(tokenizer, tokens, eos_row=0)
     base = mtp_objective(student, LocalTeacher(teacher), batch, ObjectiveConfig(), mask_token_ids=tokens.ids)
-    with_prefix = mtp_objective(student, LocalTeacher(teacher), batch, ObjectiveConfig(prefix_ntp_weight=0.5),
-                                mask_token_ids=tokens.ids)
+    with_prefix = mtp_objective(
+        student, LocalTeacher(teacher), batch, ObjectiveConfig(prefix_ntp_weight=0.5), mask_token_ids=tokens.ids
+    )
     rows, cols, targets = prefix_coordinates(batch)
     row0_anchors = set(batch.slot_index[0, :, 0][batch.slot_valid[0, :, 0]].tolist())
     assert rows.numel() > 0 and row0_anchors and not row0_anchors & set(cols[rows == 0].tolist())
     with torch.no_grad():
-        logits = student(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                         attention_mask=_additive(batch)).logits[rows, cols]
+        logits = student(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=_additive(batch)
+        ).logits[rows, cols]
     prefix_ce = F.cross_entropy(suppress_mask_tokens(logits, tokens.ids), targets)
     torch.testing.assert_close(with_prefix.loss.detach() - base.loss.detach(), 0.5 * prefix_ce, rtol=1e-4, atol=1e-5)
-    with_entropy = mtp_objective(student, LocalTeacher(teacher), batch, ObjectiveConfig(entropy_weight=0.1),
-                                 mask_token_ids=tokens.ids)
+    with_entropy = mtp_objective(
+        student, LocalTeacher(teacher), batch, ObjectiveConfig(entropy_weight=0.1), mask_token_ids=tokens.ids
+    )
     entropy = with_entropy.metrics.summary()["entropy"]
-    torch.testing.assert_close(with_entropy.loss.detach() - base.loss.detach(), torch.tensor(0.1 * entropy), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        with_entropy.loss.detach() - base.loss.detach(), torch.tensor(0.1 * entropy), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_memory_rule_and_chunking_give_the_same_loss_and_gradient(arch):
     student, teacher, tokenizer, tokens = student_and_teacher(arch)
     batch, _, _ = make_batch(tokenizer, tokens)
     head_rows = []
-    hooks = [m.get_output_embeddings().register_forward_hook(lambda _m, args, _o: head_rows.append(args[0].shape))
-             for m in (student, teacher)]
+    hooks = [
+        m.get_output_embeddings().register_forward_hook(lambda _m, args, _o: head_rows.append(args[0].shape))
+        for m in (student, teacher)
+    ]
     results = []
     for chunk in (100000, 7):
         student.zero_grad()
-        out = mtp_objective(student, LocalTeacher(teacher, chunk_size=chunk), batch,
-                            ObjectiveConfig(kind="soft", logits_chunk_size=chunk), mask_token_ids=tokens.ids)
+        out = mtp_objective(
+            student,
+            LocalTeacher(teacher, chunk_size=chunk),
+            batch,
+            ObjectiveConfig(kind="soft", logits_chunk_size=chunk),
+            mask_token_ids=tokens.ids,
+        )
         out.loss.backward()
         results.append((out.loss.detach(), [p.grad.clone() for p in student.parameters()]))
     for hook in hooks:
@@ -144,7 +163,7 @@ def test_memory_rule_and_chunking_give_the_same_loss_and_gradient(arch):
     rows = [shape[0] if len(shape) == 2 else shape[1] for shape in head_rows]
     assert all(len(shape) == 2 or (len(shape) == 3 and shape[0] == 1) for shape in head_rows)
     assert all(r <= num_slots for r in rows)
-    assert max(rows[len(rows) // 2:]) == 7
+    assert max(rows[len(rows) // 2 :]) == 7
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     for full, chunked in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(full, chunked, rtol=1e-4, atol=1e-6)
@@ -161,14 +180,15 @@ def test_global_normalisation_one_batch_of_8_equals_4_micro_batches_of_2(kind):
         counts = global_supervision_counts(micro_batches, config)
         total = 0.0
         for micro in micro_batches:
-            out = mtp_objective(student, LocalTeacher(teacher), micro, config, mask_token_ids=tokens.ids,
-                                global_counts=counts)
+            out = mtp_objective(
+                student, LocalTeacher(teacher), micro, config, mask_token_ids=tokens.ids, global_counts=counts
+            )
             out.loss.backward()
             total += float(out.loss.detach())
         return total, [p.grad.clone() for p in student.parameters()]
 
     whole_loss, whole = gradients([collate(packs, pad_token_id=0)])
-    split_loss, split = gradients([collate(packs[i: i + 2], pad_token_id=0) for i in range(0, 8, 2)])
+    split_loss, split = gradients([collate(packs[i : i + 2], pad_token_id=0) for i in range(0, 8, 2)])
     assert abs(whole_loss - split_loss) < 1e-5
     for a, b in zip(whole, split):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -177,8 +197,14 @@ def test_global_normalisation_one_batch_of_8_equals_4_micro_batches_of_2(kind):
 def test_metrics_accept_length_proxy():
     student, teacher, tokenizer, tokens = student_and_teacher("llama")
     batch, _, _ = make_batch(tokenizer, tokens, per_sequence_k=False, step=2)
-    out = mtp_objective(student, LocalTeacher(teacher), batch, ObjectiveConfig(accept_thresholds=(0.0, 1.01)),
-                        mask_token_ids=tokens.ids, num_slot_metrics=8)
+    out = mtp_objective(
+        student,
+        LocalTeacher(teacher),
+        batch,
+        ObjectiveConfig(accept_thresholds=(0.0, 1.01)),
+        mask_token_ids=tokens.ids,
+        num_slot_metrics=8,
+    )
     summary = out.metrics.summary()
     k = batch.ks[0]
     assert summary["accept_length@0"] == k  # threshold 0 accepts the whole block

@@ -37,8 +37,10 @@ def checkpoint() -> Path:
 def _load(checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return (AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(checkpoint))
+    return (
+        AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval(),
+        AutoTokenizer.from_pretrained(checkpoint),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,9 @@ def mtp_model(checkpoint):
 
 
 def _chat_prompt(tokenizer, question: str) -> list[int]:
-    encoded = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                            return_dict=True)
+    encoded = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_dict=True
+    )
     return list(encoded["input_ids"])
 
 
@@ -78,9 +81,12 @@ def test_mask_token_on_the_real_tokenizer_and_tied_embedding(mtp_model):
 def test_packed_equals_unpacked_on_real_weights(mtp_model, k, offset):
     model, tokenizer, tokens, _ = mtp_model
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": QUESTIONS[2]},
-         {"role": "assistant", "content": "Tom starts with 3 apples. He buys 4 more, so 3 + 4 = 7 apples."}],
-        tokenize=False)
+        [
+            {"role": "user", "content": QUESTIONS[2]},
+            {"role": "assistant", "content": "Tom starts with 3 apples. He buys 4 more, so 3 + 4 = 7 apples."},
+        ],
+        tokenize=False,
+    )
     token_ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][:64])
     packed = pack(token_ids, k=k, offset=offset, mtp_token_id=tokens, k_max=8)
     assert_packed_equals_unpacked(model, tokens, token_ids, packed, atol=1e-3, same_argmax=True)
@@ -93,9 +99,14 @@ def test_k1_equals_hf_greedy_under_the_chat_template(mtp_model):
     expected = []
     for prompt in prompts:
         with torch.no_grad():
-            hf = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
-                                suppress_tokens=list(tokens.ids), pad_token_id=tokenizer.pad_token_id)
-        expected.append(hf[0, len(prompt):].tolist())
+            hf = model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=24,
+                do_sample=False,
+                suppress_tokens=list(tokens.ids),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        expected.append(hf[0, len(prompt) :].tolist())
         ours = generate(model, torch.tensor([prompt]), k=1, max_new_tokens=24, eos_token_id=stop)
         assert ours.sequences[0] == expected[-1]
     assert any(stop in row for row in expected)  # some answer ends at the real EOS inside the budget
@@ -107,11 +118,30 @@ def test_k1_equals_hf_greedy_under_the_chat_template(mtp_model):
 
 
 def _lm_eval(model_type, checkpoint, out_dir, model_args=""):
-    args = [str(BIN_DIR / "lm_eval"), "--model", model_type,
-            "--model_args", f"pretrained={checkpoint},dtype=float32{model_args}", "--device", "cpu",
-            "--tasks", "gsm8k_cot_mtp", "--include_path", str(REPO / "eval" / "tasks"), "--num_fewshot", "1",
-            "--metadata", json.dumps({"gsm8k_path": str(FIXTURE)}), "--gen_kwargs", "max_gen_toks=40",
-            "--batch_size", "3", "--log_samples", "--output_path", str(out_dir)]
+    args = [
+        str(BIN_DIR / "lm_eval"),
+        "--model",
+        model_type,
+        "--model_args",
+        f"pretrained={checkpoint},dtype=float32{model_args}",
+        "--device",
+        "cpu",
+        "--tasks",
+        "gsm8k_cot_mtp",
+        "--include_path",
+        str(REPO / "eval" / "tasks"),
+        "--num_fewshot",
+        "1",
+        "--metadata",
+        json.dumps({"gsm8k_path": str(FIXTURE)}),
+        "--gen_kwargs",
+        "max_gen_toks=40",
+        "--batch_size",
+        "3",
+        "--log_samples",
+        "--output_path",
+        str(out_dir),
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -132,17 +162,45 @@ def test_trainer_on_the_llama_recipe_formatting_then_export_and_decode(checkpoin
     Llama recipe's formatting: chat template on, the tokenizer's own specials, a sample-only end token."""
     run_dir, export_dir = tmp_path / "run", tmp_path / "mtp"
     overrides = [
-        f"model.name_or_path={checkpoint}", f"data.eos_token={SAMPLE_END}", "data.source=metamathqa",
-        "data.path=tests/fixtures/toy_metamath.jsonl", "data.seq_len=64", "data.validation_fraction=0.1",
-        "packing.k_max=4", "train.global_batch_size=4", "train.micro_batch_size=1", "train.steps=3",
-        "train.deepspeed_config=ds_configs/zero3_cpu.json", "teacher.ds_config=ds_configs/teacher_inference_cpu.json",
-        "train.eval_every=0", "train.log_every=1", "checkpoint.every=3", f"checkpoint.dir={run_dir}",
-        "data.num_proc=1", f"data.cache_dir={tmp_path / 'cache'}", "data.max_samples=64", "logging.tensorboard=false",
+        f"model.name_or_path={checkpoint}",
+        f"data.eos_token={SAMPLE_END}",
+        "data.source=metamathqa",
+        "data.path=tests/fixtures/toy_metamath.jsonl",
+        "data.seq_len=64",
+        "data.validation_fraction=0.1",
+        "packing.k_max=4",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.steps=3",
+        "train.deepspeed_config=ds_configs/zero3_cpu.json",
+        "teacher.ds_config=ds_configs/teacher_inference_cpu.json",
+        "train.eval_every=0",
+        "train.log_every=1",
+        "checkpoint.every=3",
+        f"checkpoint.dir={run_dir}",
+        "data.num_proc=1",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.max_samples=64",
+        "logging.tensorboard=false",
     ]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "mtp_ds.train", "recipes/llama31_8b_magpie_metamath.yaml", *overrides]
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mtp_ds.train",
+        "recipes/llama31_8b_magpie_metamath.yaml",
+        *overrides,
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -156,11 +214,25 @@ def test_trainer_on_the_llama_recipe_formatting_then_export_and_decode(checkpoin
     mask_id = model.config.mtp_token_id
     assert tokenizer.convert_ids_to_tokens(mask_id) == "<MTP>" and model.config.tie_word_embeddings
     prompt = _chat_prompt(tokenizer, QUESTIONS[0])
-    confadapt = generate(model, torch.tensor([prompt]), strategy="confadapt", k_max=4, threshold=0.9,
-                         max_new_tokens=16, eos_token_id=model.generation_config.eos_token_id)
+    confadapt = generate(
+        model,
+        torch.tensor([prompt]),
+        strategy="confadapt",
+        k_max=4,
+        threshold=0.9,
+        max_new_tokens=16,
+        eos_token_id=model.generation_config.eos_token_id,
+    )
     assert confadapt.num_new_tokens > 0 and mask_id not in confadapt.sequences[0]
-    k1 = generate(model, torch.tensor([prompt]), k=1, max_new_tokens=16, eos_token_id=model.generation_config.eos_token_id)
+    k1 = generate(
+        model, torch.tensor([prompt]), k=1, max_new_tokens=16, eos_token_id=model.generation_config.eos_token_id
+    )
     with torch.no_grad():
-        hf = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, suppress_tokens=[mask_id],
-                            pad_token_id=tokenizer.pad_token_id)
-    assert k1.sequences[0] == hf[0, len(prompt):].tolist()  # the exported checkpoint decodes like HF at k=1
+        hf = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=16,
+            do_sample=False,
+            suppress_tokens=[mask_id],
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    assert k1.sequences[0] == hf[0, len(prompt) :].tolist()  # the exported checkpoint decodes like HF at k=1

@@ -12,7 +12,11 @@ def test_text_rendering_matches_the_mask(tmp_path):
     roles = token_roles(packed)
     assert roles[:5] == ["gt", "anchor 0", "mask 0.1", "mask 0.2", "gt"] and roles[-1] == "pad"
     text = render_text(packed)
-    grid = [line.split()[1] for line in text.splitlines() if line[:4].strip().isdigit() and set(line.split()[1]) <= {"#", "."}]
+    grid = [
+        line.split()[1]
+        for line in text.splitlines()
+        if line[:4].strip().isdigit() and set(line.split()[1]) <= {"#", "."}
+    ]
     assert grid == ["".join("#" if a else "." for a in row) for row in packed.attention_mask.tolist()]
     render_png(packed, tmp_path / "layout.png")
     assert (tmp_path / "layout.png").read_bytes()[:4] == b"\x89PNG"

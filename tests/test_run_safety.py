@@ -23,8 +23,13 @@ from test_train import FAST, RECIPE, REPO, metrics, run_trainer
 from mtp_ds.checkpoint.manifest import checkpoint_files, describe, read_marker, write_marker
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "DS_ACCELERATOR": "cpu",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def one_error_line(result) -> str:
@@ -41,11 +46,15 @@ def snapshot(directory: Path) -> dict:
 
 
 def start_trainer(out_dir, log_file, *overrides, ranks=2):
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"] \
-        if ranks else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"]
+        if ranks
+        else [sys.executable]
+    )
     command = [*launcher, "-m", "mtp_ds.train", RECIPE, f"checkpoint.dir={out_dir}", *FAST, *overrides]
-    return subprocess.Popen(command, cwd=REPO, env=ENV, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its own process group, as a job in a terminal
+    return subprocess.Popen(
+        command, cwd=REPO, env=ENV, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )  # its own process group, as a job in a terminal
 
 
 def wait_for_steps(out_dir: Path, steps: int, process, timeout=240) -> None:
@@ -88,8 +97,12 @@ def test_a_fresh_run_refuses_a_directory_holding_a_run_and_overwrite_moves_it_as
     before = snapshot(out)
     refused = run_trainer(out, "checkpoint.resume=never", "train.steps=2", expect_ok=False)
     message = one_error_line(refused)
-    assert f"checkpoint.dir {str(out)!r} already holds a run (checkpoints step00000002..step00000004, DONE, " \
-           f"metrics.jsonl (4 lines))" in message and "checkpoint.overwrite=true" in message, message
+    assert (
+        f"checkpoint.dir {str(out)!r} already holds a run (checkpoints step00000002..step00000004, DONE, "
+        f"metrics.jsonl (4 lines))"
+        in message
+        and "checkpoint.overwrite=true" in message
+    ), message
     assert snapshot(out) == before  # nothing touched
 
     run_trainer(out, "checkpoint.resume=never", "checkpoint.overwrite=true", "train.steps=2", "train.eval_every=0")
@@ -142,8 +155,7 @@ def test_ctrl_c_saves_at_the_step_boundary(tmp_path):
     # torchrun itself reports the signal it received (rc 1, its SignalException); one process exits 0
     single = tmp_path / "single"
     with open(tmp_path / "single.log", "w") as log_file:
-        run = start_trainer(single, log_file, "train.steps=100000", "checkpoint.every=0", "train.eval_every=0",
-                            ranks=0)
+        run = start_trainer(single, log_file, "train.steps=100000", "checkpoint.every=0", "train.eval_every=0", ranks=0)
         wait_for_steps(single, 2, run)
         os.killpg(run.pid, signal.SIGTERM)
         assert run.wait(timeout=120) == 0, (tmp_path / "single.log").read_text()[-3000:]
@@ -159,8 +171,10 @@ def test_resume_falls_back_past_a_damaged_checkpoint_to_the_same_trajectory(fini
     (out / "DONE").unlink()
 
     refused = run_trainer(out, "train.steps=4", "checkpoint.on_corrupt=refuse", expect_ok=False)
-    assert f"checkpoint {out / 'step00000004'} is damaged: zero_pp_rank_1_mp_rank_00_optim_states.pt has" \
+    assert (
+        f"checkpoint {out / 'step00000004'} is damaged: zero_pp_rank_1_mp_rank_00_optim_states.pt has"
         in one_error_line(refused)
+    )
 
     resumed = run_trainer(out, "train.steps=4", "train.eval_every=0")
     assert "is damaged: zero_pp_rank_1_mp_rank_00_optim_states.pt has" in resumed.stderr
@@ -178,11 +192,17 @@ def test_resume_refuses_a_crafted_shard_without_running_it(finished_run, tmp_pat
     shutil.copytree(finished_run, out)
     (out / "DONE").unlink()
     checkpoint, marker = out / "step00000004", tmp_path / "the_payload_ran"
-    torch.save({"optimizer_state_dict": TouchOnUnpickle(marker)},
-               checkpoint / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    torch.save(
+        {"optimizer_state_dict": TouchOnUnpickle(marker)}, checkpoint / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    )
     marker_fields = read_marker(checkpoint)
-    write_marker(checkpoint, step=4, run_id=marker_fields["run_id"], world_size=2,
-                 files=describe(checkpoint, checkpoint_files(checkpoint)))
+    write_marker(
+        checkpoint,
+        step=4,
+        run_id=marker_fields["run_id"],
+        world_size=2,
+        files=describe(checkpoint, checkpoint_files(checkpoint)),
+    )
     refused = run_trainer(out, "train.steps=6", expect_ok=False)
     line = one_error_line(refused)
     assert f"{checkpoint / 'zero_pp_rank_1_mp_rank_00_optim_states.pt'}: refusing to unpickle it" in line, line

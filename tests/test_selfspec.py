@@ -48,9 +48,16 @@ def _repetitive(arch: str, **kwargs):
 def _hf_greedy(model, prompt: list[int], mask_tokens, max_new_tokens: int, eos=None) -> list[int]:
     ids = torch.tensor([prompt], device=model.device)
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
-                             suppress_tokens=list(mask_tokens.ids), eos_token_id=eos, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            suppress_tokens=list(mask_tokens.ids),
+            eos_token_id=eos,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
@@ -64,8 +71,15 @@ def test_greedy_selfspec_equals_k1_and_hf_greedy_for_every_k(arch, mask_layout):
         ours_k1 = generate(model, torch.tensor([prompt]), mtp_token_id=mask_tokens, k=1, max_new_tokens=24)
         assert ours_k1.sequences[0] == expected
         for k_max in range(2, 9):
-            result = generate(model, torch.tensor([prompt]), mtp_token_id=mask_tokens, strategy="selfspec",
-                              k_max=k_max, max_new_tokens=24, mask_layout=mask_layout)
+            result = generate(
+                model,
+                torch.tensor([prompt]),
+                mtp_token_id=mask_tokens,
+                strategy="selfspec",
+                k_max=k_max,
+                max_new_tokens=24,
+                mask_layout=mask_layout,
+            )
             assert result.sequences[0] == expected, (text, k_max)
             assert sum(result.tokens_per_pass[0]) == 24 and max(result.tokens_per_pass[0]) <= k_max
             assert result.num_forward_passes == len(result.tokens_per_pass[0])
@@ -80,8 +94,15 @@ def test_passes_both_verify_and_reject(arch, mask_layout):
     """Some passes keep all their proposals, some refuse one (and keep the model's correction instead)."""
     model, tokenizer, mask_tokens = _repetitive(arch)
     prompt = torch.tensor([_ids(tokenizer, PROMPTS[2])])
-    result = generate(model, prompt, mtp_token_id=mask_tokens, strategy="selfspec", k_max=4, max_new_tokens=40,
-                      mask_layout=mask_layout)
+    result = generate(
+        model,
+        prompt,
+        mtp_token_id=mask_tokens,
+        strategy="selfspec",
+        k_max=4,
+        max_new_tokens=40,
+        mask_layout=mask_layout,
+    )
     verified, kept = result.verified_per_pass[0], result.tokens_per_pass[0]
     assert verified[0] == 0  # the first pass (prompt + masks) has nothing to verify
     assert all(count == v + 1 for count, v in zip(kept[:-1], verified[:-1]))  # + the correction / bonus token
@@ -96,8 +117,9 @@ def test_ragged_left_padded_batch_equals_rows_alone_and_hf(arch, mask_layout):
     ids, attention_mask = _left_pad(prompts)
     expected = [_hf_greedy(model, prompt, mask_tokens, 24) for prompt in prompts]
     for k_max in range(2, 9):
-        settings = dict(mtp_token_id=mask_tokens, strategy="selfspec", k_max=k_max, max_new_tokens=24,
-                        mask_layout=mask_layout)
+        settings = dict(
+            mtp_token_id=mask_tokens, strategy="selfspec", k_max=k_max, max_new_tokens=24, mask_layout=mask_layout
+        )
         batched = generate(model, ids, attention_mask=attention_mask, **settings)
         assert batched.sequences == expected, k_max
         for row, prompt in enumerate(prompts):
@@ -118,8 +140,16 @@ def test_left_padded_batch_on_device_equals_hf_greedy(device):
     prompts = [_ids(tokenizer, text) for text in PROMPTS]
     ids, attention_mask = _left_pad(prompts)
     for mask_layout in MASK_LAYOUTS:
-        result = generate(model, ids.to(device), attention_mask=attention_mask.to(device), mtp_token_id=mask_tokens,
-                          strategy="selfspec", k_max=4, max_new_tokens=20, mask_layout=mask_layout)
+        result = generate(
+            model,
+            ids.to(device),
+            attention_mask=attention_mask.to(device),
+            mtp_token_id=mask_tokens,
+            strategy="selfspec",
+            k_max=4,
+            max_new_tokens=20,
+            mask_layout=mask_layout,
+        )
         for row, prompt in enumerate(prompts):
             expected = _hf_greedy(model, prompt, mask_tokens, 20)
             assert result.sequences[row] == expected, (mask_layout, row)
@@ -139,8 +169,15 @@ def test_per_proposal_layout_keeps_proposals_after_a_rejection(monkeypatch, mask
 
     monkeypatch.setattr(selfspec, "build_verify_pass", spy)
     prompt = torch.tensor([_ids(tokenizer, PROMPTS[2])])
-    result = generate(model, prompt, mtp_token_id=mask_tokens, strategy="selfspec", k_max=4, max_new_tokens=40,
-                      mask_layout=mask_layout)
+    result = generate(
+        model,
+        prompt,
+        mtp_token_id=mask_tokens,
+        strategy="selfspec",
+        k_max=4,
+        max_new_tokens=40,
+        mask_layout=mask_layout,
+    )
     verified = result.verified_per_pass[0]
     assert len(fed) == len(verified) and all(v <= f for v, f in zip(verified, fed))
     after_rejection = [fed[p + 1] for p in range(len(fed) - 1) if verified[p] < fed[p]]
@@ -182,8 +219,9 @@ def test_eos_and_max_new_tokens_inside_a_block(mask_layout):
         if cut is None:
             continue
         stopped = generate(model, torch.tensor([prompt]), max_new_tokens=40, eos_token_id=sequence[cut], **settings)
-        assert stopped.sequences[0] == sequence[:cut + 1] == _hf_greedy(model, prompt, mask_tokens, 40,
-                                                                         eos=sequence[cut])
+        assert (
+            stopped.sequences[0] == sequence[: cut + 1] == _hf_greedy(model, prompt, mask_tokens, 40, eos=sequence[cut])
+        )
         assert stopped.stop_reasons == ["stop_token"]
         stops_tested += 1
     assert stops_tested
@@ -197,10 +235,11 @@ def test_stop_strings_and_distinct_slot_tokens():
     ours = generate(model, prompt, strategy="selfspec", k_max=6, max_new_tokens=24)  # ids read from the config
     assert ours.sequences[0] == k1
     word = tokenizer.decode([k1[5]])
-    cut = next(i for i, token in enumerate(k1) if word in tokenizer.decode(k1[:i + 1]))
-    stopped = generate(model, prompt, strategy="selfspec", k_max=6, max_new_tokens=24, tokenizer=tokenizer,
-                       stop_strings=[word])
-    assert stopped.sequences[0] == k1[:cut + 1] and stopped.stop_reasons == ["stop_string"]
+    cut = next(i for i, token in enumerate(k1) if word in tokenizer.decode(k1[: i + 1]))
+    stopped = generate(
+        model, prompt, strategy="selfspec", k_max=6, max_new_tokens=24, tokenizer=tokenizer, stop_strings=[word]
+    )
+    assert stopped.sequences[0] == k1[: cut + 1] and stopped.stop_reasons == ["stop_string"]
     with pytest.raises(ValueError, match="distinct mask tokens"):
         generate(model, prompt, strategy="selfspec", k_max=8, max_new_tokens=4)
 
@@ -231,8 +270,9 @@ def test_model_without_mask_token_and_bad_layout_are_one_line_errors():
     assert "\n" not in str(error.value)
     mtp_model, _, mask_tokens = make_mtp_model("qwen3")
     with pytest.raises(ValueError, match="mask_layout") as error:
-        generate(mtp_model, torch.tensor([[1, 5, 6]]), mtp_token_id=mask_tokens, strategy="selfspec",
-                 mask_layout="tree")
+        generate(
+            mtp_model, torch.tensor([[1, 5, 6]]), mtp_token_id=mask_tokens, strategy="selfspec", mask_layout="tree"
+        )
     assert "\n" not in str(error.value)
 
 
@@ -251,8 +291,15 @@ def test_cache_holds_exactly_the_kept_tokens(monkeypatch, mask_layout):
 
     monkeypatch.setattr("mtp_ds.decoding.decoder.BatchDecoder", Recording)
     prompt = _ids(tokenizer, PROMPTS[2])
-    result = generate(model, torch.tensor([prompt]), mtp_token_id=mask_tokens, strategy="selfspec", k_max=4,
-                      max_new_tokens=30, mask_layout=mask_layout)
+    result = generate(
+        model,
+        torch.tensor([prompt]),
+        mtp_token_id=mask_tokens,
+        strategy="selfspec",
+        k_max=4,
+        max_new_tokens=30,
+        mask_layout=mask_layout,
+    )
     kv = decoders[0].kv
     tokens = prompt + result.sequences[0][:-1]
     assert kv.real_counts == [len(tokens)]
@@ -267,16 +314,32 @@ def test_cache_holds_exactly_the_kept_tokens(monkeypatch, mask_layout):
 def test_demo_sized_model_greedy_equals_hf():
     """The demo's architecture (tiny_cpu_pretrain.yaml: Qwen3, 192 wide, 4 layers, GQA 4/2), random weights."""
     vocab = 513
-    model = tiny_model("qwen3", vocab_size=vocab, hidden_size=192, num_layers=4, num_heads=4, num_kv_heads=2,
-                       intermediate_size=512, max_position_embeddings=512)
+    model = tiny_model(
+        "qwen3",
+        vocab_size=vocab,
+        hidden_size=192,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=512,
+    )
     from mtp_ds.tokens import as_mask_tokens
 
     mask_tokens = as_mask_tokens(vocab - 1)
     rows = [[5, 17, 99, 230, 11], [7, 8], [300, 301, 302, 303, 304, 305, 306]]
     ids, attention_mask = _left_pad(rows)
     for mask_layout in MASK_LAYOUTS:
-        result = generate(model, ids, attention_mask=attention_mask, mtp_token_id=mask_tokens, strategy="selfspec",
-                          k_max=4, max_new_tokens=24, mask_layout=mask_layout)
+        result = generate(
+            model,
+            ids,
+            attention_mask=attention_mask,
+            mtp_token_id=mask_tokens,
+            strategy="selfspec",
+            k_max=4,
+            max_new_tokens=24,
+            mask_layout=mask_layout,
+        )
         for index, row in enumerate(rows):
             assert result.sequences[index] == _hf_greedy(model, row, mask_tokens, 24)
 
@@ -284,8 +347,10 @@ def test_demo_sized_model_greedy_equals_hf():
 DEMO_MODEL = Path(os.environ.get("MTP_DS_DEMO_DIR", "outputs/demo")) / "mtp"
 
 
-@pytest.mark.skipif(not (DEMO_MODEL / "config.json").exists(),
-                    reason="no trained demo model (outputs/demo/mtp: `mtp-ds demo` writes it; CI runs it first)")
+@pytest.mark.skipif(
+    not (DEMO_MODEL / "config.json").exists(),
+    reason="no trained demo model (outputs/demo/mtp: `mtp-ds demo` writes it; CI runs it first)",
+)
 def test_trained_demo_model_gives_its_k1_answers_at_over_2_5_tokens_per_pass():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -298,8 +363,9 @@ def test_trained_demo_model_gives_its_k1_answers_at_over_2_5_tokens_per_pass():
     k_max = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny_cpu_demo.yaml", validate=False).packing.k_max
     test_file = DEMO_MODEL.parent / "data" / "test.jsonl"
     questions = [json.loads(line)["question"] for line in test_file.read_text().splitlines()[:8]]
-    prompts = [tokenizer(PROMPT_TEMPLATE.replace("{prompt}", q), add_special_tokens=False)["input_ids"]
-               for q in questions]
+    prompts = [
+        tokenizer(PROMPT_TEMPLATE.replace("{prompt}", q), add_special_tokens=False)["input_ids"] for q in questions
+    ]
     ids, attention_mask = _left_pad(prompts, pad_id=tokenizer.pad_token_id or 0)
     settings = dict(max_new_tokens=256, eos_token_id=tokenizer.eos_token_id, attention_mask=attention_mask)
     k1 = generate(model, ids, strategy="static", k=1, **settings)
@@ -330,15 +396,25 @@ def _exact_sequence_probabilities(model, prompt: list[int], temperature: float) 
         with torch.no_grad():
             logits = model(torch.tensor([prompt + list(p) for p in prefixes])).logits[:, -1, :SAMPLING_VOCAB]
         step = torch.softmax(logits.double() / temperature, dim=-1)
-        probabilities = {prefix + (token,): probabilities[prefix] * float(step[i, token])
-                         for i, prefix in enumerate(prefixes) for token in range(SAMPLING_VOCAB)}
+        probabilities = {
+            prefix + (token,): probabilities[prefix] * float(step[i, token])
+            for i, prefix in enumerate(prefixes)
+            for token in range(SAMPLING_VOCAB)
+        }
     return probabilities
 
 
 def _sampled_counts(model, prompt, seed, **settings) -> dict[tuple, int]:
     ids = torch.tensor([prompt] * SAMPLES)
-    result = generate(model, ids, mtp_token_id=SAMPLING_VOCAB, max_new_tokens=SAMPLED_TOKENS, temperature=1.0,
-                      generator=torch.Generator().manual_seed(seed), **settings)
+    result = generate(
+        model,
+        ids,
+        mtp_token_id=SAMPLING_VOCAB,
+        max_new_tokens=SAMPLED_TOKENS,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(seed),
+        **settings,
+    )
     counts: dict[tuple, int] = {}
     for sequence in result.sequences:
         counts[tuple(sequence)] = counts.get(tuple(sequence), 0) + 1
@@ -359,8 +435,7 @@ def test_sampling_is_distributed_as_k1_sampling(mask_layout):
     probabilities = _exact_sequence_probabilities(model, prompt, 1.0)
     assert min(probabilities.values()) * SAMPLES > 5  # the chi-square approximation holds on every cell
     k1_counts, _ = _sampled_counts(model, prompt, seed=11, strategy="static", k=1)
-    ours_counts, result = _sampled_counts(model, prompt, seed=12, strategy="selfspec", k_max=3,
-                                          mask_layout=mask_layout)
+    ours_counts, result = _sampled_counts(model, prompt, seed=12, strategy="selfspec", k_max=3, mask_layout=mask_layout)
     # both paths ran: proposals kept and proposals refused
     verified = [v for row in result.verified_per_pass for v in row[1:]]
     assert 0 in verified and max(verified) >= 1

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_mtp_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +27,13 @@ def checkpoint(tmp_path_factory):
 
 
 def _serve(*args):
-    return subprocess.run([sys.executable, str(REPO / "bench" / "serve.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "serve.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def test_serve_bench_counts_passes_and_checks_exactness(checkpoint, tmp_path):
@@ -56,8 +60,10 @@ def test_serve_bench_counts_passes_and_checks_exactness(checkpoint, tmp_path):
     assert rows[(3, "ours k=1")]["peak_kv_rows"] <= 2 * 3  # 3 decoding + a prefill of 3
     assert all(len(rows[(c, "ours k=1")]["kv_columns_halves"]) == 2 for c in (1, 3))
     assert rows[(3, "HF generate")]["kv_columns_halves"] is None
-    assert "exactness: every request's tokens at c=3 == at c=1 for each of our settings, and selfspec's == our " \
-           "k=1's at every c: PASS" in result.stdout
+    assert (
+        "exactness: every request's tokens at c=3 == at c=1 for each of our settings, and selfspec's == our "
+        "k=1's at every c: PASS" in result.stdout
+    )
     assert "prefill placement at c=3" in result.stdout
     assert "| 3 | confadapt 0.9 | " in result.stdout  # the markdown table
     targets = {t["target"] for t in report["targets"]}
@@ -88,11 +94,14 @@ def test_serve_bench_stops_when_the_stream_changes_a_request(checkpoint, tmp_pat
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--concurrency", "1,x"), "--concurrency must be comma-separated ints, got '1,x'"),
-    (("--settings", "ours k=1,static k=9"), "--settings: unknown ['static k=9']"),
-    (("--k-max", 1), "--k-max >= 2"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--concurrency", "1,x"), "--concurrency must be comma-separated ints, got '1,x'"),
+        (("--settings", "ours k=1,static k=9"), "--settings: unknown ['static k=9']"),
+        (("--k-max", 1), "--k-max >= 2"),
+    ],
+)
 def test_serve_bench_names_a_bad_argument_in_one_line(checkpoint, args, message):
     result = _serve("--model", checkpoint, *args)
     assert result.returncode == 2

@@ -27,8 +27,14 @@ def script_env(**extra):
 
 
 def run_script(script, *args, timeout=300, **env):
-    return subprocess.run(["bash", f"slurm/{script}", *args], cwd=REPO, env=script_env(**env), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", f"slurm/{script}", *args],
+        cwd=REPO,
+        env=script_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def slurm_cluster_up() -> bool:
@@ -38,8 +44,10 @@ def slurm_cluster_up() -> bool:
     return result.returncode == 0 and any(state in result.stdout for state in ("idle", "mixed", "allocated"))
 
 
-needs_cluster = pytest.mark.skipif(not slurm_cluster_up() and not os.environ.get("MTP_DS_REQUIRE_SLURM"),
-                                   reason="no Slurm cluster is running (CI starts one: .ci/slurm_cluster.sh start)")
+needs_cluster = pytest.mark.skipif(
+    not slurm_cluster_up() and not os.environ.get("MTP_DS_REQUIRE_SLURM"),
+    reason="no Slurm cluster is running (CI starts one: .ci/slurm_cluster.sh start)",
+)
 
 SLURM_COMMANDS = {"scontrol", "srun", "sbatch", "salloc", "sinfo", "squeue", "scancel", "sacct", "sstat"}
 
@@ -76,9 +84,16 @@ def fake_command(directory: Path, name: str, body: str) -> Path:
 
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 def test_multinode_command_lines(nodes):
-    result = run_script("train_qwen3.sh", "train.steps=10", MTP_DS_DRY_RUN="1", SLURM_JOB_ID="4242",
-                        SLURM_NNODES=str(nodes), SLURM_JOB_NODELIST=f"gpu[01-{nodes:02d}]", GPUS_PER_NODE="8",
-                        OUTPUT_DIR="/scratch/run")
+    result = run_script(
+        "train_qwen3.sh",
+        "train.steps=10",
+        MTP_DS_DRY_RUN="1",
+        SLURM_JOB_ID="4242",
+        SLURM_NNODES=str(nodes),
+        SLURM_JOB_NODELIST=f"gpu[01-{nodes:02d}]",
+        GPUS_PER_NODE="8",
+        OUTPUT_DIR="/scratch/run",
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     launch, node_lines = lines[0], lines[1:]
@@ -89,16 +104,27 @@ def test_multinode_command_lines(nodes):
     torchrun = {line.split(": ", 1)[1] for line in node_lines}
     assert len(torchrun) == 1  # identical everywhere: c10d rendezvous hands out the ranks, no node guesses its own
     command = torchrun.pop()
-    for expected in (f"--nnodes={nodes}", "--nproc_per_node=8", "--rdzv_backend=c10d",
-                     "--rdzv_endpoint=gpu01:24242", "--rdzv_id=4242", "SIGUSR1", "-m mtp_ds.train",
-                     "recipes/qwen3_4b_metamath.yaml", "checkpoint.dir=/scratch/run", "train.steps=10"):
+    for expected in (
+        f"--nnodes={nodes}",
+        "--nproc_per_node=8",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=gpu01:24242",
+        "--rdzv_id=4242",
+        "SIGUSR1",
+        "-m mtp_ds.train",
+        "recipes/qwen3_4b_metamath.yaml",
+        "checkpoint.dir=/scratch/run",
+        "train.steps=10",
+    ):
         assert expected in command, (expected, command)
     assert "--standalone" not in command and "--node_rank" not in command
 
 
 def test_required_variables_fail_up_front():
-    for env, message in [({"RECIPE": "recipes/nope.yaml"}, "error: RECIPE=recipes/nope.yaml does not exist"),
-                         ({"GPUS_PER_NODE": "two", "MTP_DS_DRY_RUN": "1"}, "error: GPUS_PER_NODE=two is not a positive integer")]:
+    for env, message in [
+        ({"RECIPE": "recipes/nope.yaml"}, "error: RECIPE=recipes/nope.yaml does not exist"),
+        ({"GPUS_PER_NODE": "two", "MTP_DS_DRY_RUN": "1"}, "error: GPUS_PER_NODE=two is not a positive integer"),
+    ]:
         result = run_script("train_qwen3.sh", **env)
         assert result.returncode == 2 and result.stderr.strip().startswith(message), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -109,26 +135,42 @@ def test_required_variables_fail_up_front():
 def test_long_node_list_does_not_kill_the_script(tmp_path):
     # `scontrol show hostnames | head -n1` under pipefail: head exits after one line, scontrol dies of SIGPIPE
     # on a long list and the script with it (exit 141, no message)
-    fake_command(tmp_path / "bin", "scontrol", (
-        "import signal, sys\n"
-        "signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # a C program: dies of SIGPIPE\n"
-        "assert sys.argv[1:3] == ['show', 'hostnames'], sys.argv\n"
-        "sys.stdout.write(''.join(f'node{i:06d}\\n' for i in range(1, 200001)))\n"))
-    result = run_script("train_qwen3.sh", MTP_DS_DRY_RUN="1", SLURM_JOB_ID="4242", SLURM_NNODES="2",
-                        SLURM_JOB_NODELIST="node[000001-200000]", GPUS_PER_NODE="8",
-                        PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    fake_command(
+        tmp_path / "bin",
+        "scontrol",
+        (
+            "import signal, sys\n"
+            "signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # a C program: dies of SIGPIPE\n"
+            "assert sys.argv[1:3] == ['show', 'hostnames'], sys.argv\n"
+            "sys.stdout.write(''.join(f'node{i:06d}\\n' for i in range(1, 200001)))\n"
+        ),
+    )
+    result = run_script(
+        "train_qwen3.sh",
+        MTP_DS_DRY_RUN="1",
+        SLURM_JOB_ID="4242",
+        SLURM_NNODES="2",
+        SLURM_JOB_NODELIST="node[000001-200000]",
+        GPUS_PER_NODE="8",
+        PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    )
     assert result.returncode == 0, (result.returncode, result.stderr)
     assert "--rdzv_endpoint=node000001:24242" in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"SLURM_JOB_ID": "abc"}, "error: SLURM_JOB_ID=abc is not a positive integer"),
-    ({"SLURM_NNODES": "0"}, "error: SLURM_NNODES=0 is not a positive integer"),
-    ({"SLURM_NNODES": "two"}, "error: SLURM_NNODES=two is not a positive integer"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"SLURM_JOB_ID": "abc"}, "error: SLURM_JOB_ID=abc is not a positive integer"),
+        ({"SLURM_NNODES": "0"}, "error: SLURM_NNODES=0 is not a positive integer"),
+        ({"SLURM_NNODES": "two"}, "error: SLURM_NNODES=two is not a positive integer"),
+    ],
+)
 def test_slurm_variables_fail_up_front(env, message):
-    result = run_script("train_qwen3.sh", **{"MTP_DS_DRY_RUN": "1", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "2",
-                                             "SLURM_JOB_NODELIST": "gpu[1-2]", **env})
+    result = run_script(
+        "train_qwen3.sh",
+        **{"MTP_DS_DRY_RUN": "1", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[1-2]", **env},
+    )
     assert result.returncode == 2 and result.stderr.strip() == message, (result.returncode, result.stderr)
 
 
@@ -151,8 +193,14 @@ def readme_dry_run_example() -> str:
 
 def test_readme_dry_run_example_works_without_slurm(path_without_slurm):
     command = readme_dry_run_example()  # exactly as the README shows it (its trailing comment included)
-    result = subprocess.run(["bash", "-c", command], cwd=REPO, env=script_env(PATH=path_without_slurm),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=REPO,
+        env=script_env(PATH=path_without_slurm),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, (result.returncode, result.stderr)
     lines = result.stdout.splitlines()
     assert lines[0].startswith("launch: srun --nodes=2 ") and len(lines) == 3, result.stdout
@@ -160,27 +208,49 @@ def test_readme_dry_run_example_works_without_slurm(path_without_slurm):
     assert "scontrol" in result.stderr and "gpu1" in result.stderr  # says where MASTER_ADDR came from
 
 
-@pytest.mark.parametrize("nodelist, first", [
-    ("gpu[1-2]", "gpu1"), ("gpu[01-04,07],cpu3", "gpu01"), ("n1,n[2-3]", "n1"), ("rack[2-3]-n[005-008]", "rack2-n005"),
-    ("node-7", "node-7"), ("x[10,2-3]", "x10"), ("a[1-2]b[3-4]", "a1b3"),
-])
+@pytest.mark.parametrize(
+    "nodelist, first",
+    [
+        ("gpu[1-2]", "gpu1"),
+        ("gpu[01-04,07],cpu3", "gpu01"),
+        ("n1,n[2-3]", "n1"),
+        ("rack[2-3]-n[005-008]", "rack2-n005"),
+        ("node-7", "node-7"),
+        ("x[10,2-3]", "x10"),
+        ("a[1-2]b[3-4]", "a1b3"),
+    ],
+)
 def test_dry_run_without_scontrol_reads_the_first_host_itself(nodelist, first, path_without_slurm):
-    result = run_script("train_qwen3.sh", MTP_DS_DRY_RUN="1", SLURM_JOB_ID="7", SLURM_NNODES="2",
-                        SLURM_JOB_NODELIST=nodelist, PATH=path_without_slurm)
+    result = run_script(
+        "train_qwen3.sh",
+        MTP_DS_DRY_RUN="1",
+        SLURM_JOB_ID="7",
+        SLURM_NNODES="2",
+        SLURM_JOB_NODELIST=nodelist,
+        PATH=path_without_slurm,
+    )
     assert result.returncode == 0, result.stderr
     assert f"--rdzv_endpoint={first}:20007" in result.stdout, result.stdout
     if shutil.which("scontrol"):  # the real client, where installed, agrees
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               check=True).stdout
+        hosts = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        ).stdout
         assert hosts.splitlines()[0] == first
 
 
 @pytest.mark.parametrize("nodelist", ["gpu[1-2", "gpu[a-b]", "x[1-2]y", "gpu]1["])
 def test_dry_run_without_scontrol_refuses_a_malformed_node_list(nodelist, path_without_slurm):
-    result = run_script("train_qwen3.sh", MTP_DS_DRY_RUN="1", SLURM_JOB_ID="7", SLURM_NNODES="2",
-                        SLURM_JOB_NODELIST=nodelist, PATH=path_without_slurm)
-    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: SLURM_JOB_NODELIST={nodelist} "), \
+    result = run_script(
+        "train_qwen3.sh",
+        MTP_DS_DRY_RUN="1",
+        SLURM_JOB_ID="7",
+        SLURM_NNODES="2",
+        SLURM_JOB_NODELIST=nodelist,
+        PATH=path_without_slurm,
+    )
+    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: SLURM_JOB_NODELIST={nodelist} "), (
         result.stderr
+    )
     assert len(result.stderr.strip().splitlines()) == 1  # (scontrol 22.05 prints "gpu]" for the first: no guide)
 
 
@@ -220,24 +290,38 @@ else:
 """
 
 
-@pytest.mark.parametrize("sent, how, launcher, received", [
-    ("INT", "group", "torchrun", "SIGINT"),  # Ctrl-C in a terminal: the script's whole process group
-    ("INT", "script", "torchrun", "SIGINT"),  # kill -INT <script>
-    ("INT", "group", "srun", "SIGUSR1"),  # srun would print task states on one SIGINT, not pass it on
-    ("TERM", "script", "srun", "SIGUSR1"),  # srun would SIGKILL its tasks on SIGTERM
-    ("USR1", "script", "srun", "SIGUSR1"),  # --signal=B:USR1@300
-])
+@pytest.mark.parametrize(
+    "sent, how, launcher, received",
+    [
+        ("INT", "group", "torchrun", "SIGINT"),  # Ctrl-C in a terminal: the script's whole process group
+        ("INT", "script", "torchrun", "SIGINT"),  # kill -INT <script>
+        ("INT", "group", "srun", "SIGUSR1"),  # srun would print task states on one SIGINT, not pass it on
+        ("TERM", "script", "srun", "SIGUSR1"),  # srun would SIGKILL its tasks on SIGTERM
+        ("USR1", "script", "srun", "SIGUSR1"),  # --signal=B:USR1@300
+    ],
+)
 def test_signal_reaches_the_launch_once_and_the_script_stops_cleanly(sent, how, launcher, received, tmp_path):
     bin_dir, log_dir = tmp_path / "bin", tmp_path / "log"
     log_dir.mkdir()
     fake_command(bin_dir, launcher, RECORDING_LAUNCHER)
     fake_command(bin_dir, "scontrol", FAKE_SCONTROL)
     slurm = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "gpu1"} if launcher == "srun" else {}
-    env = script_env(**slurm, OUTPUT_DIR=str(tmp_path / "run"), FAKE_LAUNCH_LOG=str(log_dir),
-                     MTP_DS_ACTIVATE=f"source {REPO}/.venv/bin/activate; PATH={bin_dir}:$PATH")
-    process = subprocess.Popen(["bash", "slurm/train_tiny.sh", "train.steps=200"], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               preexec_fn=as_a_terminal_job)
+    env = script_env(
+        **slurm,
+        OUTPUT_DIR=str(tmp_path / "run"),
+        FAKE_LAUNCH_LOG=str(log_dir),
+        MTP_DS_ACTIVATE=f"source {REPO}/.venv/bin/activate; PATH={bin_dir}:$PATH",
+    )
+    process = subprocess.Popen(
+        ["bash", "slurm/train_tiny.sh", "train.steps=200"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=as_a_terminal_job,
+    )
     try:
         wait_for(lambda: (log_dir / "argv.json").exists() or process.poll() is not None, 120, "the launch")
         assert process.poll() is None, process.communicate()
@@ -256,7 +340,9 @@ def test_signal_reaches_the_launch_once_and_the_script_stops_cleanly(sent, how, 
         assert f"preempted (SIG{sent}): checkpoint saved at step 7; requeueing job 4242" in stdout, stdout
         assert (log_dir / "scontrol.log").read_text() == "requeue 4242\n"
     else:
-        assert f"stopped (SIG{sent}): checkpoint saved at step 7; run the same command again to resume" in stdout, stdout
+        assert f"stopped (SIG{sent}): checkpoint saved at step 7; run the same command again to resume" in stdout, (
+            stdout
+        )
         argv = " ".join(json.loads((log_dir / "argv.json").read_text()))
         assert re.search(r"--signals-to-handle=\S*SIGINT", argv) and "--shutdown-timeout=240" in argv, argv
 
@@ -267,13 +353,22 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
     boundary, exit 0 (the ranks handle SIGINT like SIGTERM: mtp_ds/train/tracking.py StopRequest; before, they
     died of KeyboardInterrupt and no checkpoint was written)."""
     out = tmp_path / "run"
-    process = subprocess.Popen(["bash", "slurm/train_tiny.sh", "train.steps=200", "checkpoint.every=0"], cwd=REPO,
-                               env=script_env(OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               preexec_fn=as_a_terminal_job)
+    process = subprocess.Popen(
+        ["bash", "slurm/train_tiny.sh", "train.steps=200", "checkpoint.every=0"],
+        cwd=REPO,
+        env=script_env(OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=as_a_terminal_job,
+    )
     try:
-        wait_for(lambda: process.poll() is not None
-                 or ((out / "metrics.jsonl").exists() and len(metric_steps(out)) >= 3), 300, "3 training steps")
+        wait_for(
+            lambda: process.poll() is not None or ((out / "metrics.jsonl").exists() and len(metric_steps(out)) >= 3),
+            300,
+            "3 training steps",
+        )
         assert process.poll() is None, process.communicate()
         os.killpg(process.pid, signal.SIGINT)
         stdout, stderr = process.communicate(timeout=300)
@@ -281,18 +376,22 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 0, (process.returncode, stdout[-3000:], stderr[-3000:])
-    saved = sorted(path for path in out.glob("step*")
-                   if re.fullmatch(r"step\d{8}", path.name) and (path / "COMPLETE").exists())
+    saved = sorted(
+        path for path in out.glob("step*") if re.fullmatch(r"step\d{8}", path.name) and (path / "COMPLETE").exists()
+    )
     assert saved, (sorted(p.name for p in out.iterdir()), stderr[-3000:])
     assert 3 <= int(saved[-1].name[4:]) < 200 and not (out / "DONE").exists()
-    assert f"stopped (SIGINT): checkpoint saved at step {int(saved[-1].name[4:])}; run the same command again to resume" \
-        in stdout, stdout[-3000:]
+    assert (
+        f"stopped (SIGINT): checkpoint saved at step {int(saved[-1].name[4:])}; run the same command again to resume"
+        in stdout
+    ), stdout[-3000:]
 
 
 @pytest.mark.slow
 def test_runs_without_slurm(tmp_path):
-    result = run_script("train_tiny.sh", "train.steps=3", "train.eval_every=0", OUTPUT_DIR=str(tmp_path),
-                        HF_HUB_OFFLINE="1")
+    result = run_script(
+        "train_tiny.sh", "train.steps=3", "train.eval_every=0", OUTPUT_DIR=str(tmp_path), HF_HUB_OFFLINE="1"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--standalone" not in result.stdout and "training finished (3 steps); not requeued" in result.stdout
     assert (tmp_path / "DONE").read_text().strip() == "3"
@@ -321,10 +420,22 @@ def wait_for(predicate, timeout, what):
 @needs_cluster
 def test_sbatch_train_qwen3_script_trains_the_tiny_recipe(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run(["sbatch", "--wait", "--parsable", *SBATCH_FOR_CI, "slurm/train_qwen3.sh",
-                             "train.steps=4", "train.eval_every=0"],
-                            cwd=REPO, env=script_env(**TINY, OUTPUT_DIR=str(out)), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            "sbatch",
+            "--wait",
+            "--parsable",
+            *SBATCH_FOR_CI,
+            "slurm/train_qwen3.sh",
+            "train.steps=4",
+            "train.eval_every=0",
+        ],
+        cwd=REPO,
+        env=script_env(**TINY, OUTPUT_DIR=str(out)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     job_id = result.stdout.strip().split(";")[0]
     log = (REPO / "logs" / f"mtp-qwen3-4b-{job_id}.out").read_text() if job_id else ""
     assert result.returncode == 0, result.stderr + log[-3000:]
@@ -337,10 +448,22 @@ def test_sbatch_train_qwen3_script_trains_the_tiny_recipe(tmp_path):
 @needs_cluster
 def test_preemption_requeues_and_resumes_without_losing_or_repeating_steps(tmp_path):
     out, steps = tmp_path / "run", 120
-    submitted = subprocess.run(["sbatch", "--parsable", *SBATCH_FOR_CI, "slurm/train_qwen3.sh",
-                                f"train.steps={steps}", "train.eval_every=0", "checkpoint.every=1000"],
-                               cwd=REPO, env=script_env(**TINY, OUTPUT_DIR=str(out)), capture_output=True, text=True,
-                               check=True)
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            *SBATCH_FOR_CI,
+            "slurm/train_qwen3.sh",
+            f"train.steps={steps}",
+            "train.eval_every=0",
+            "checkpoint.every=1000",
+        ],
+        cwd=REPO,
+        env=script_env(**TINY, OUTPUT_DIR=str(out)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     job_id = submitted.stdout.strip().split(";")[0]
     try:
         wait_for(lambda: (out / "metrics.jsonl").exists() and len(metric_steps(out)) >= 10, 300, "10 training steps")

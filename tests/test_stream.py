@@ -78,10 +78,20 @@ def test_every_request_equals_generate_alone(name):
     assert "stop_token" in reasons and "length" in reasons, reasons
     rng = random.Random(0)
     orders = [list(range(len(prompts)))] + [rng.sample(range(len(prompts)), len(prompts)) for _ in range(2)]
-    for order, max_rows in [(orders[0], 1), (orders[0], 2), (orders[1], 3), (orders[1], len(prompts) + 2),
-                            (orders[2], 2)]:
-        stream = generate_many(model, [prompts[i] for i in order], max_rows=max_rows,
-                               max_new_tokens=[BUDGETS[i] for i in order], **settings)
+    for order, max_rows in [
+        (orders[0], 1),
+        (orders[0], 2),
+        (orders[1], 3),
+        (orders[1], len(prompts) + 2),
+        (orders[2], 2),
+    ]:
+        stream = generate_many(
+            model,
+            [prompts[i] for i in order],
+            max_rows=max_rows,
+            max_new_tokens=[BUDGETS[i] for i in order],
+            **settings,
+        )
         _assert_equals_alone(stream, [references[i] for i in order], settings["strategy"])
         per_request = sum(len(r.tokens_per_pass[0]) for r in references)
         if max_rows == 1:
@@ -143,17 +153,20 @@ def test_kv_memory_stays_bounded_over_a_long_stream(monkeypatch):
         assert stream.sequences[index] == alone.sequences[0]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(prompts=[]), "prompts must be a non-empty list"),
-    (dict(prompts=[[]]), r"prompts\[0\] must be a non-empty list"),
-    (dict(max_rows=0), "max_rows must be an int >= 1"),
-    (dict(max_new_tokens=[3]), "max_new_tokens has 1 budgets for 2 prompts"),
-    (dict(max_new_tokens=[3, -1]), "max_new_tokens must be an int >= 0"),
-    (dict(max_new_tokens=2.5), "max_new_tokens must be an int >= 0"),
-    (dict(strategy="nope"), "strategy must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompts=[]), "prompts must be a non-empty list"),
+        (dict(prompts=[[]]), r"prompts\[0\] must be a non-empty list"),
+        (dict(max_rows=0), "max_rows must be an int >= 1"),
+        (dict(max_new_tokens=[3]), "max_new_tokens has 1 budgets for 2 prompts"),
+        (dict(max_new_tokens=[3, -1]), "max_new_tokens must be an int >= 0"),
+        (dict(max_new_tokens=2.5), "max_new_tokens must be an int >= 0"),
+        (dict(strategy="nope"), "strategy must be one of"),
+    ],
+)
 def test_bad_arguments_are_one_line_value_errors(kwargs, message):
-    model, tokenizer, mask_tokens = _model("static")
+    model, _tokenizer, mask_tokens = _model("static")
     arguments = dict(prompts=[[1, 2], [3]], max_rows=2, mtp_token_id=mask_tokens, max_new_tokens=4)
     arguments.update(kwargs)
     prompts = arguments.pop("prompts")
@@ -172,8 +185,9 @@ def _prefilled_cache(model, mask_tokens, prompts, append_layers):
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.bool)
-    decoder = BatchDecoder(model, mask_tokens, make_cache(reserve=40) if append_layers else DynamicCache(),
-                           len(prompts), ids.device)
+    decoder = BatchDecoder(
+        model, mask_tokens, make_cache(reserve=40) if append_layers else DynamicCache(), len(prompts), ids.device
+    )
     with torch.inference_mode():
         decoder.first_pass(ids, mask, 0)
     return decoder.kv
@@ -192,13 +206,13 @@ def test_add_rows_right_aligns_both_caches_with_left_holes(append_layers):
     width = len(long[0])
     assert running.width == width and running.real_counts == [len(p) for p in short + long]
     assert running.key_valid.sum(dim=1).tolist() == running.real_counts
-    assert running.key_valid[2].all() and not running.key_valid[:2, :width - len(short[1])].any()
+    assert running.key_valid[2].all() and not running.key_valid[:2, : width - len(short[1])].any()
     for layer, (keys, values), (new_keys, new_values) in zip(running.cache.layers, before, joined):
         assert layer.keys.shape[:3] == (3, keys.shape[1], width)
-        assert torch.equal(layer.keys[:2, :, width - keys.shape[2]:], keys)
-        assert torch.equal(layer.values[:2, :, width - keys.shape[2]:], values)
+        assert torch.equal(layer.keys[:2, :, width - keys.shape[2] :], keys)
+        assert torch.equal(layer.values[:2, :, width - keys.shape[2] :], values)
         assert torch.equal(layer.keys[2:], new_keys) and torch.equal(layer.values[2:], new_values)
-        assert not layer.keys[:2, :, :width - keys.shape[2]].any()  # hole columns hold zeros, never NaN
+        assert not layer.keys[:2, :, : width - keys.shape[2]].any()  # hole columns hold zeros, never NaN
         if append_layers:
             assert layer.capacity > width  # the spare capacity survived the merge
 
@@ -220,10 +234,10 @@ def test_replace_rows_writes_a_joiner_into_a_finished_slot_in_place(append_layer
     for layer, (keys, values), source, pointer in zip(running.cache.layers, before, joining.cache.layers, buffers):
         assert layer.keys.data_ptr() == pointer  # in place: no copy of the batch's cache
         assert torch.equal(layer.keys[[0, 2]], keys[[0, 2]]) and torch.equal(layer.values[[0, 2]], values[[0, 2]])
-        assert torch.equal(layer.keys[1, :, width - theirs:], source.keys[1])
-        assert torch.equal(layer.values[1, :, width - theirs:], source.values[1])
-        assert not layer.keys[1, :, :width - theirs].any()  # the slot's older entries are gone
-    assert not running.key_valid[1, :width - len(pool[1])].any() and running.key_valid[1, width - len(pool[1]):].all()
+        assert torch.equal(layer.keys[1, :, width - theirs :], source.keys[1])
+        assert torch.equal(layer.values[1, :, width - theirs :], source.values[1])
+        assert not layer.keys[1, :, : width - theirs].any()  # the slot's older entries are gone
+    assert not running.key_valid[1, : width - len(pool[1])].any() and running.key_valid[1, width - len(pool[1]) :].all()
     # a joiner wider than the batch does not fit: nothing changes, the caller merges with add_rows instead
     narrow = _prefilled_cache(model, mask_tokens, pool, append_layers)
     with torch.inference_mode():

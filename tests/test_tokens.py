@@ -6,7 +6,11 @@ from conftest import CUDA, make_mtp_model
 
 from mtp_ds.models.tiny import tiny_model, word_tokenizer
 from mtp_ds.tokens import (
-    SHARED_TOKEN, add_mtp_tokens, mask_tokens_from_config, mask_tokens_from_tokenizer, slot_token_texts,
+    SHARED_TOKEN,
+    add_mtp_tokens,
+    mask_tokens_from_config,
+    mask_tokens_from_tokenizer,
+    slot_token_texts,
 )
 
 
@@ -99,8 +103,10 @@ def test_rows_are_drawn_where_the_weights_live(device):
     if device != "meta":
         on_cpu = tiny_model("llama", vocab_size=len(word_tokenizer()))
         add_mtp_tokens(word_tokenizer(), on_cpu, seed=1)
-        torch.testing.assert_close(model.get_input_embeddings().weight[tokens.ids[0]].cpu(),
-                                   on_cpu.get_input_embeddings().weight[tokens.ids[0]])
+        torch.testing.assert_close(
+            model.get_input_embeddings().weight[tokens.ids[0]].cpu(),
+            on_cpu.get_input_embeddings().weight[tokens.ids[0]],
+        )
 
 
 def test_partitioned_weights_without_gather_are_refused():
@@ -125,8 +131,16 @@ def test_zero3_partitioned_student_gets_the_same_rows_as_a_plain_model(tmp_path)
     base = tiny_model("llama", vocab_size=len(tokenizer), seed=7)
     base.save_pretrained(tmp_path / "ckpt")
     tokenizer.save_pretrained(tmp_path / "ckpt")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(repo / "tests" / "scripts" / "zero3_mask_token.py"), str(tmp_path / "ckpt"), str(tmp_path / "rows.pt")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(repo / "tests" / "scripts" / "zero3_mask_token.py"),
+        str(tmp_path / "ckpt"),
+        str(tmp_path / "rows.pt"),
+    ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -15,16 +15,28 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/tiny_cpu.yaml"
 # static k and a higher LR make the loss trend visible within a few steps
-FAST = ["packing.static_k=4", "train.deepspeed_overrides.optimizer.params.lr=3e-3",
-        "train.deepspeed_overrides.scheduler.params.warmup_max_lr=3e-3",
-        "train.deepspeed_overrides.scheduler.params.warmup_num_steps=1", "train.log_every=1"]
+FAST = [
+    "packing.static_k=4",
+    "train.deepspeed_overrides.optimizer.params.lr=3e-3",
+    "train.deepspeed_overrides.scheduler.params.warmup_max_lr=3e-3",
+    "train.deepspeed_overrides.scheduler.params.warmup_num_steps=1",
+    "train.log_every=1",
+]
 
 
 def run_trainer(out_dir, *overrides, ranks=2, expect_ok=True):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"] \
-        if ranks else [sys.executable]
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"]
+        if ranks
+        else [sys.executable]
+    )
     command = [*launcher, "-m", "mtp_ds.train", RECIPE, f"checkpoint.dir={out_dir}", *FAST, *overrides]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if expect_ok:
@@ -57,7 +69,9 @@ def test_trains_on_two_ranks(straight):
     assert all(map(lambda x: x == x and abs(x) < 1e3, losses))
     assert sum(losses[-3:]) < sum(losses[:3]), losses  # decreasing on average
     assert records[0]["agreement/slot0"] == 1.0  # student == teacher at step 0: the anchor slot agrees
-    validation = [json.loads(l) for l in (straight / "metrics.jsonl").read_text().splitlines() if "val/agreement" in l]
+    validation = [
+        json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines() if "val/agreement" in line
+    ]
     assert [v["step"] for v in validation] == [3, 6]
     assert {"lr", "tokens_per_second", "step_seconds", "accept_length@0.9", "confidence/slot3"} <= set(records[-1])
     assert (straight / "step00000006" / "COMPLETE").exists() and (straight / "DONE").read_text().strip() == "6"
@@ -97,11 +111,24 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path):
 def test_trains_on_one_gpu_with_nccl(tmp_path):
     """The tiny recipe on one GPU: NCCL process group, ZeRO-3 student and inference-engine teacher on cuda:0."""
     env = {key: value for key, value in os.environ.items() if key != "DS_ACCELERATOR"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone", "-m",
-               "mtp_ds.train", RECIPE, f"checkpoint.dir={tmp_path}", *FAST, "train.steps=4", "train.eval_every=2",
-               "checkpoint.every=4"]  # fp32 (the recipe's JSONs): agreement at step 0 is exact
-    result = subprocess.run(command, cwd=REPO, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                            text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=1",
+        "--standalone",
+        "-m",
+        "mtp_ds.train",
+        RECIPE,
+        f"checkpoint.dir={tmp_path}",
+        *FAST,
+        "train.steps=4",
+        "train.eval_every=2",
+        "checkpoint.every=4",
+    ]  # fp32 (the recipe's JSONs): agreement at step 0 is exact
+    result = subprocess.run(
+        command, cwd=REPO, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     records = metrics(tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3, 4] and records[0]["agreement/slot0"] == 1.0
@@ -124,9 +151,15 @@ def test_data_parallel_ranks_match_one_rank_with_the_whole_batch(tmp_path):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), (a["step"], a["grad_norm"], b["grad_norm"])
 
 
-@pytest.mark.parametrize("teacher", [["teacher.tp_size=2"], ["teacher.mode=replica"],
-                                     ["teacher.mode=zero3", "teacher.ds_config=ds_configs/teacher_zero3.json"]],
-                         ids=["inference_tp2", "replica", "zero3"])
+@pytest.mark.parametrize(
+    "teacher",
+    [
+        ["teacher.tp_size=2"],
+        ["teacher.mode=replica"],
+        ["teacher.mode=zero3", "teacher.ds_config=ds_configs/teacher_zero3.json"],
+    ],
+    ids=["inference_tp2", "replica", "zero3"],
+)
 def test_teacher_modes_agree(straight, tmp_path, teacher):
     run_trainer(tmp_path, "train.steps=2", "train.eval_every=0", "checkpoint.every=0", *teacher)
     for a, b in zip(metrics(straight)[:2], metrics(tmp_path)):
@@ -137,17 +170,33 @@ def test_teacher_modes_agree(straight, tmp_path, teacher):
 def test_export_round_trip(straight, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mtp_ds.decoding import generate
     from mtp_ds.checkpoint.export import main as export_main
+    from mtp_ds.decoding import generate
 
     checkpoint = straight / "step00000006"
     assert export_main([str(checkpoint), str(tmp_path / "fp32"), "--dtype", "float32"]) == 0
     assert export_main([str(checkpoint), str(tmp_path / "bf16")]) == 0
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                    "tests/scripts/engine_logits.py", RECIPE, str(checkpoint), str(tmp_path / "engine.pt"),
-                    f"checkpoint.dir={tmp_path / 'unused'}", *FAST], cwd=REPO, env=env, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "tests/scripts/engine_logits.py",
+            RECIPE,
+            str(checkpoint),
+            str(tmp_path / "engine.pt"),
+            f"checkpoint.dir={tmp_path / 'unused'}",
+            *FAST,
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     engine_logits = torch.load(tmp_path / "engine.pt")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "fp32")  # plain HF: no custom code
     assert sorted(p.name for p in (tmp_path / "fp32").glob("*.safetensors"))
@@ -167,15 +216,30 @@ def _data_file(tmp_path, name, rows):
     return f"data.path={path}"
 
 
-@pytest.mark.parametrize("case", ["unknown_key", "batch_conflict", "missing_model", "missing_field", "empty_data",
-                                  "k_max_too_large", "not_json", "unknown_optimizer", "string_lr", "resume_not_checkpoint"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown_key",
+        "batch_conflict",
+        "missing_model",
+        "missing_field",
+        "empty_data",
+        "k_max_too_large",
+        "not_json",
+        "unknown_optimizer",
+        "string_lr",
+        "resume_not_checkpoint",
+    ],
+)
 def test_config_errors_are_one_line_and_write_nothing(tmp_path, case):
     out = tmp_path / "out"
     overrides = {
         "unknown_key": ["train.stepz=3"],
         "batch_conflict": ["train.deepspeed_overrides.train_batch_size=16"],
         "missing_model": ["model.tiny_config=null", f"model.name_or_path={tmp_path / 'no_such_model'}"],
-        "missing_field": [_data_file(tmp_path, "no_response.jsonl", [{"query": "q", "original_question": "q", "type": "t"}])],
+        "missing_field": [
+            _data_file(tmp_path, "no_response.jsonl", [{"query": "q", "original_question": "q", "type": "t"}])
+        ],
         "empty_data": [_data_file(tmp_path, "empty.jsonl", [])],
         "k_max_too_large": ["packing.k_max=40"],
         "not_json": [_data_file(tmp_path, "torn.jsonl", [{"query": "q", "response": "r", "original_question": "q"}])],
@@ -206,10 +270,20 @@ def test_config_errors_are_one_line_and_write_nothing(tmp_path, case):
 
 
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    blow_up = ["train.deepspeed_overrides.optimizer.params.lr=1e30",
-               "train.deepspeed_overrides.scheduler.params.warmup_max_lr=1e30"]
-    result = run_trainer(tmp_path, "train.steps=8", "train.eval_every=0", "checkpoint.every=1",
-                         "train.micro_batch_size=4", *blow_up, ranks=0, expect_ok=False)
+    blow_up = [
+        "train.deepspeed_overrides.optimizer.params.lr=1e30",
+        "train.deepspeed_overrides.scheduler.params.warmup_max_lr=1e30",
+    ]
+    result = run_trainer(
+        tmp_path,
+        "train.steps=8",
+        "train.eval_every=0",
+        "checkpoint.every=1",
+        "train.micro_batch_size=4",
+        *blow_up,
+        ranks=0,
+        expect_ok=False,
+    )
     message = [line for line in result.stderr.splitlines() if line.startswith("mtp-ds train:")]
     assert result.returncode == 1 and len(message) == 1, result.stderr[-3000:]
     failed_step = int(message[0].split(" at step ")[1].split(";")[0])

@@ -23,33 +23,47 @@ def _problem(rng: random.Random) -> tuple[list[str], list[str], int]:
     a, b, c = rng.randint(2, 12), rng.randint(2, 12), rng.randint(1, 30)
     if kind == 0:
         t = a * b
-        questions = [f"there are {a} boxes . each of the boxes has {b} apples . how many apples are there ?",
-                     f"{a} boxes have {b} apples each . what is the total of apples ?"]
-        steps = [f"there are {a} boxes with {b} apples each . so there are {a} * {b} = {t} apples .",
-                 f"each of the {a} boxes has {b} apples . {a} * {b} = {t} ."]
+        questions = [
+            f"there are {a} boxes . each of the boxes has {b} apples . how many apples are there ?",
+            f"{a} boxes have {b} apples each . what is the total of apples ?",
+        ]
+        steps = [
+            f"there are {a} boxes with {b} apples each . so there are {a} * {b} = {t} apples .",
+            f"each of the {a} boxes has {b} apples . {a} * {b} = {t} .",
+        ]
     elif kind == 1:
         t = a + c
-        questions = [f"we have {a} coins . we buys {c} more coins . how many coins do we have ?",
-                     f"if we had {a} coins and buys {c} more , how many coins are there ?"]
+        questions = [
+            f"we have {a} coins . we buys {c} more coins . how many coins do we have ?",
+            f"if we had {a} coins and buys {c} more , how many coins are there ?",
+        ]
         steps = [f"we have {a} + {c} = {t} coins .", f"{a} coins and {c} more is {a} + {c} = {t} ."]
     elif kind == 2:
         a = a + c
         t = a - c
-        questions = [f"we had {a} pens and gives {c} pens to them . how many pens are left ?",
-                     f"there were {a} pens . we gives {c} pens to them . how many pens are left ?"]
+        questions = [
+            f"we had {a} pens and gives {c} pens to them . how many pens are left ?",
+            f"there were {a} pens . we gives {c} pens to them . how many pens are left ?",
+        ]
         steps = [f"{a} - {c} = {t} pens are left .", f"we had {a} pens . {a} - {c} = {t} ."]
     elif kind == 3:
         ab = a * b
         t = ab + c
-        questions = [f"we have {a} boxes of {b} books and {c} more books . what is the total of books ?",
-                     f"there are {c} books and {a} boxes with {b} books each . how many books are there ?"]
-        steps = [f"{a} * {b} = {ab} books are in the boxes . then {ab} + {c} = {t} books .",
-                 f"{a} * {b} = {ab} . then {ab} + {c} = {t} ."]
+        questions = [
+            f"we have {a} boxes of {b} books and {c} more books . what is the total of books ?",
+            f"there are {c} books and {a} boxes with {b} books each . how many books are there ?",
+        ]
+        steps = [
+            f"{a} * {b} = {ab} books are in the boxes . then {ab} + {c} = {t} books .",
+            f"{a} * {b} = {ab} . then {ab} + {c} = {t} .",
+        ]
     else:
         t = b
         total = a * b
-        questions = [f"{total} apples were in {a} boxes . each of the boxes has as many . how many apples are in each ?",
-                     f"{a} boxes have {total} apples in all . how many apples does each of the boxes have ?"]
+        questions = [
+            f"{total} apples were in {a} boxes . each of the boxes has as many . how many apples are in each ?",
+            f"{a} boxes have {total} apples in all . how many apples does each of the boxes have ?",
+        ]
         steps = [f"{total} / {a} = {t} apples are in each of the boxes .", f"we can do {total} / {a} = {t} ."]
     return questions, steps, t
 
@@ -61,11 +75,20 @@ def generate_rows(num_questions: int = 120, seed: int = 0) -> list[dict]:
     for _ in range(num_questions):
         questions, steps, answer = _problem(rng)
         original = questions[0]
-        variants = [("GSM_AnsAug", original, steps[0]), ("GSM_AnsAug", original, "let's think step by step . " + steps[1]),
-                    ("GSM_Rephrased", questions[1], steps[0])]
+        variants = [
+            ("GSM_AnsAug", original, steps[0]),
+            ("GSM_AnsAug", original, "let's think step by step . " + steps[1]),
+            ("GSM_Rephrased", questions[1], steps[0]),
+        ]
         for kind, query, solution in rng.sample(variants, rng.randint(1, 3)):
-            rows.append({"query": query, "response": f"{solution} the answer is : {answer}",
-                         "original_question": original, "type": kind})
+            rows.append(
+                {
+                    "query": query,
+                    "response": f"{solution} the answer is : {answer}",
+                    "original_question": original,
+                    "type": kind,
+                }
+            )
     return rows
 
 

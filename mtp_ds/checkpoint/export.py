@@ -45,8 +45,10 @@ def consolidated_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
                 raise
     shard, reason = refused
     allowed = ", ".join(kind.__name__ for kind in deepspeed_shard_types())
-    raise ValueError(f"{shard}: refusing to unpickle it ({reason}): export reads DeepSpeed's shards with "
-                     f"torch.load(weights_only=True), which allows tensors, plain containers and {allowed} only")
+    raise ValueError(
+        f"{shard}: refusing to unpickle it ({reason}): export reads DeepSpeed's shards with "
+        f"torch.load(weights_only=True), which allows tensors, plain containers and {allowed} only"
+    )
 
 
 def _check_arguments(checkpoint: Path, out_dir: Path, dtype: str) -> None:
@@ -62,12 +64,15 @@ def _check_arguments(checkpoint: Path, out_dir: Path, dtype: str) -> None:
     if not (checkpoint / COMPLETE).exists():
         raise ValueError(f"CHECKPOINT {str(checkpoint)!r} is not a complete mtp-ds checkpoint (no {COMPLETE} file)")
     if not (checkpoint / "hf" / "config.json").is_file():
-        raise ValueError(f"CHECKPOINT {str(checkpoint)!r} has {COMPLETE} but no hf/ folder with config.json (the "
-                         "model config with mtp_token_id and the tokenizer, saved with every mtp-ds checkpoint)")
+        raise ValueError(
+            f"CHECKPOINT {str(checkpoint)!r} has {COMPLETE} but no hf/ folder with config.json (the "
+            "model config with mtp_token_id and the tokenizer, saved with every mtp-ds checkpoint)"
+        )
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "bfloat16",
-                      max_shard_size: str = "5GB") -> Path:
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "bfloat16", max_shard_size: str = "5GB"
+) -> Path:
     """Consolidate, load into the HF class of the checkpoint's config, and save_pretrained."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     _check_arguments(checkpoint, out_dir, dtype)
@@ -85,10 +90,14 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     model.tie_weights()
     # A tied output embedding is stored once (as the input embedding); nothing else may be missing.
-    output_key = next(name for name, module in model.named_modules() if module is model.get_output_embeddings()) + ".weight"
+    output_key = (
+        next(name for name, module in model.named_modules() if module is model.get_output_embeddings()) + ".weight"
+    )
     still_missing = [name for name in missing if not (config.tie_word_embeddings and name == output_key)]
     if unexpected or still_missing:
-        raise RuntimeError(f"checkpoint does not match its config: missing {still_missing[:3]}, unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            f"checkpoint does not match its config: missing {still_missing[:3]}, unexpected {unexpected[:3]}"
+        )
     model = model.to(DTYPES[dtype])
     model.config.torch_dtype = DTYPES[dtype]
     model.config.use_cache = True

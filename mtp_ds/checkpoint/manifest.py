@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 COMPLETE = "COMPLETE"
 FORMAT = 1
@@ -97,6 +97,9 @@ def verify(path: Path, rank: int, world: int, all_gather: Callable[[object], lis
         files, problems = None, [str(error)]
     if checksums and files and not problems:
         mine = _mine(sorted(files), rank, world)
-        problems = [f"{name} does not match its SHA-256 in {COMPLETE}" for name in mine
-                    if file_sha256(path / name) != files[name]["sha256"]]
+        problems = [
+            f"{name} does not match its SHA-256 in {COMPLETE}"
+            for name in mine
+            if file_sha256(path / name) != files[name]["sha256"]
+        ]
     return sorted({problem for part in all_gather(problems) for problem in part})

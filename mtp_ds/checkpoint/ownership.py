@@ -79,12 +79,18 @@ class RunLock:
         self._heartbeat: threading.Thread | None = None
         self.created_directory = False
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.created_directory = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        owner_text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                 "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
+        owner_text = json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "token": self.token,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            }
+        )
         for _ in range(5):
             try:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -96,7 +102,8 @@ class RunLock:
                     raise DirectoryInUse(
                         f"checkpoint.dir {str(self.path.parent)!r} is in use by pid {owner.get('pid')} on "
                         f"{owner.get('host')} since {owner.get('started')} ({self.path}); wait for that run, stop "
-                        f"it, or pick another checkpoint.dir") from None
+                        f"it, or pick another checkpoint.dir"
+                    ) from None
                 self._take_over_stale(owner)
                 continue
             with os.fdopen(descriptor, "w") as handle:

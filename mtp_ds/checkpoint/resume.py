@@ -24,9 +24,14 @@ from pathlib import Path
 
 from mtp_ds.checkpoint.manifest import read_marker, verify
 from mtp_ds.checkpoint.ownership import (
-    REPLACED_DIR, DirectoryInUse, RunLock, move_run_aside, new_run_id, run_contents,
+    REPLACED_DIR,
+    DirectoryInUse,
+    RunLock,
+    move_run_aside,
+    new_run_id,
+    run_contents,
 )
-from mtp_ds.checkpoint.store import TAG_PATTERN, write_atomic, all_gather, complete_checkpoints
+from mtp_ds.checkpoint.store import TAG_PATTERN, all_gather, complete_checkpoints, write_atomic
 from mtp_ds.config import ConfigError
 from mtp_ds.config.paths import resolve_path
 
@@ -67,8 +72,10 @@ def _intact(path: Path, rank: int, world: int, settings) -> list[str]:
     if not problems:
         saved_by = read_marker(path).get("world_size")
         if saved_by is not None and saved_by != world:
-            raise ConfigError(f"checkpoint {path} was saved by {saved_by} ranks, this run has {world}; "
-                              f"ZeRO-3 resumes on the same number of ranks")
+            raise ConfigError(
+                f"checkpoint {path} was saved by {saved_by} ranks, this run has {world}; "
+                f"ZeRO-3 resumes on the same number of ranks"
+            )
     return problems
 
 
@@ -88,7 +95,7 @@ def select_resume_checkpoint(settings, rank: int, world: int) -> Path | None:
         problems = _intact(path, rank, world, settings)
         if not problems:
             if damaged:
-                on_rank0(rank, lambda: _set_damaged_aside(directory, damaged, path))
+                on_rank0(rank, lambda intact=path: _set_damaged_aside(directory, damaged, intact))
             return path
         message = f"checkpoint {path} is damaged: {_problems_summary(problems)}"
         if settings.on_corrupt == "refuse":
@@ -97,8 +104,10 @@ def select_resume_checkpoint(settings, rank: int, world: int) -> Path | None:
             log.warning("%s; trying the next older checkpoint", message)
         damaged.append(path)
     if damaged:
-        raise ConfigError(f"no intact checkpoint in checkpoint.dir {str(directory)!r}: "
-                          f"{', '.join(p.name for p in damaged)} are damaged")
+        raise ConfigError(
+            f"no intact checkpoint in checkpoint.dir {str(directory)!r}: "
+            f"{', '.join(p.name for p in damaged)} are damaged"
+        )
     return None
 
 
@@ -115,13 +124,20 @@ def _claim(settings, metrics_file: Path, resume_from: Path | None) -> str:
     directory = Path(settings.dir)
     if resume_from is not None and resume_from.resolve().parent == directory.resolve():
         if settings.overwrite:
-            raise ConfigError(f"checkpoint.overwrite=true would move checkpoint.resume={settings.resume!r} aside "
-                              f"with the rest of its run; resume from a copy outside checkpoint.dir")
-        newer = [p.name for p in complete_checkpoints(directory)
-                 if int(TAG_PATTERN.match(p.name).group(1)) > int(TAG_PATTERN.match(resume_from.name).group(1))]
+            raise ConfigError(
+                f"checkpoint.overwrite=true would move checkpoint.resume={settings.resume!r} aside "
+                f"with the rest of its run; resume from a copy outside checkpoint.dir"
+            )
+        newer = [
+            p.name
+            for p in complete_checkpoints(directory)
+            if int(TAG_PATTERN.match(p.name).group(1)) > int(TAG_PATTERN.match(resume_from.name).group(1))
+        ]
         if newer:
-            raise ConfigError(f"checkpoint.resume={settings.resume!r} is older than {', '.join(newer)} in the same "
-                              f"checkpoint.dir; resume the newest (checkpoint.resume=auto) or start in a new checkpoint.dir")
+            raise ConfigError(
+                f"checkpoint.resume={settings.resume!r} is older than {', '.join(newer)} in the same "
+                f"checkpoint.dir; resume the newest (checkpoint.resume=auto) or start in a new checkpoint.dir"
+            )
         return read_marker(resume_from).get("run_id") or new_run_id()
     if resume_from is None and settings.resume == "auto" and not settings.overwrite:
         return new_run_id()  # no complete checkpoint: this directory's run starts (again) at step 0
@@ -133,7 +149,8 @@ def _claim(settings, metrics_file: Path, resume_from: Path | None) -> str:
         raise ConfigError(
             f"checkpoint.dir {str(directory)!r} already holds a run ({', '.join(held)}); continue it with "
             f"checkpoint.resume=auto, use a new checkpoint.dir, or set checkpoint.overwrite=true to move it into "
-            f"{directory / REPLACED_DIR}/")
+            f"{directory / REPLACED_DIR}/"
+        )
     return new_run_id()
 
 

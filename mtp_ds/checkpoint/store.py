@@ -78,10 +78,17 @@ def rotate(directory: str | os.PathLike, keep_last: int, run_id: str) -> list[Pa
 def rng_state() -> dict:
     """Every RNG's state as tensors and plain values, so that it loads with `torch.load(weights_only=True)`."""
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -90,8 +97,15 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     numpy_state = state["numpy"]
     torch.set_rng_state(state["torch"])
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -114,8 +128,18 @@ def _rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def save_checkpoint(engine, directory: str, step: int, client_state: dict, *, keep_last: int,
-                    effective_config: dict, hf_config, tokenizer, run_id: str) -> Path:
+def save_checkpoint(
+    engine,
+    directory: str,
+    step: int,
+    client_state: dict,
+    *,
+    keep_last: int,
+    effective_config: dict,
+    hf_config,
+    tokenizer,
+    run_id: str,
+) -> Path:
     """Collective: every rank calls it. Returns the checkpoint path once it is COMPLETE."""
     rank, world = _rank_and_world()
     tag = tag_for_step(step)
@@ -158,7 +182,9 @@ def load_checkpoint(engine, path: Path) -> dict:
             if refused is None:
                 raise
     # every rank learns whether any rank's shards were refused, so all stop together with the same line
-    refusals = [item for item in all_gather(refused and f"{refused[0]}: refusing to unpickle it ({refused[1]})") if item]
+    refusals = [
+        item for item in all_gather(refused and f"{refused[0]}: refusing to unpickle it ({refused[1]})") if item
+    ]
     if refusals:
         from mtp_ds.config import ConfigError
 

@@ -67,7 +67,9 @@ def _fill(config: dict, field: str, wanted: int, recipe_says: str, source: str) 
     if current == AUTO:
         config[field] = wanted
     elif current != wanted:
-        raise ConfigError(f"{source}: {field}={current!r} conflicts with the recipe ({recipe_says} gives {wanted}); set it to \"auto\"")
+        raise ConfigError(
+            f'{source}: {field}={current!r} conflicts with the recipe ({recipe_says} gives {wanted}); set it to "auto"'
+        )
 
 
 def _half_precision(device_type: str) -> bool:
@@ -85,7 +87,9 @@ def _fill_precision(config: dict, device_type: str) -> None:
 
 def _reject_leftover_auto(value, where: str, source: str) -> None:
     if value == AUTO:
-        raise ConfigError(f"{source}: \"auto\" is not supported at {where or '<root>'} (only batch sizes, precision and scheduler.params.total_num_steps)")
+        raise ConfigError(
+            f'{source}: "auto" is not supported at {where or "<root>"} (only batch sizes, precision and scheduler.params.total_num_steps)'
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             _reject_leftover_auto(item, f"{where}.{key}" if where else key, source)
@@ -94,15 +98,22 @@ def _reject_leftover_auto(value, where: str, source: str) -> None:
             _reject_leftover_auto(item, f"{where}[{index}]", source)
 
 
-def _resolve_training_json(recipe: Recipe, path: str, key: str, world_size: int, device_type: str, overrides: dict) -> dict:
+def _resolve_training_json(
+    recipe: Recipe, path: str, key: str, world_size: int, device_type: str, overrides: dict
+) -> dict:
     source = f"deepspeed config {path}"
     config = deep_merge(load_json_config(path, key), overrides)
     accumulation = gradient_accumulation_steps(recipe, world_size)
     train = recipe.train
     _fill(config, "train_batch_size", train.global_batch_size, "train.global_batch_size", source)
     _fill(config, "train_micro_batch_size_per_gpu", train.micro_batch_size, "train.micro_batch_size", source)
-    _fill(config, "gradient_accumulation_steps", accumulation,
-          f"train.global_batch_size / (train.micro_batch_size * world_size {world_size})", source)
+    _fill(
+        config,
+        "gradient_accumulation_steps",
+        accumulation,
+        f"train.global_batch_size / (train.micro_batch_size * world_size {world_size})",
+        source,
+    )
     _fill_precision(config, device_type)
     scheduler_params = (config.get("scheduler") or {}).get("params") or {}
     if scheduler_params.get("total_num_steps") == AUTO:  # WarmupDecayLR / WarmupCosineLR: the run's length
@@ -115,8 +126,10 @@ def _resolve_training_json(recipe: Recipe, path: str, key: str, world_size: int,
 def _check_learning_rates(config: dict, source: str) -> None:
     """optimizer.params.lr and the scheduler's *_lr values: numbers >= 0 (DeepSpeed itself would only fail
     after the model is built, or train on a string)."""
-    places = {"optimizer.params": (config.get("optimizer") or {}).get("params") or {},
-              "scheduler.params": (config.get("scheduler") or {}).get("params") or {}}
+    places = {
+        "optimizer.params": (config.get("optimizer") or {}).get("params") or {},
+        "scheduler.params": (config.get("scheduler") or {}).get("params") or {},
+    }
     for where, params in places.items():
         for name, value in params.items():
             if name == "lr" or name.endswith("_lr"):
@@ -126,19 +139,24 @@ def _check_learning_rates(config: dict, source: str) -> None:
                     raise ConfigError(f"{source}: {where}.{name} must be >= 0, got {value}")
 
 
-def check_optimizer_and_scheduler(config: dict, source: str, *, optimizers, torch_optimizers, schedulers,
-                                  torch_schedulers) -> None:
+def check_optimizer_and_scheduler(
+    config: dict, source: str, *, optimizers, torch_optimizers, schedulers, torch_schedulers
+) -> None:
     """The JSON's optimizer.type / scheduler.type against what DeepSpeed accepts: its own names (any case for
     optimizers) or a torch.optim / torch.optim.lr_scheduler class name. The caller passes the names (this
     module does not import DeepSpeed); `mtp_ds.train.loop` does, before the process group starts."""
     optimizer = (config.get("optimizer") or {}).get("type")
     if optimizer is not None and str(optimizer).lower() not in optimizers and optimizer not in torch_optimizers:
-        raise ConfigError(f"{source}: optimizer.type={optimizer!r} is not a DeepSpeed optimizer "
-                          f"({', '.join(sorted(optimizers))}) nor a torch.optim class")
+        raise ConfigError(
+            f"{source}: optimizer.type={optimizer!r} is not a DeepSpeed optimizer "
+            f"({', '.join(sorted(optimizers))}) nor a torch.optim class"
+        )
     scheduler = (config.get("scheduler") or {}).get("type")
     if scheduler is not None and scheduler not in schedulers and scheduler not in torch_schedulers:
-        raise ConfigError(f"{source}: scheduler.type={scheduler!r} is not a DeepSpeed LR schedule "
-                          f"({', '.join(sorted(schedulers))}) nor a torch.optim.lr_scheduler class")
+        raise ConfigError(
+            f"{source}: scheduler.type={scheduler!r} is not a DeepSpeed LR schedule "
+            f"({', '.join(sorted(schedulers))}) nor a torch.optim.lr_scheduler class"
+        )
 
 
 def resolve_deepspeed_config(recipe: Recipe, world_size: int, *, device_type: str) -> dict:
@@ -148,8 +166,14 @@ def resolve_deepspeed_config(recipe: Recipe, world_size: int, *, device_type: st
     recipe, bf16/fp16 `enabled: "auto"` from `device_type` ("cuda" -> bf16, "cpu" -> fp32), after merging
     `train.deepspeed_overrides`. Raises ConfigError on conflicts and on any other "auto".
     """
-    return _resolve_training_json(recipe, recipe.train.deepspeed_config, "train.deepspeed_config", world_size,
-                                  device_type, recipe.train.deepspeed_overrides)
+    return _resolve_training_json(
+        recipe,
+        recipe.train.deepspeed_config,
+        "train.deepspeed_config",
+        world_size,
+        device_type,
+        recipe.train.deepspeed_overrides,
+    )
 
 
 def resolve_teacher_config(recipe: Recipe, world_size: int, *, device_type: str) -> dict:
@@ -183,18 +207,25 @@ def resolve_teacher_config(recipe: Recipe, world_size: int, *, device_type: str)
     if parallel.get("tp_size", AUTO) == AUTO:
         parallel["tp_size"] = teacher.tp_size
     elif parallel["tp_size"] != teacher.tp_size:
-        raise ConfigError(f"{source}: tensor_parallel.tp_size={parallel['tp_size']!r} conflicts with the recipe "
-                          f"(teacher.tp_size gives {teacher.tp_size}); set it to \"auto\"")
+        raise ConfigError(
+            f"{source}: tensor_parallel.tp_size={parallel['tp_size']!r} conflicts with the recipe "
+            f'(teacher.tp_size gives {teacher.tp_size}); set it to "auto"'
+        )
     _reject_leftover_auto(config, "", source)
     return config
 
 
 def resolve_model_dtype(recipe: Recipe, resolved_ds: dict) -> str:
     """torch dtype name to load the student in: model.dtype, or (auto) the DeepSpeed precision."""
-    precision = "bfloat16" if resolved_ds.get("bf16", {}).get("enabled") else (
-        "float16" if resolved_ds.get("fp16", {}).get("enabled") else "float32")
+    precision = (
+        "bfloat16"
+        if resolved_ds.get("bf16", {}).get("enabled")
+        else ("float16" if resolved_ds.get("fp16", {}).get("enabled") else "float32")
+    )
     if recipe.model.dtype == AUTO:
         return precision
     if recipe.model.dtype != precision and precision != "float32":
-        raise ConfigError(f"model.dtype={recipe.model.dtype} conflicts with the DeepSpeed precision ({precision}); use model.dtype=auto")
+        raise ConfigError(
+            f"model.dtype={recipe.model.dtype} conflicts with the DeepSpeed precision ({precision}); use model.dtype=auto"
+        )
     return recipe.model.dtype

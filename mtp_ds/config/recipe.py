@@ -18,7 +18,13 @@ from pathlib import Path
 
 from mtp_ds.config.paths import resolve_path
 from mtp_ds.config.schema import (
-    DataConfig, ModelConfig, ObjectiveConfig, PackingConfig, Recipe, apply_overrides, recipe_from_dict,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    PackingConfig,
+    Recipe,
+    apply_overrides,
+    recipe_from_dict,
 )
 from mtp_ds.config.values import ConfigError, yaml_load
 
@@ -26,6 +32,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name": never chec
 
 
 # ---------------------------------------------------------------- loading
+
 
 def read_recipe_file(path: str | os.PathLike) -> dict:
     """Nested plain values of a recipe YAML, or of a saved effective config (its `recipe` part)."""
@@ -39,8 +46,10 @@ def read_recipe_file(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as error:
         raise ConfigError(f"recipe file {str(path)!r} is not valid YAML: {error}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"recipe file {str(path)!r} must hold a mapping of sections (model:, data:, ...), "
-                          f"not a YAML {type(values).__name__}")
+        raise ConfigError(
+            f"recipe file {str(path)!r} must hold a mapping of sections (model:, data:, ...), "
+            f"not a YAML {type(values).__name__}"
+        )
     if isinstance(values, dict) and "recipe" in values and "deepspeed" in values:
         values = values["recipe"]  # an effective config saved next to a checkpoint
     return values
@@ -65,6 +74,7 @@ def parse_cli(argv: list[str]) -> Recipe:
 
 # ---------------------------------------------------------------- validation
 
+
 def _one_of(key: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}, got {value!r}")
@@ -82,16 +92,31 @@ def _looks_like_path(value: str) -> bool:
 
 def _check_model(model: ModelConfig) -> None:
     if (model.name_or_path is None) == (model.tiny_config is None):
-        raise ConfigError("model: set exactly one of model.name_or_path (a checkpoint) and model.tiny_config (random weights)")
-    if model.name_or_path is not None and not resolve_path(model.name_or_path).exists() and _looks_like_path(model.name_or_path):
-        raise ConfigError(f"model.name_or_path: local path {model.name_or_path!r} does not exist (and it is not a hub id owner/name)")
+        raise ConfigError(
+            "model: set exactly one of model.name_or_path (a checkpoint) and model.tiny_config (random weights)"
+        )
+    if (
+        model.name_or_path is not None
+        and not resolve_path(model.name_or_path).exists()
+        and _looks_like_path(model.name_or_path)
+    ):
+        raise ConfigError(
+            f"model.name_or_path: local path {model.name_or_path!r} does not exist (and it is not a hub id owner/name)"
+        )
     if model.tiny_config is not None:
         _one_of("model.tiny_config.arch", model.tiny_config.get("arch"), ("qwen3", "llama"))
         if model.tokenizer is None:
             raise ConfigError("model.tokenizer: required with model.tiny_config (a path, hub id or builtin:word)")
     tokenizer = model.tokenizer
-    if tokenizer and not tokenizer.startswith("builtin:") and not resolve_path(tokenizer).exists() and _looks_like_path(tokenizer):
-        raise ConfigError(f"model.tokenizer: local path {tokenizer!r} does not exist (and it is not a hub id owner/name)")
+    if (
+        tokenizer
+        and not tokenizer.startswith("builtin:")
+        and not resolve_path(tokenizer).exists()
+        and _looks_like_path(tokenizer)
+    ):
+        raise ConfigError(
+            f"model.tokenizer: local path {tokenizer!r} does not exist (and it is not a hub id owner/name)"
+        )
     if tokenizer and tokenizer.startswith("builtin:"):
         _one_of("model.tokenizer", tokenizer, ("builtin:word",))
     _one_of("model.dtype", model.dtype, ("auto", "bfloat16", "float16", "float32"))
@@ -184,17 +209,23 @@ def _check_checkpoint(checkpoint) -> None:
         os.close(descriptor)
         os.unlink(probe)
     except OSError as error:
-        raise ConfigError(f"checkpoint.dir: {checkpoint.dir!r} is not writable ({str(existing)!r}: "
-                          f"{error.strerror})") from None
+        raise ConfigError(
+            f"checkpoint.dir: {checkpoint.dir!r} is not writable ({str(existing)!r}: {error.strerror})"
+        ) from None
     if checkpoint.resume not in ("auto", "never"):
         resume = resolve_path(checkpoint.resume)
         if not resume.exists():
-            raise ConfigError(f"checkpoint.resume: must be auto, never or an existing checkpoint path, got {checkpoint.resume!r}")
+            raise ConfigError(
+                f"checkpoint.resume: must be auto, never or an existing checkpoint path, got {checkpoint.resume!r}"
+            )
         if not (resume / "COMPLETE").is_file():
-            raise ConfigError(f"checkpoint.resume: {checkpoint.resume!r} is not a complete checkpoint (no COMPLETE file)")
+            raise ConfigError(
+                f"checkpoint.resume: {checkpoint.resume!r} is not a complete checkpoint (no COMPLETE file)"
+            )
 
 
 # ---------------------------------------------------------------- effective config
+
 
 def effective_config(recipe: Recipe, resolved_ds: dict, **extra) -> dict:
     """What to save next to every checkpoint: the recipe (with overrides applied) and the resolved DeepSpeed config.

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtp_ds.config.deepspeed_json import (
-    gradient_accumulation_steps, resolve_deepspeed_config, resolve_model_dtype, resolve_teacher_config,
+    gradient_accumulation_steps,
+    resolve_deepspeed_config,
+    resolve_model_dtype,
+    resolve_teacher_config,
 )
 from mtp_ds.config.recipe import effective_config
 from mtp_ds.config.schema import Recipe
@@ -41,9 +44,15 @@ class PackingPlan:
             # packed length changes with k every step, and a compiled kernel would recompile for each new one
             longest = recipe.data.seq_len + recipe.num_regions * (packing.k_max - 1)
             pad_to = -(-longest // FLEX_BLOCK) * FLEX_BLOCK
-        return cls(k_min=packing.k_min, k_max=packing.k_max, static_k=packing.static_k,
-                   per_sequence_k=packing.per_sequence_k, bidirectional=packing.bidirectional,
-                   num_regions=recipe.num_regions, pad_to=pad_to)
+        return cls(
+            k_min=packing.k_min,
+            k_max=packing.k_max,
+            static_k=packing.static_k,
+            per_sequence_k=packing.per_sequence_k,
+            bidirectional=packing.bidirectional,
+            num_regions=recipe.num_regions,
+            pad_to=pad_to,
+        )
 
 
 @dataclass(frozen=True)
@@ -59,9 +68,14 @@ class RunPlan:
 
     def effective_config(self, recipe: Recipe) -> dict:
         """What every checkpoint saves next to its weights (see mtp_ds.config.recipe.effective_config)."""
-        return effective_config(recipe, self.deepspeed, world_size=self.world_size, device_type=self.device_type,
-                                teacher_deepspeed=self.teacher,
-                                gradient_accumulation_steps=self.gradient_accumulation_steps)
+        return effective_config(
+            recipe,
+            self.deepspeed,
+            world_size=self.world_size,
+            device_type=self.device_type,
+            teacher_deepspeed=self.teacher,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+        )
 
 
 def resolve_attn_implementation(recipe: Recipe) -> str:
@@ -82,8 +96,12 @@ def plan_run(recipe: Recipe, world_size: int, *, device_type: str) -> RunPlan:
     attention = resolve_attn_implementation(recipe)
     deepspeed = resolve_deepspeed_config(recipe, world_size, device_type=device_type)
     return RunPlan(
-        world_size=world_size, device_type=device_type, gradient_accumulation_steps=accumulation, deepspeed=deepspeed,
+        world_size=world_size,
+        device_type=device_type,
+        gradient_accumulation_steps=accumulation,
+        deepspeed=deepspeed,
         teacher=resolve_teacher_config(recipe, world_size, device_type=device_type),
-        dtype=resolve_model_dtype(recipe, deepspeed), attn_implementation=attention,
+        dtype=resolve_model_dtype(recipe, deepspeed),
+        attn_implementation=attention,
         packing=PackingPlan.from_recipe(recipe, attn_implementation=attention),
     )

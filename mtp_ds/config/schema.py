@@ -19,10 +19,16 @@ class ModelConfig:
     """The initial checkpoint (student and teacher both start from it)."""
 
     name_or_path: str | None = None  # hub id ("Qwen/Qwen3-4B-Instruct-2507") or local directory
-    tiny_config: dict | None = None  # instead of name_or_path: random weights from mtp_ds.models.tiny.tiny_model_config(**this); needs "arch"
-    tokenizer: str | None = None  # tokenizer path/hub id; "builtin:word" = mtp_ds.models.tiny.word_tokenizer(); default name_or_path
+    tiny_config: dict | None = (
+        None  # instead of name_or_path: random weights from mtp_ds.models.tiny.tiny_model_config(**this); needs "arch"
+    )
+    tokenizer: str | None = (
+        None  # tokenizer path/hub id; "builtin:word" = mtp_ds.models.tiny.word_tokenizer(); default name_or_path
+    )
     dtype: str = "auto"  # auto (follow the DeepSpeed precision) | bfloat16 | float16 | float32
-    attn_implementation: str = "auto"  # auto (= sdpa, dense packed mask) | flex_attention (block mask; for long seq_len) | sdpa | eager
+    attn_implementation: str = (
+        "auto"  # auto (= sdpa, dense packed mask) | flex_attention (block mask; for long seq_len) | sdpa | eager
+    )
     gradient_checkpointing: bool = False
     distinct_slot_tokens: bool = False  # <MTP_0>..<MTP_{k_max-1}> instead of one shared <MTP> token
 
@@ -40,9 +46,13 @@ class DataConfig:
     conversations_field: str | None = None  # magpie: list of {from, value} turns (default "conversations" if present)
     validation_fraction: float = 0.01  # fraction of GROUPS (seed questions) held out
     split_seed: int = 0
-    chat_template: bool = False  # True: tokenizer.apply_chat_template(user, assistant); False: BOS + prompt + separator + response
+    chat_template: bool = (
+        False  # True: tokenizer.apply_chat_template(user, assistant); False: BOS + prompt + separator + response
+    )
     separator: str = "\n\n"
-    prompt_template: str | None = None  # chat_template off: the prompt text is this with {prompt} filled in (e.g. an lm-eval task's doc_to_text)
+    prompt_template: str | None = (
+        None  # chat_template off: the prompt text is this with {prompt} filled in (e.g. an lm-eval task's doc_to_text)
+    )
     add_bos: bool = True  # chat_template off only; tokenizers without a BOS (Qwen3) add nothing
     eos_token: str | None = None  # end-of-sample token appended and used as padding; default tokenizer.eos_token
     seq_len: int = 160  # N: every sample is cut or EOS-padded to exactly this many tokens
@@ -95,7 +105,9 @@ class TrainConfig:
     steps: int = 100_000
     seed: int = 0  # k/offset draws, data order, mask-token init
     deepspeed_config: str = "ds_configs/zero3_bf16.json"
-    deepspeed_overrides: dict = field(default_factory=dict)  # deep-merged into the JSON, e.g. {scheduler: {params: {warmup_num_steps: 10}}}
+    deepspeed_overrides: dict = field(
+        default_factory=dict
+    )  # deep-merged into the JSON, e.g. {scheduler: {params: {warmup_num_steps: 10}}}
     eval_every: int = 1000  # 0 = never
     eval_batches: int = 8  # global batches of the validation split per evaluation
     log_every: int = 10
@@ -107,8 +119,12 @@ class CheckpointConfig:
     every: int = 1000  # steps; 0 = only at the end
     keep_last: int = 3  # 0 = keep all
     resume: str = "auto"  # auto (newest intact in dir, if any) | never | path of a checkpoint
-    overwrite: bool = False  # a new run into a dir holding one: move the old run into <dir>/replaced/<time>/ (else refused)
-    on_corrupt: str = "fallback"  # newest checkpoint fails its manifest: fallback (resume the newest intact one) | refuse
+    overwrite: bool = (
+        False  # a new run into a dir holding one: move the old run into <dir>/replaced/<time>/ (else refused)
+    )
+    on_corrupt: str = (
+        "fallback"  # newest checkpoint fails its manifest: fallback (resume the newest intact one) | refuse
+    )
     verify: str = "checksum"  # resume checks every file's size + SHA-256 (checksum) or size only (size)
 
 
@@ -155,4 +171,3 @@ def recipe_from_dict(values: dict, origin: str = "<dict>") -> Recipe:
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` overrides to nested plain values; see mtp_ds.config.values.apply_overrides."""
     return config_values.apply_overrides(Recipe, values, overrides)
-

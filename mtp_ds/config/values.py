@@ -67,9 +67,8 @@ def coerce(value, tp, key: str):
                 return float(value)
             except ValueError:
                 pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    elif tp is str and isinstance(value, str):
+        return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 
@@ -140,7 +139,9 @@ def apply_overrides(root, values: dict, overrides: list[str]) -> dict:
         if section not in sections:
             raise ConfigError(f"unknown recipe key '{key}'; valid top-level keys: {', '.join(sections)}")
         if len(parts) < 2:
-            raise ConfigError(f"override {item!r} must name a key inside section '{section}' (e.g. {section}.<key>=...)")
+            raise ConfigError(
+                f"override {item!r} must name a key inside section '{section}' (e.g. {section}.<key>=...)"
+            )
         known = field_types(root, section)
         name = parts[1]
         if name not in known:

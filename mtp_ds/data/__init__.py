@@ -10,17 +10,43 @@ Rank 0 tokenises first and fills the cache; the other ranks then read it.
 """
 
 from mtp_ds.data.micro_batches import (
-    SampleBatch, gather_batch, pack_micro_batches, rank_slice, split_micro, step_micro_batches,
+    SampleBatch,
+    gather_batch,
+    pack_micro_batches,
+    rank_slice,
+    split_micro,
+    step_micro_batches,
 )
 from mtp_ds.data.samplers import EpochShuffleSampler, validation_batches
 from mtp_ds.data.sources import group_hash, load_raw_dataset, source_paths, split_indices
 from mtp_ds.data.tokenize import (
-    TokenizedData, build_datasets, encode_example, eos_token_id, format_text, tokenize_dataset, tokenizer_fingerprint,
+    TokenizedData,
+    build_datasets,
+    encode_example,
+    eos_token_id,
+    format_text,
+    tokenize_dataset,
+    tokenizer_fingerprint,
 )
 
 __all__ = [
-    "EpochShuffleSampler", "SampleBatch", "TokenizedData", "build_datasets", "encode_example", "eos_token_id",
-    "format_text", "gather_batch", "group_hash", "load_raw_dataset", "pack_micro_batches", "rank_slice",
-    "source_paths", "split_indices", "split_micro", "step_micro_batches", "tokenize_dataset",
-    "tokenizer_fingerprint", "validation_batches",
+    "EpochShuffleSampler",
+    "SampleBatch",
+    "TokenizedData",
+    "build_datasets",
+    "encode_example",
+    "eos_token_id",
+    "format_text",
+    "gather_batch",
+    "group_hash",
+    "load_raw_dataset",
+    "pack_micro_batches",
+    "rank_slice",
+    "source_paths",
+    "split_indices",
+    "split_micro",
+    "step_micro_batches",
+    "tokenize_dataset",
+    "tokenizer_fingerprint",
+    "validation_batches",
 ]

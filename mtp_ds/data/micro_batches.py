@@ -21,13 +21,13 @@ def rank_slice(global_indices: list, rank: int, world_size: int) -> list:
     if len(global_indices) % world_size:
         raise ValueError(f"a global batch of {len(global_indices)} does not split over {world_size} ranks")
     share = len(global_indices) // world_size
-    return list(global_indices[rank * share: (rank + 1) * share])
+    return list(global_indices[rank * share : (rank + 1) * share])
 
 
 def split_micro(items: list, micro_batch_size: int) -> list[list]:
     if len(items) % micro_batch_size:
         raise ValueError(f"{len(items)} sequences do not split into micro-batches of {micro_batch_size}")
-    return [list(items[i: i + micro_batch_size]) for i in range(0, len(items), micro_batch_size)]
+    return [list(items[i : i + micro_batch_size]) for i in range(0, len(items), micro_batch_size)]
 
 
 @dataclass
@@ -46,13 +46,26 @@ def gather_batch(dataset, indices: list[int], draws: list[tuple[int, int]] | Non
     import torch
 
     rows = dataset[list(indices)]
-    long = lambda name: torch.tensor(rows[name], dtype=torch.long)  # noqa: E731
-    return SampleBatch(long("input_ids"), long("first_anchor"), long("response_start"), long("length"),
-                       list(indices), list(draws or []))
+    long = lambda name: torch.tensor(rows[name], dtype=torch.long)
+    return SampleBatch(
+        long("input_ids"),
+        long("first_anchor"),
+        long("response_start"),
+        long("length"),
+        list(indices),
+        list(draws or []),
+    )
 
 
-def step_micro_batches(dataset, global_indices: list[int], *, rank: int, world_size: int, micro_batch_size: int,
-                       draws: list[tuple[int, int]] | None = None) -> list[SampleBatch]:
+def step_micro_batches(
+    dataset,
+    global_indices: list[int],
+    *,
+    rank: int,
+    world_size: int,
+    micro_batch_size: int,
+    draws: list[tuple[int, int]] | None = None,
+) -> list[SampleBatch]:
     """This rank's micro-batches of one global batch (gradient_accumulation_steps of them, in order).
 
     `draws`: the step's global (k, offset) list from batching.KOffsetSampler.sample(step, global_batch_size);
@@ -65,17 +78,26 @@ def step_micro_batches(dataset, global_indices: list[int], *, rank: int, world_s
     return [gather_batch(dataset, chunk, chunk_draws) for chunk, chunk_draws in zip(chunks, draw_chunks)]
 
 
-def pack_micro_batches(micro_batches: list[SampleBatch], packing, *, mask_tokens, eos_token_id: int,
-                       pad_token_id: int, device) -> list:
+def pack_micro_batches(
+    micro_batches: list[SampleBatch], packing, *, mask_tokens, eos_token_id: int, pad_token_id: int, device
+) -> list:
     """SampleBatch (unpacked token ids + draws) -> one `batching.PackedBatch` per micro-batch, on `device`.
 
     `packing`: a `mtp_ds.config.PackingPlan` (k_max, num_regions, bidirectional, pad_to are read)."""
     packed = []
     for micro in micro_batches:
         sequences = [
-            pack(micro.token_ids[row], k=k, offset=offset, mtp_token_id=mask_tokens, k_max=packing.k_max,
-                 num_regions=packing.num_regions, first_anchor=int(micro.first_anchor[row]),
-                 bidirectional=packing.bidirectional, eos_token_id=eos_token_id)
+            pack(
+                micro.token_ids[row],
+                k=k,
+                offset=offset,
+                mtp_token_id=mask_tokens,
+                k_max=packing.k_max,
+                num_regions=packing.num_regions,
+                first_anchor=int(micro.first_anchor[row]),
+                bidirectional=packing.bidirectional,
+                eos_token_id=eos_token_id,
+            )
             for row, (k, offset) in enumerate(micro.draws)
         ]
         packed.append(collate(sequences, pad_token_id=pad_token_id, pad_to=packing.pad_to).to(device))

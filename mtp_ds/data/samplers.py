@@ -22,7 +22,12 @@ class EpochShuffleSampler:
             raise ValueError(f"EpochShuffleSampler needs at least one sample, got {num_samples}")
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
-        self.num_samples, self.global_batch_size, self.seed, self.shuffle = num_samples, global_batch_size, seed, shuffle
+        self.num_samples, self.global_batch_size, self.seed, self.shuffle = (
+            num_samples,
+            global_batch_size,
+            seed,
+            shuffle,
+        )
         self.epoch, self.position = 0, 0
         self._orders: dict[int, list[int]] = {}
 
@@ -42,7 +47,7 @@ class EpochShuffleSampler:
     def _take(self, epoch: int, position: int, count: int) -> tuple[list[int], int, int]:
         indices = []
         while count:
-            chunk = self.order(epoch)[position: position + count]
+            chunk = self.order(epoch)[position : position + count]
             indices += chunk
             count -= len(chunk)
             position += len(chunk)

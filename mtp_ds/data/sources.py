@@ -44,8 +44,10 @@ def default_fields(data: DataConfig, columns: list[str]) -> SourceFields:
     else:
         defaults = SourceFields("prompt", "response", None)
     return SourceFields(
-        data.prompt_field or defaults.prompt, data.response_field or defaults.response,
-        data.group_field or defaults.group, data.conversations_field or defaults.conversations,
+        data.prompt_field or defaults.prompt,
+        data.response_field or defaults.response,
+        data.group_field or defaults.group,
+        data.conversations_field or defaults.conversations,
     )
 
 
@@ -64,7 +66,9 @@ def _load_one(path: str, data: DataConfig):
         suffix = local.suffix.lower()
         builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(suffix)
         if builder is None:
-            raise ConfigError(f"data.path: {path!r} has an unknown extension {suffix!r} (use .jsonl, .json or .parquet)")
+            raise ConfigError(
+                f"data.path: {path!r} has an unknown extension {suffix!r} (use .jsonl, .json or .parquet)"
+            )
         if builder == "json" and _is_blank(local):
             raise ConfigError(f"data set {path!r} is empty")
         try:
@@ -109,8 +113,12 @@ def _is_blank(file: Path) -> bool:
 
 
 def _require_columns(dataset, fields: SourceFields, path: str) -> None:
-    named = {"prompt_field": fields.prompt, "response_field": fields.response, "group_field": fields.group,
-             "conversations_field": fields.conversations}
+    named = {
+        "prompt_field": fields.prompt,
+        "response_field": fields.response,
+        "group_field": fields.group,
+        "conversations_field": fields.conversations,
+    }
     for key, column in named.items():
         if column is not None and column not in dataset.column_names:
             raise ConfigError(
@@ -158,12 +166,21 @@ def load_raw_dataset(data: DataConfig):
             raise ConfigError(f"data set {path!r} is empty")
         fields = default_fields(data, dataset.column_names)
         _require_columns(dataset, fields, path)
-        parts.append(dataset.map(
-            _normalise_batch, batched=True, remove_columns=dataset.column_names, num_proc=data.num_proc,
-            fn_kwargs=dict(prompt=fields.prompt, response=fields.response, group=fields.group,
-                           conversations=fields.conversations),
-            desc=f"normalise {Path(path).name}",
-        ))
+        parts.append(
+            dataset.map(
+                _normalise_batch,
+                batched=True,
+                remove_columns=dataset.column_names,
+                num_proc=data.num_proc,
+                fn_kwargs=dict(
+                    prompt=fields.prompt,
+                    response=fields.response,
+                    group=fields.group,
+                    conversations=fields.conversations,
+                ),
+                desc=f"normalise {Path(path).name}",
+            )
+        )
     dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if data.max_samples is not None:
         dataset = dataset.select(range(min(data.max_samples, len(dataset))))
@@ -171,6 +188,7 @@ def load_raw_dataset(data: DataConfig):
 
 
 # ---------------------------------------------------------------- the seed-question-stratified split
+
 
 def group_hash(group: str) -> int:
     """A stable 63-bit id of a group's text (stored per tokenised row; independent of the split seed)."""

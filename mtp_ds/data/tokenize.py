@@ -24,6 +24,7 @@ FORMAT_VERSION = 1  # bump when the meaning of the tokenised columns changes (in
 
 # ---------------------------------------------------------------- formatting
 
+
 def format_text(prompt: str, response: str, tokenizer, data: DataConfig) -> tuple[str, int]:
     """(full text, character index where the response starts); specials like BOS are not in the text when off."""
     if not data.chat_template:
@@ -105,8 +106,12 @@ def _tokenize_batch(batch, *, tokenizer, data: DataConfig, eos_id: int):
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A stable hash of everything that decides token ids (vocabulary, merges, specials, chat template)."""
-    parts = [type(tokenizer).__name__, json.dumps(tokenizer.get_vocab(), sort_keys=True),
-             str(getattr(tokenizer, "chat_template", None)), str(tokenizer.special_tokens_map)]
+    parts = [
+        type(tokenizer).__name__,
+        json.dumps(tokenizer.get_vocab(), sort_keys=True),
+        str(getattr(tokenizer, "chat_template", None)),
+        str(tokenizer.special_tokens_map),
+    ]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         parts.append(backend.to_str())
@@ -123,17 +128,30 @@ def tokenize_dataset(raw, tokenizer, data: DataConfig):
     import datasets
 
     eos_id = eos_token_id(tokenizer, data)
-    fingerprint = hashlib.sha256(json.dumps(
-        [FORMAT_VERSION, raw._fingerprint, tokenizer_fingerprint(tokenizer), _format_settings(data)], sort_keys=True,
-    ).encode()).hexdigest()[:32]
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [FORMAT_VERSION, raw._fingerprint, tokenizer_fingerprint(tokenizer), _format_settings(data)],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:32]
     list_of = getattr(datasets, "List", None) or datasets.Sequence  # datasets < 4 has only Sequence
-    features = datasets.Features({
-        "input_ids": list_of(datasets.Value("int32")), "response_start": datasets.Value("int32"),
-        "first_anchor": datasets.Value("int32"), "length": datasets.Value("int32"), "group_id": datasets.Value("int64"),
-    })
+    features = datasets.Features(
+        {
+            "input_ids": list_of(datasets.Value("int32")),
+            "response_start": datasets.Value("int32"),
+            "first_anchor": datasets.Value("int32"),
+            "length": datasets.Value("int32"),
+            "group_id": datasets.Value("int64"),
+        }
+    )
     return raw.map(
-        _tokenize_batch, batched=True, remove_columns=raw.column_names, features=features, num_proc=data.num_proc,
-        fn_kwargs=dict(tokenizer=tokenizer, data=data, eos_id=eos_id), new_fingerprint=fingerprint,
+        _tokenize_batch,
+        batched=True,
+        remove_columns=raw.column_names,
+        features=features,
+        num_proc=data.num_proc,
+        fn_kwargs=dict(tokenizer=tokenizer, data=data, eos_id=eos_id),
+        new_fingerprint=fingerprint,
         desc="tokenise",
     )
 
@@ -161,6 +179,9 @@ def build_datasets(recipe: Recipe, tokenizer) -> TokenizedData:
     if not train_rows:
         raise ConfigError(f"data.validation_fraction={data.validation_fraction} leaves no training sample of {name!r}")
     return TokenizedData(
-        train=tokenized.select(train_rows), validation=tokenized.select(validation_rows),
-        eos_token_id=eos_token_id(tokenizer, data), num_raw=len(raw), num_dropped=len(raw) - len(tokenized),
+        train=tokenized.select(train_rows),
+        validation=tokenized.select(validation_rows),
+        eos_token_id=eos_token_id(tokenizer, data),
+        num_raw=len(raw),
+        num_dropped=len(raw) - len(tokenized),
     )

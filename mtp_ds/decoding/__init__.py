@@ -14,5 +14,12 @@ from mtp_ds.decoding.result import GenerationResult
 from mtp_ds.decoding.selfspec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS
 from mtp_ds.decoding.stream import StreamResult, generate_many
 
-__all__ = ["DEFAULT_MASK_LAYOUT", "MASK_LAYOUTS", "STRATEGIES", "GenerationResult", "StreamResult", "generate",
-           "generate_many"]
+__all__ = [
+    "DEFAULT_MASK_LAYOUT",
+    "MASK_LAYOUTS",
+    "STRATEGIES",
+    "GenerationResult",
+    "StreamResult",
+    "generate",
+    "generate_many",
+]

@@ -49,19 +49,29 @@ def unfold_query_heads(output: torch.Tensor, heads: int) -> torch.Tensor:
     return output.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous()
 
 
-def sdpa_gqa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                               is_causal=None, **kwargs):
+def sdpa_gqa_attention_forward(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs
+):
     """transformers attention-interface function: `sdpa` with folded query heads where `sdpa` would copy K/V."""
     heads, kv_heads, q_len = query.shape[1], key.shape[1], query.shape[2]
-    applies = (attention_mask is not None and q_len > 1 and heads != kv_heads and attention_mask.dim() == 4
-               and attention_mask.shape[1] == 1 and kwargs.get("position_bias") is None
-               and kwargs.get("cache") is None and key.shape[-1] == value.shape[-1])
+    applies = (
+        attention_mask is not None
+        and q_len > 1
+        and heads != kv_heads
+        and attention_mask.dim() == 4
+        and attention_mask.shape[1] == 1
+        and kwargs.get("position_bias") is None
+        and kwargs.get("cache") is None
+        and key.shape[-1] == value.shape[-1]
+    )
     if not applies:
-        return _stock_sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                           is_causal=is_causal, **kwargs)
+        return _stock_sdpa(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     folded, folded_mask = fold_query_heads(query, attention_mask, kv_heads)
     output = torch.nn.functional.scaled_dot_product_attention(
-        folded, key, value, attn_mask=folded_mask, dropout_p=dropout, scale=scaling, is_causal=False)
+        folded, key, value, attn_mask=folded_mask, dropout_p=dropout, scale=scaling, is_causal=False
+    )
     return unfold_query_heads(output, heads), None
 
 

@@ -29,8 +29,10 @@ from mtp_ds.decoding.selfspec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS
 CHUNK_COLOURS = ("\033[36m", "\033[33m", "\033[32m", "\033[35m")  # cyan, yellow, green, magenta
 RESET = "\033[0m"
 UNDERLINE = "\033[4m"  # selfspec: the pass's own next token (correction or bonus), after its verified proposals
-SELFSPEC_LEGEND = ("legend: coloured = the model's proposals it verified; underlined = its own next token "
-                   "(correction or bonus); superscript = tokens kept per forward pass")
+SELFSPEC_LEGEND = (
+    "legend: coloured = the model's proposals it verified; underlined = its own next token "
+    "(correction or bonus); superscript = tokens kept per forward pass"
+)
 SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 # Files a tokenizer's `save_pretrained` writes (AutoTokenizer needs at least one). From a directory with none of
 # them AutoTokenizer still returns an object, which encodes every prompt to nothing: the decoder then blames
@@ -44,12 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True, help="prompt text")
     parser.add_argument("--strategy", choices=("static", "confadapt", "selfspec"), default="confadapt")
     parser.add_argument("--k", type=int, default=1, help="tokens per pass for --strategy static")
-    parser.add_argument("--k-max", type=int, default=16,
-                        help="largest block for --strategy confadapt; selfspec: at most K tokens per pass "
-                             "(K-1 proposals)")
+    parser.add_argument(
+        "--k-max",
+        type=int,
+        default=16,
+        help="largest block for --strategy confadapt; selfspec: at most K tokens per pass (K-1 proposals)",
+    )
     parser.add_argument("--threshold", type=float, default=0.9, help="ConfAdapt confidence threshold tau")
-    parser.add_argument("--mask-layout", choices=MASK_LAYOUTS, default=None,
-                        help=f"--strategy selfspec only: where the proposing masks sit (default {DEFAULT_MASK_LAYOUT})")
+    parser.add_argument(
+        "--mask-layout",
+        choices=MASK_LAYOUTS,
+        default=None,
+        help=f"--strategy selfspec only: where the proposing masks sit (default {DEFAULT_MASK_LAYOUT})",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt with the tokenizer's chat template")
     parser.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
@@ -66,8 +75,9 @@ def _prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
         return tokenizer(prompt)["input_ids"]
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("--chat given but the tokenizer has no chat template")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -97,7 +107,7 @@ def render_chunks(tokenizer, chunks: list[list[int]], colour: bool, verified: li
         nonlocal previous_text
         so_far.extend(tokens)
         text = tokenizer.decode(so_far, skip_special_tokens=True)
-        piece = text[len(previous_text):] if text.startswith(previous_text) else tokenizer.decode(tokens)
+        piece = text[len(previous_text) :] if text.startswith(previous_text) else tokenizer.decode(tokens)
         previous_text = text
         return piece
 
@@ -124,8 +134,10 @@ def settings_text(args) -> str:
         return f"static, k={args.k}"
     if args.strategy == "confadapt":
         return f"confadapt, k_max={args.k_max}, tau={args.threshold}"
-    return (f"selfspec, k_max={args.k_max}, {args.mask_layout or DEFAULT_MASK_LAYOUT}; "
-            "lossless: equals k=1 greedy decoding token for token")
+    return (
+        f"selfspec, k_max={args.k_max}, {args.mask_layout or DEFAULT_MASK_LAYOUT}; "
+        "lossless: equals k=1 greedy decoding token for token"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (model_dir / "config.json").is_file():
         return _error(f"MODEL_DIR {str(model_dir)!r} is not a Hugging Face model directory (no config.json)")
     if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
-        return _error(f"MODEL_DIR {str(model_dir)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
-                      "save the tokenizer next to the model (`mtp-ds export` does)")
+        return _error(
+            f"MODEL_DIR {str(model_dir)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer next to the model (`mtp-ds export` does)"
+        )
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -154,10 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompt_ids = _prompt_ids(tokenizer, args.prompt, args.chat)
         result = generate(
-            model, torch.tensor([prompt_ids], device=device), mtp_token_id=None, strategy=args.strategy,
-            k=args.k, k_max=max(args.k_max, args.k) if args.strategy == "static" else args.k_max,
-            threshold=args.threshold, max_new_tokens=args.max_new_tokens,
-            eos_token_id=_stop_ids(tokenizer, model), mask_layout=args.mask_layout or DEFAULT_MASK_LAYOUT,
+            model,
+            torch.tensor([prompt_ids], device=device),
+            mtp_token_id=None,
+            strategy=args.strategy,
+            k=args.k,
+            k_max=max(args.k_max, args.k) if args.strategy == "static" else args.k_max,
+            threshold=args.threshold,
+            max_new_tokens=args.max_new_tokens,
+            eos_token_id=_stop_ids(tokenizer, model),
+            mask_layout=args.mask_layout or DEFAULT_MASK_LAYOUT,
         )
     except ValueError as error:
         return _error(str(error))
@@ -169,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     if selfspec and colour:
         print(SELFSPEC_LEGEND)
     proposals = f" | {sum(verified)} of {result.num_new_tokens} tokens were verified proposals" if selfspec else ""
-    print(f"\n{result.num_new_tokens} tokens in {result.num_forward_passes} forward passes | "
-          f"acceleration factor {result.acceleration_factor:.2f} tokens/pass{proposals} | "
-          f"{result.tokens_per_second:.1f} tokens/s ({settings_text(args)})")
+    print(
+        f"\n{result.num_new_tokens} tokens in {result.num_forward_passes} forward passes | "
+        f"acceleration factor {result.acceleration_factor:.2f} tokens/pass{proposals} | "
+        f"{result.tokens_per_second:.1f} tokens/s ({settings_text(args)})"
+    )
     return 0
 
 

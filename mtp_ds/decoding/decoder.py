@@ -69,8 +69,9 @@ def _validate(input_ids, attention_mask, max_new_tokens) -> None:
         raise ValueError(f"input_ids must be a (batch, len) tensor with len >= 1, got {shape}")
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
-                             f"{tuple(input_ids.shape)}")
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("attention_mask must describe LEFT-padded prompts (every row's last position is real)")
 
@@ -78,23 +79,37 @@ def _validate(input_ids, attention_mask, max_new_tokens) -> None:
 def resolve_mask_tokens(model, mtp_token_id, k_run: int) -> MaskTokens:
     if mtp_token_id is None and k_run == 1 and not has_mask_tokens(model.config):
         mtp_token_id = 0  # plain greedy decoding of any causal LM (a teacher): k=1 never places a mask token
-    mask_tokens: MaskTokens = (mask_tokens_from_config(model.config) if mtp_token_id is None
-                               else as_mask_tokens(mtp_token_id))
+    mask_tokens: MaskTokens = (
+        mask_tokens_from_config(model.config) if mtp_token_id is None else as_mask_tokens(mtp_token_id)
+    )
     mask_tokens.ids_for_masks(k_run - 1)  # one-line error now if distinct slot tokens are too few
     return mask_tokens
 
 
-def pass_function(strategy: str, *, k: int, k_max: int, threshold: float, mask_layout: str, temperature,
-                  generator, stop_ids, tokenizer, stop_strings):
+def pass_function(
+    strategy: str,
+    *,
+    k: int,
+    k_max: int,
+    threshold: float,
+    mask_layout: str,
+    temperature,
+    generator,
+    stop_ids,
+    tokenizer,
+    stop_strings,
+):
     """`one_pass(decoder, rows, budgets, prompt=None)`: one forward of the strategy over `rows` (the batch's
     rows in cache order, `budgets` their max_new_tokens; `prompt` = (input_ids, attention_mask) for a first
     pass), updating the rows' states. `generate` and `generate_many` (`stream.py`) both drive it."""
-    finish = dict(stop_ids=stop_ids, tokenizer=tokenizer, stop_strings=stop_strings, temperature=temperature,
-                  generator=generator)
+    finish = dict(
+        stop_ids=stop_ids, tokenizer=tokenizer, stop_strings=stop_strings, temperature=temperature, generator=generator
+    )
     if strategy == "selfspec":
         return functools.partial(selfspec_pass, k_max=k_max, mask_layout=mask_layout, **finish)
-    return functools.partial(block_pass, strategy=strategy, k_run=k if strategy == "static" else k_max,
-                             threshold=threshold, **finish)
+    return functools.partial(
+        block_pass, strategy=strategy, k_run=k if strategy == "static" else k_max, threshold=threshold, **finish
+    )
 
 
 def run_to_end(decoder: BatchDecoder, rows: list[RowState], budgets: list[int], one_pass, prompt) -> None:
@@ -117,11 +132,24 @@ def _accept_count(strategy: str, confident_run: int | None, num_predictions: int
     return confident_run
 
 
-def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str = "static", k: int = 1,
-             k_max: int = 16, threshold: float = 0.9, max_new_tokens: int = 256, eos_token_id=None,
-             attention_mask: torch.Tensor | None = None, temperature: float | None = None,
-             generator: torch.Generator | None = None, tokenizer=None,
-             stop_strings: list[str] | None = None, mask_layout: str = DEFAULT_MASK_LAYOUT) -> GenerationResult:
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    *,
+    mtp_token_id=None,
+    strategy: str = "static",
+    k: int = 1,
+    k_max: int = 16,
+    threshold: float = 0.9,
+    max_new_tokens: int = 256,
+    eos_token_id=None,
+    attention_mask: torch.Tensor | None = None,
+    temperature: float | None = None,
+    generator: torch.Generator | None = None,
+    tokenizer=None,
+    stop_strings: list[str] | None = None,
+    mask_layout: str = DEFAULT_MASK_LAYOUT,
+) -> GenerationResult:
     """Decode `input_ids` (batch, len; LEFT-padded per `attention_mask`) with Static k, ConfAdapt or selfspec.
 
     `strategy`: "static" keeps k tokens per pass; "confadapt" the confident run of k_max predictions at
@@ -153,14 +181,26 @@ def generate(model, input_ids: torch.Tensor, *, mtp_token_id=None, strategy: str
         # reallocates it (holes left by ragged acceptance may still grow it)
         cache = make_cache(reserve=input_ids.shape[1] + max_new_tokens + cache_headroom(strategy, k_run))
         decoder = BatchDecoder(model, mask_tokens, cache, batch, input_ids.device)
-        one_pass = pass_function(strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout,
-                                 temperature=temperature, generator=generator, stop_ids=stop_ids,
-                                 tokenizer=tokenizer, stop_strings=stop_strings)
+        one_pass = pass_function(
+            strategy,
+            k=k,
+            k_max=k_max,
+            threshold=threshold,
+            mask_layout=mask_layout,
+            temperature=temperature,
+            generator=generator,
+            stop_ids=stop_ids,
+            tokenizer=tokenizer,
+            stop_strings=stop_strings,
+        )
         run_to_end(decoder, rows, [max_new_tokens] * batch, one_pass, (input_ids, attention_mask))
     return GenerationResult(
-        sequences=[row.generated for row in rows], tokens_per_pass=[row.tokens_per_pass for row in rows],
-        num_forward_passes=decoder.num_forward_passes, wall_time_s=time.perf_counter() - started,
-        stop_reasons=[row.stop_reason for row in rows], num_query_tokens=decoder.num_query_tokens,
+        sequences=[row.generated for row in rows],
+        tokens_per_pass=[row.tokens_per_pass for row in rows],
+        num_forward_passes=decoder.num_forward_passes,
+        wall_time_s=time.perf_counter() - started,
+        stop_reasons=[row.stop_reason for row in rows],
+        num_query_tokens=decoder.num_query_tokens,
         verified_per_pass=[row.verified_per_pass for row in rows] if strategy == "selfspec" else [],
     )
 
@@ -170,8 +210,21 @@ def cache_headroom(strategy: str, k_run: int) -> int:
     return k_run * k_run if strategy == "selfspec" else k_run
 
 
-def block_pass(decoder: BatchDecoder, rows: list[RowState], budgets: list[int], prompt=None, *, strategy: str,
-               k_run: int, threshold: float, temperature, generator, stop_ids, tokenizer, stop_strings) -> None:
+def block_pass(
+    decoder: BatchDecoder,
+    rows: list[RowState],
+    budgets: list[int],
+    prompt=None,
+    *,
+    strategy: str,
+    k_run: int,
+    threshold: float,
+    temperature,
+    generator,
+    stop_ids,
+    tokenizer,
+    stop_strings,
+) -> None:
     """Static k / ConfAdapt, one pass: feed each row's last kept tokens (or the prompt) + k-1 masks, keep a block."""
     mask_tokens = decoder.mask_tokens
     room = max(budget - len(row.generated) for row, budget in zip(rows, budgets))

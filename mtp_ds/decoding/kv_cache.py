@@ -74,7 +74,7 @@ def _append_layer_class():
 
         @property
         def keys(self):
-            return None if self._key_buffer is None else self._key_buffer[:, :, :self._key_length]
+            return None if self._key_buffer is None else self._key_buffer[:, :, : self._key_length]
 
         @keys.setter
         def keys(self, tensor):  # assigning replaces the cache (DynamicLayer's API; the decoder's compaction)
@@ -82,7 +82,7 @@ def _append_layer_class():
 
         @property
         def values(self):
-            return None if self._value_buffer is None else self._value_buffer[:, :, :self._value_length]
+            return None if self._value_buffer is None else self._value_buffer[:, :, : self._value_length]
 
         @values.setter
         def values(self, tensor):
@@ -145,8 +145,8 @@ def _append_layer_class():
                 theirs = theirs if rows is None else theirs[rows]
                 shape = (mine.shape[0] + theirs.shape[0], mine.shape[1], width + spare, mine.shape[3])
                 merged = mine.new_zeros(shape)
-                merged[:mine.shape[0], :, width - mine.shape[2]:width].copy_(mine)
-                merged[mine.shape[0]:, :, width - theirs.shape[2]:width].copy_(theirs)
+                merged[: mine.shape[0], :, width - mine.shape[2] : width].copy_(mine)
+                merged[mine.shape[0] :, :, width - theirs.shape[2] : width].copy_(theirs)
                 buffers.append(merged)
             self._key_buffer, self._value_buffer = buffers
             self._key_length = self._value_length = width

@@ -33,8 +33,14 @@ class BatchDecoder:
         self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.cache_argument = cache_argument(model)
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, new_valid: torch.Tensor | None, keep: int,
-                new_allowed: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        new_valid: torch.Tensor | None,
+        keep: int,
+        new_allowed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run one pass; return the logits of the last `keep` input columns, (B, keep, V).
 
         `new_valid` None: every new entry is real, the cache has no hole and attention among the new tokens is
@@ -43,8 +49,14 @@ class BatchDecoder:
         """
         mask = None if new_valid is None else self.kv.attention_mask(new_valid, self.dtype, new_allowed)
         extra = {"logits_to_keep": keep} if self.takes_logits_to_keep else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         **{self.cache_argument: self.kv.cache}, use_cache=True, **extra)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            **{self.cache_argument: self.kv.cache},
+            use_cache=True,
+            **extra,
+        )
         self.num_forward_passes += 1
         self.num_query_tokens += ids.numel()
         return out.logits[:, -keep:]
@@ -56,16 +68,20 @@ class BatchDecoder:
         offset = width - logits.shape[1]  # logits[:, j] is the prediction at input column offset + j
         if len(set(anchors)) == 1:  # same anchor in every row: a slice, no gather
             start = anchors[0] - offset
-            return logits[:, start:start + num_predictions]
-        index = (torch.tensor(anchors, device=logits.device)[:, None] - offset
-                 + torch.arange(num_predictions, device=logits.device))
+            return logits[:, start : start + num_predictions]
+        index = (
+            torch.tensor(anchors, device=logits.device)[:, None]
+            - offset
+            + torch.arange(num_predictions, device=logits.device)
+        )
         return logits[torch.arange(logits.shape[0], device=logits.device)[:, None], index]
 
     def first_pass(self, input_ids, attention_mask, num_masks: int):
         """Prompt (left-padded) + masks; every row's anchor is the last prompt column."""
         batch, prompt_len = input_ids.shape
-        masks = torch.tensor(self.mask_tokens.ids_for_masks(num_masks), dtype=input_ids.dtype,
-                             device=self.device).expand(batch, -1)
+        masks = torch.tensor(
+            self.mask_tokens.ids_for_masks(num_masks), dtype=input_ids.dtype, device=self.device
+        ).expand(batch, -1)
         ids = torch.cat([input_ids, masks], dim=1)
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         lengths = attention_mask.sum(dim=1, keepdim=True)
@@ -94,13 +110,19 @@ class BatchDecoder:
         ragged = kept_width != min(pending)  # rows accepted different counts last pass: padding, then holes
         needs_mask = ragged or not self.kv.dense
         # one host-to-device copy for everything the pass needs
-        planes = torch.tensor([ids, positions] + ([new_valid] if needs_mask else []) + ([kept_valid] if ragged else []),
-                              device=self.device)
+        planes = torch.tensor(
+            [ids, positions] + ([new_valid] if needs_mask else []) + ([kept_valid] if ragged else []),
+            device=self.device,
+        )
         ids, positions = planes[0], planes[1]
-        logits = self._anchored(ids, positions, planes[2].bool() if needs_mask else None, [n - 1 for n in pending],
-                                num_masks + 1)
-        kept = (planes[-1, :, :kept_width].bool() if ragged
-                else torch.ones((len(rows), kept_width), dtype=torch.bool, device=self.device))
+        logits = self._anchored(
+            ids, positions, planes[2].bool() if needs_mask else None, [n - 1 for n in pending], num_masks + 1
+        )
+        kept = (
+            planes[-1, :, :kept_width].bool()
+            if ragged
+            else torch.ones((len(rows), kept_width), dtype=torch.bool, device=self.device)
+        )
         self.kv.commit(width, kept, pending)
         for row, n in zip(rows, pending):
             row.next_position += n
@@ -109,5 +131,8 @@ class BatchDecoder:
     def keep_prefixes(self, width: int, kept_counts: list[int]) -> None:
         """After a pass over `width` new columns, keep each row's first kept_counts[b] of them (selfspec)."""
         kept_width = max(kept_counts)
-        kept = torch.arange(kept_width, device=self.device)[None, :] < torch.tensor(kept_counts, device=self.device)[:, None]
+        kept = (
+            torch.arange(kept_width, device=self.device)[None, :]
+            < torch.tensor(kept_counts, device=self.device)[:, None]
+        )
         self.kv.commit(width, kept, kept_counts)

@@ -35,8 +35,9 @@ class RaggedCache:
         """True when every cached key of every row is real (no left padding, no holes)."""
         return all(count == self.width for count in self.real_counts)
 
-    def attention_mask(self, new_valid: torch.Tensor, dtype: torch.dtype,
-                       new_allowed: torch.Tensor | None = None) -> torch.Tensor:
+    def attention_mask(
+        self, new_valid: torch.Tensor, dtype: torch.dtype, new_allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, 1, q, cache+q) additive mask: cached keys if real; new keys if real and causal (or the diagonal).
 
         `new_allowed` (B, q, q) bool replaces "real and causal" among the new keys (selfspec's mask groups).
@@ -74,8 +75,9 @@ class RaggedCache:
     def allocated_columns(self) -> int:
         """Entries per row the cache's buffers hold (spare capacity included): the memory it keeps."""
         layers = getattr(self.cache, "layers", None) or []
-        return max((getattr(x, "capacity", None) or (0 if x.keys is None else x.keys.shape[-2]) for x in layers),
-                   default=0)
+        return max(
+            (getattr(x, "capacity", None) or (0 if x.keys is None else x.keys.shape[-2]) for x in layers), default=0
+        )
 
     def add_rows(self, other: RaggedCache, rows: list[int] | None = None) -> None:
         """Append the rows of `other` (a cache of the same model, e.g. prefilled prompts), or only `rows` of them,
@@ -94,13 +96,26 @@ class RaggedCache:
             for name in ("keys", "values"):  # any DynamicLayer-like layer: concatenate, zero hole columns
                 a, b = getattr(mine, name), getattr(theirs, name)
                 b = b if index is None else b[index]
-                setattr(mine, name, torch.cat([torch.nn.functional.pad(a, (0, 0, width - a.shape[2], 0)),
-                                               torch.nn.functional.pad(b, (0, 0, width - b.shape[2], 0))]))
+                setattr(
+                    mine,
+                    name,
+                    torch.cat(
+                        [
+                            torch.nn.functional.pad(a, (0, 0, width - a.shape[2], 0)),
+                            torch.nn.functional.pad(b, (0, 0, width - b.shape[2], 0)),
+                        ]
+                    ),
+                )
         theirs_valid = other.key_valid if index is None else other.key_valid[index]
-        self.key_valid = torch.cat([torch.nn.functional.pad(valid, (width - valid.shape[1], 0), value=False)
-                                    for valid in (self.key_valid, theirs_valid.to(self.key_valid.device))])
-        self.real_counts = self.real_counts + (other.real_counts if rows is None
-                                               else [other.real_counts[row] for row in rows])
+        self.key_valid = torch.cat(
+            [
+                torch.nn.functional.pad(valid, (width - valid.shape[1], 0), value=False)
+                for valid in (self.key_valid, theirs_valid.to(self.key_valid.device))
+            ]
+        )
+        self.real_counts = self.real_counts + (
+            other.real_counts if rows is None else [other.real_counts[row] for row in rows]
+        )
         self._compact_if_sparse()
 
     def replace_rows(self, slots: list[int], other: RaggedCache, rows: list[int]) -> bool:
@@ -119,10 +134,11 @@ class RaggedCache:
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
             for name in ("keys", "values"):
                 target, given = getattr(mine, name), getattr(theirs, name)[source]
-                target[at, :, :width - theirs_width] = 0
-                target[at, :, width - theirs_width:width] = given.to(target.device)
-        self.key_valid[at] = torch.nn.functional.pad(other.key_valid[source].to(self.key_valid.device),
-                                                     (width - theirs_width, 0), value=False)
+                target[at, :, : width - theirs_width] = 0
+                target[at, :, width - theirs_width : width] = given.to(target.device)
+        self.key_valid[at] = torch.nn.functional.pad(
+            other.key_valid[source].to(self.key_valid.device), (width - theirs_width, 0), value=False
+        )
         for slot, row in zip(slots, rows):
             self.real_counts[slot] = other.real_counts[row]
         self._compact_if_sparse()
@@ -137,7 +153,7 @@ class RaggedCache:
             return
         # Stable sort on validity moves holes left and keeps the real keys in their order; then drop the
         # columns that are holes in every row.
-        order = torch.sort(self.key_valid.to(torch.int8), dim=1, stable=True).indices[:, width - max_real:]
+        order = torch.sort(self.key_valid.to(torch.int8), dim=1, stable=True).indices[:, width - max_real :]
         for layer in layers:
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue

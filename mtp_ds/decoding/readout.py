@@ -19,8 +19,9 @@ def without_mask_ids(logits: torch.Tensor, mask_tokens: MaskTokens) -> torch.Ten
     return logits
 
 
-def read_predictions(logits: torch.Tensor, mask_tokens: MaskTokens, threshold: float | None = None
-                     ) -> tuple[list[list[int]], list[int] | None]:
+def read_predictions(
+    logits: torch.Tensor, mask_tokens: MaskTokens, threshold: float | None = None
+) -> tuple[list[list[int]], list[int] | None]:
     """Greedy token per position, with the mask ids never eligible, and (with a ConfAdapt `threshold`) each
     row's confident run length from the softmax top-1 probabilities.
 

@@ -49,7 +49,7 @@ class GenerationResult:
         """The row's generated tokens split into the chunk each forward pass contributed."""
         out, start = [], 0
         for count in self.tokens_per_pass[row]:
-            out.append(self.sequences[row][start:start + count])
+            out.append(self.sequences[row][start : start + count])
             start += count
         return out
 
@@ -87,16 +87,17 @@ def _stop_string_cut(tokenizer, generated: list[int], block: list[int], stop_str
     return len(block) - 1
 
 
-def finish_block(row: RowState, block: list[int], stop_ids: set[int], max_new_tokens: int, tokenizer,
-                 stop_strings) -> list[int]:
+def finish_block(
+    row: RowState, block: list[int], stop_ids: set[int], max_new_tokens: int, tokenizer, stop_strings
+) -> list[int]:
     """Trim a pass's kept tokens at the first stop token / stop string / length budget; set stop_reason."""
     for i, token in enumerate(block):
         if token in stop_ids:
-            block, row.stop_reason = block[:i + 1], "stop_token"
+            block, row.stop_reason = block[: i + 1], "stop_token"
             break
     cut = _stop_string_cut(tokenizer, row.generated, block, stop_strings) if stop_strings else None
     if cut is not None:
-        block, row.stop_reason = block[:cut + 1], "stop_string"
+        block, row.stop_reason = block[: cut + 1], "stop_string"
     room = max_new_tokens - len(row.generated)
     if len(block) >= room:
         if len(block) > room or not row.stop_reason:

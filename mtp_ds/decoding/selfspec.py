@@ -51,7 +51,9 @@ class VerifyPass:
         return len(self.input_ids[0])
 
 
-def build_verify_pass(rows: list[RowState], num_masks: int, layout: str, mask_ids: list[int], pad_id: int) -> VerifyPass:
+def build_verify_pass(
+    rows: list[RowState], num_masks: int, layout: str, mask_ids: list[int], pad_id: int
+) -> VerifyPass:
     """Columns: every row's ground tokens, right-padded to the longest, then the mask groups (padded alike)."""
     ground_width = max(len(row.pending) for row in rows)
     groups = (1 if layout == "linear" else ground_width) if num_masks else 0
@@ -72,9 +74,10 @@ def build_verify_pass(rows: list[RowState], num_masks: int, layout: str, mask_id
                 column = first + slot - 1
                 ids[column], positions[column], valid[column] = mask_ids[slot - 1], start + anchor + slot, 1
                 anchor_of[column], region_of[column], mask_slot[column] = start + anchor, anchor, slot
-        for plane, values in zip((planes.input_ids, planes.positions, planes.valid, planes.anchor_of,
-                                  planes.region_of, planes.mask_slot), (ids, positions, valid, anchor_of, region_of,
-                                                                        mask_slot)):
+        for plane, values in zip(
+            (planes.input_ids, planes.positions, planes.valid, planes.anchor_of, planes.region_of, planes.mask_slot),
+            (ids, positions, valid, anchor_of, region_of, mask_slot),
+        ):
             plane.append(values)
         planes.ground_counts.append(len(ground))
         planes.group_column.append(group_column)
@@ -84,8 +87,10 @@ def build_verify_pass(rows: list[RowState], num_masks: int, layout: str, mask_id
 def run_verify_pass(decoder: BatchDecoder, plan: VerifyPass, causal: bool) -> torch.Tensor:
     """One forward over the pass's columns; (B, width, V) logits. The cache keeps nothing new until
     `decoder.keep_prefixes` says how much of each row was verified."""
-    tensors = torch.tensor([plan.input_ids, plan.positions, plan.valid, plan.anchor_of, plan.region_of,
-                            plan.mask_slot], device=decoder.device)
+    tensors = torch.tensor(
+        [plan.input_ids, plan.positions, plan.valid, plan.anchor_of, plan.region_of, plan.mask_slot],
+        device=decoder.device,
+    )
     ids, positions, valid = tensors[0], tensors[1], tensors[2].bool()
     if causal:  # ground then one group, same length in every row, cache without holes: the model's causal mask
         return decoder.forward(ids, positions, None, plan.width)
@@ -101,8 +106,7 @@ def accepted_greedy(ground: list[int], predicted: list[int]) -> int:
     return accepted
 
 
-def accepted_sampled(ground: list[int], target: torch.Tensor, draft: torch.Tensor | None, generator
-                     ) -> tuple[int, int]:
+def accepted_sampled(ground: list[int], target: torch.Tensor, draft: torch.Tensor | None, generator) -> tuple[int, int]:
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023) of one row's pass.
 
     `target` (len(ground), V): the model's k=1 distributions at the ground columns; `draft` (len(ground)-1, V):
@@ -125,9 +129,20 @@ def _device(generator):
     return generator.device if generator is not None else None
 
 
-def selfspec_pass(decoder: BatchDecoder, live: list[RowState], budgets: list[int], prompt=None, *, k_max: int,
-                  mask_layout: str, stop_ids: set[int], tokenizer, stop_strings, temperature: float | None,
-                  generator) -> None:
+def selfspec_pass(
+    decoder: BatchDecoder,
+    live: list[RowState],
+    budgets: list[int],
+    prompt=None,
+    *,
+    k_max: int,
+    mask_layout: str,
+    stop_ids: set[int],
+    tokenizer,
+    stop_strings,
+    temperature: float | None,
+    generator,
+) -> None:
     """One pass over `live` (in cache order, `budgets` their max_new_tokens): with `prompt` = (input_ids,
     attention_mask) the first pass (prompt + masks), otherwise a verify-and-propose pass."""
     mask_tokens = decoder.mask_tokens
@@ -140,18 +155,31 @@ def selfspec_pass(decoder: BatchDecoder, live: list[RowState], budgets: list[int
         group_column = [{0: 1} if num_masks else {} for _ in live]
         grounds = [[None] for _ in live]  # the last prompt token: nothing to verify
     else:
-        plan = build_verify_pass(live, num_masks, mask_layout, mask_tokens.ids_for_masks(num_masks),
-                                 pad_id=mask_tokens.ids[0])
+        plan = build_verify_pass(
+            live, num_masks, mask_layout, mask_tokens.ids_for_masks(num_masks), pad_id=mask_tokens.ids[0]
+        )
         uniform = len(set(plan.ground_counts)) == 1
         logits = run_verify_pass(decoder, plan, causal=mask_layout == "linear" and uniform and decoder.kv.dense)
         group_column, grounds = plan.group_column, [r.pending for r in live]
     if temperature:
-        outcomes = [_sample_row(logits[slot], grounds[slot], row.draft_probs, group_column[slot], num_masks,
-                                temperature, mask_tokens, generator) for slot, row in enumerate(live)]
+        outcomes = [
+            _sample_row(
+                logits[slot],
+                grounds[slot],
+                row.draft_probs,
+                group_column[slot],
+                num_masks,
+                temperature,
+                mask_tokens,
+                generator,
+            )
+            for slot, row in enumerate(live)
+        ]
     else:
         predicted = without_mask_ids(logits, mask_tokens).argmax(dim=-1).tolist()
-        outcomes = [_greedy_row(predicted[slot], grounds[slot], group_column[slot], num_masks)
-                    for slot in range(len(live))]
+        outcomes = [
+            _greedy_row(predicted[slot], grounds[slot], group_column[slot], num_masks) for slot in range(len(live))
+        ]
     if not first:
         decoder.keep_prefixes(plan.width, [accepted + 1 for accepted, _, _, _ in outcomes])
     for row, budget, (accepted, block, proposals, draft) in zip(live, budgets, outcomes):
@@ -169,12 +197,20 @@ def _greedy_row(predicted: list[int], ground: list, group_column: dict[int, int]
     """(proposals kept, kept tokens, next proposals, None) from the pass's argmax per column."""
     accepted = 0 if ground[0] is None else accepted_greedy(ground, predicted)
     column = group_column.get(accepted)
-    proposals = predicted[column:column + num_masks] if column is not None else []
-    return accepted, predicted[:accepted + 1], proposals, None
+    proposals = predicted[column : column + num_masks] if column is not None else []
+    return accepted, predicted[: accepted + 1], proposals, None
 
 
-def _sample_row(logits: torch.Tensor, ground: list, draft, group_column: dict[int, int], num_masks: int,
-                temperature: float, mask_tokens, generator):
+def _sample_row(
+    logits: torch.Tensor,
+    ground: list,
+    draft,
+    group_column: dict[int, int],
+    num_masks: int,
+    temperature: float,
+    mask_tokens,
+    generator,
+):
     """(proposals kept, kept tokens, next proposals, their draft distributions) by speculative sampling."""
     count = len(ground)
     target = sampling_probs(logits[:count], temperature, mask_tokens)
@@ -184,7 +220,7 @@ def _sample_row(logits: torch.Tensor, ground: list, draft, group_column: dict[in
         accepted, last = accepted_sampled(ground, target, draft, generator)
     column = group_column.get(accepted)
     if column is None:
-        return accepted, list(ground[1:accepted + 1]) + [last], [], None
-    next_draft = sampling_probs(logits[column:column + num_masks], temperature, mask_tokens)
+        return accepted, list(ground[1 : accepted + 1]) + [last], [], None
+    next_draft = sampling_probs(logits[column : column + num_masks], temperature, mask_tokens)
     proposals = [draw(probs, generator) for probs in next_draft]
-    return accepted, list(ground[1:accepted + 1]) + [last], proposals, next_draft
+    return accepted, list(ground[1 : accepted + 1]) + [last], proposals, next_draft

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mtp_ds.decoding.attention import decoding_attention
-from mtp_ds.decoding.decoder import (cache_headroom, pass_function, resolve_mask_tokens, validate_settings)
+from mtp_ds.decoding.decoder import cache_headroom, pass_function, resolve_mask_tokens, validate_settings
 from mtp_ds.decoding.kv_cache import make_cache
 from mtp_ds.decoding.passes import BatchDecoder
 from mtp_ds.decoding.result import GenerationResult, RowState, as_stop_ids
@@ -80,11 +80,26 @@ def _describe(value) -> str:
     return repr(value) if isinstance(value, (list, tuple)) and len(value) < 8 else type(value).__name__
 
 
-def generate_many(model, prompts, *, max_rows: int = 8, mtp_token_id=None, strategy: str = "static", k: int = 1,
-                  k_max: int = 16, threshold: float = 0.9, max_new_tokens: int | list[int] = 256,
-                  eos_token_id=None, temperature: float | None = None, generator: torch.Generator | None = None,
-                  tokenizer=None, stop_strings: list[str] | None = None, mask_layout: str = DEFAULT_MASK_LAYOUT,
-                  prefill_rows: int | None = None, pad_token_id: int = 0) -> StreamResult:
+def generate_many(
+    model,
+    prompts,
+    *,
+    max_rows: int = 8,
+    mtp_token_id=None,
+    strategy: str = "static",
+    k: int = 1,
+    k_max: int = 16,
+    threshold: float = 0.9,
+    max_new_tokens: int | list[int] = 256,
+    eos_token_id=None,
+    temperature: float | None = None,
+    generator: torch.Generator | None = None,
+    tokenizer=None,
+    stop_strings: list[str] | None = None,
+    mask_layout: str = DEFAULT_MASK_LAYOUT,
+    prefill_rows: int | None = None,
+    pad_token_id: int = 0,
+) -> StreamResult:
     """Decode `prompts` (token-id lists) with at most `max_rows` decoding at once; results in input order.
 
     `max_new_tokens`: one budget for all, or one per prompt. The other settings are `generate`'s; greedy, every
@@ -99,13 +114,23 @@ def generate_many(model, prompts, *, max_rows: int = 8, mtp_token_id=None, strat
     prompts, budgets = _budgets(prompts, max_rows, max_new_tokens)
     prefill_rows = max_rows if prefill_rows is None else prefill_rows
     if isinstance(prefill_rows, bool) or not isinstance(prefill_rows, int) or not 1 <= prefill_rows <= max_rows:
-        raise ValueError(f"prefill_rows must be an int with 1 <= prefill_rows <= max_rows={max_rows}, "
-                         f"got {prefill_rows!r}")
+        raise ValueError(
+            f"prefill_rows must be an int with 1 <= prefill_rows <= max_rows={max_rows}, got {prefill_rows!r}"
+        )
     k_run = k if strategy == "static" else k_max
     mask_tokens = resolve_mask_tokens(model, mtp_token_id, k_run)
-    one_pass = pass_function(strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout,
-                             temperature=temperature, generator=generator, stop_ids=as_stop_ids(eos_token_id),
-                             tokenizer=tokenizer, stop_strings=stop_strings)
+    one_pass = pass_function(
+        strategy,
+        k=k,
+        k_max=k_max,
+        threshold=threshold,
+        mask_layout=mask_layout,
+        temperature=temperature,
+        generator=generator,
+        stop_ids=as_stop_ids(eos_token_id),
+        tokenizer=tokenizer,
+        stop_strings=stop_strings,
+    )
     device = next(model.parameters()).device
     started = time.perf_counter()
     rows = [RowState(pending=[], next_position=len(prompt)) for prompt in prompts]
@@ -148,11 +173,18 @@ def generate_many(model, prompts, *, max_rows: int = 8, mtp_token_id=None, strat
             free = max_rows - len(running) + len(finished)
             if free and not ready and waiting:  # prefill: the prompt pass of up to prefill_rows waiting requests
                 joining = [waiting.popleft() for _ in range(min(max(prefill_rows, free), len(waiting)))]
-                prefilled = _prefill_decoder(model, mask_tokens, [prompts[i] for i in joining],
-                                             max(budgets[i] for i in joining) + cache_headroom(strategy, k_run),
-                                             device)
-                ready = drop(prefilled, joining, run(prefilled, joining, _left_padded(
-                    [prompts[i] for i in joining], pad_token_id, device)))
+                prefilled = _prefill_decoder(
+                    model,
+                    mask_tokens,
+                    [prompts[i] for i in joining],
+                    max(budgets[i] for i in joining) + cache_headroom(strategy, k_run),
+                    device,
+                )
+                ready = drop(
+                    prefilled,
+                    joining,
+                    run(prefilled, joining, _left_padded([prompts[i] for i in joining], pad_token_id, device)),
+                )
                 ready_from = 0
                 prefilled = prefilled if ready else None  # all stopped in their first pass: nothing to hold
                 columns_per_pass.append(decoder.kv.allocated_columns if running else 0)
@@ -181,11 +213,16 @@ def generate_many(model, prompts, *, max_rows: int = 8, mtp_token_id=None, strat
                     running, finished, decoder = [], [], None  # the last rows left: drop their cache
                 columns_per_pass.append(decoder.kv.allocated_columns if running else 0)
     return StreamResult(
-        sequences=[row.generated for row in rows], tokens_per_pass=[row.tokens_per_pass for row in rows],
-        num_forward_passes=counters["passes"], wall_time_s=time.perf_counter() - started,
-        stop_reasons=[row.stop_reason for row in rows], num_query_tokens=counters["query_tokens"],
+        sequences=[row.generated for row in rows],
+        tokens_per_pass=[row.tokens_per_pass for row in rows],
+        num_forward_passes=counters["passes"],
+        wall_time_s=time.perf_counter() - started,
+        stop_reasons=[row.stop_reason for row in rows],
+        num_query_tokens=counters["query_tokens"],
         verified_per_pass=[row.verified_per_pass for row in rows] if strategy == "selfspec" else [],
-        pass_spans=spans, allocated_columns_per_pass=columns_per_pass, peak_rows=counters["peak_rows"],
+        pass_spans=spans,
+        allocated_columns_per_pass=columns_per_pass,
+        peak_rows=counters["peak_rows"],
         peak_kv_entries=counters["peak_entries"],
     )
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from mtp_ds.config import values as config_values
 from mtp_ds.config import ConfigError, DataConfig, ModelConfig, read_recipe_file, resolve_path
+from mtp_ds.config import values as config_values
 
 STATE_FILE = "pretrain_state.pt"
 DONE_FILE = "DONE"
@@ -59,9 +59,11 @@ def load_pretrain_recipe(path: str, overrides: list[str] = ()) -> PretrainRecipe
     for key in ("steps", "batch_size", "save_every"):
         if getattr(recipe.pretrain, key) < 1:
             raise ConfigError(f"pretrain.{key}: must be >= 1, got {getattr(recipe.pretrain, key)}")
-    for key, value, ok, requirement in (("lr", recipe.pretrain.lr, recipe.pretrain.lr > 0, "> 0"),
-                                        ("warmup_steps", recipe.pretrain.warmup_steps, recipe.pretrain.warmup_steps >= 0, ">= 0"),
-                                        ("min_lr_ratio", recipe.pretrain.min_lr_ratio, 0 <= recipe.pretrain.min_lr_ratio <= 1, "in [0, 1]")):
+    for key, value, ok, requirement in (
+        ("lr", recipe.pretrain.lr, recipe.pretrain.lr > 0, "> 0"),
+        ("warmup_steps", recipe.pretrain.warmup_steps, recipe.pretrain.warmup_steps >= 0, ">= 0"),
+        ("min_lr_ratio", recipe.pretrain.min_lr_ratio, 0 <= recipe.pretrain.min_lr_ratio <= 1, "in [0, 1]"),
+    ):
         if not ok:
             raise ConfigError(f"pretrain.{key}: must be {requirement}, got {value}")
     if not resolve_path(str(recipe.data.path)).exists():
@@ -90,7 +92,7 @@ def ntp_batch(rows: list[dict], *, loss_on_prompt: bool, ignore_index: int = -10
     labels = torch.full_like(input_ids, ignore_index)
     for index, row in enumerate(rows):
         first = 1 if loss_on_prompt else max(row["response_start"], 1)
-        labels[index, first: row["length"]] = input_ids[index, first: row["length"]]
+        labels[index, first : row["length"]] = input_ids[index, first : row["length"]]
     return input_ids, labels
 
 
@@ -112,8 +114,8 @@ class LengthBucketSampler:
         order, span = rng.permutation(len(self.lengths)).tolist(), self.batch_size * self.window
         batches = []
         for start in range(0, len(order), span):
-            window = sorted(order[start:start + span], key=self.lengths.__getitem__)
-            batches += [window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+            window = sorted(order[start : start + span], key=self.lengths.__getitem__)
+            batches += [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def next_batch(self) -> list[int]:
@@ -135,8 +137,16 @@ def _save_state(path: Path, model, optimizer, step: int, sampler) -> None:
     from mtp_ds.checkpoint.store import rng_state
 
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "sampler": sampler.state_dict(), "rng": rng_state()}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "sampler": sampler.state_dict(),
+            "rng": rng_state(),
+        },
+        tmp,
+    )
     tmp.replace(path)  # a crash while saving keeps the previous state
 
 
@@ -159,12 +169,16 @@ def pretrain(recipe: PretrainRecipe) -> Path:
         torch.set_num_threads(settings.threads)
     tokenizer = load_tokenizer(recipe.model)
     dataset = tokenize_dataset(load_raw_dataset(recipe.data), tokenizer, recipe.data).with_format("python")
-    model = load_base_model(recipe.model, dtype=torch.float32, attn_implementation="sdpa",
-                            vocab_size=len(tokenizer), seed=settings.seed)
+    model = load_base_model(
+        recipe.model, dtype=torch.float32, attn_implementation="sdpa", vocab_size=len(tokenizer), seed=settings.seed
+    )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr,
+        betas=(0.9, 0.95),
+    )
     sampler = LengthBucketSampler(dataset["length"], settings.batch_size, seed=settings.seed)
     state_path, start = out_dir / STATE_FILE, 0
     if state_path.exists():
@@ -178,8 +192,9 @@ def pretrain(recipe: PretrainRecipe) -> Path:
     else:
         torch.manual_seed(settings.seed)
     model.train()
-    progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps, desc="pretrain (NTP)",
-                    dynamic_ncols=True)
+    progress = tqdm(
+        range(start, settings.steps), initial=start, total=settings.steps, desc="pretrain (NTP)", dynamic_ncols=True
+    )
     tokens, started = 0, time.perf_counter()
     for step in progress:
         input_ids, labels = ntp_batch(_rows(dataset, sampler.next_batch()), loss_on_prompt=settings.loss_on_prompt)
@@ -193,8 +208,11 @@ def pretrain(recipe: PretrainRecipe) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         tokens += int((labels != -100).sum())
-        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{learning_rate(step, settings):.1e}",
-                             tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+        progress.set_postfix(
+            loss=f"{loss.item():.3f}",
+            lr=f"{learning_rate(step, settings):.1e}",
+            tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
+        )
         if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
             _save_state(state_path, model, optimizer, step + 1, sampler)
     model.eval()

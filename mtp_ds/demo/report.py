@@ -77,9 +77,14 @@ def summary_row(setting: Setting, results: dict, stats: dict) -> dict:
     task_results = next(iter(results["results"].values()))
     stderr = task_results.get(METRIC.replace(",", "_stderr,", 1))
     return {
-        "model": setting.model, "strategy": setting.strategy, "k": setting.k, "threshold": setting.threshold,
-        "accuracy": task_results[METRIC], "acceleration": stats["acceleration_factor"],
-        "tokens_per_second": stats["tokens_per_second"], "wall_clock_speedup": None,
+        "model": setting.model,
+        "strategy": setting.strategy,
+        "k": setting.k,
+        "threshold": setting.threshold,
+        "accuracy": task_results[METRIC],
+        "acceleration": stats["acceleration_factor"],
+        "tokens_per_second": stats["tokens_per_second"],
+        "wall_clock_speedup": None,
         "accuracy_stderr": stderr if isinstance(stderr, (int, float)) else None,
         "samples": stats.get("sequences"),
     }
@@ -87,8 +92,14 @@ def summary_row(setting: Setting, results: dict, stats: dict) -> dict:
 
 def add_speedups(rows: list[dict]) -> list[dict]:
     """wall_clock_speedup = tokens/s over the MTP model's Static k=1 tokens/s (measured in the same demo run)."""
-    base = next((row["tokens_per_second"] for row in rows
-                 if row["model"] == "mtp" and row["strategy"] == "static" and row["k"] == 1), None)
+    base = next(
+        (
+            row["tokens_per_second"]
+            for row in rows
+            if row["model"] == "mtp" and row["strategy"] == "static" and row["k"] == 1
+        ),
+        None,
+    )
     for row in rows:
         row["wall_clock_speedup"] = row["tokens_per_second"] / base if base else None
     return rows
@@ -96,8 +107,12 @@ def add_speedups(rows: list[dict]) -> list[dict]:
 
 def _find(rows: list[dict], model: str, strategy: str, *, k: int | None = None, threshold: float | None = None):
     for row in rows:
-        if row["model"] == model and row["strategy"] == strategy and (k is None or row["k"] == k) and (
-                threshold is None or row["threshold"] == threshold):
+        if (
+            row["model"] == model
+            and row["strategy"] == strategy
+            and (k is None or row["k"] == k)
+            and (threshold is None or row["threshold"] == threshold)
+        ):
             return row
     return None
 
@@ -126,53 +141,86 @@ def check_targets(rows: list[dict], *, test_problems: int) -> list[dict]:
     differing = selfspec.get("outputs_differing_from_k1") if selfspec else None
     return [
         target(f"ConfAdapt {TARGET_THRESHOLD} acceleration >= 2.5", accel, 2.5, accel is not None and accel >= 2.5),
-        target(f"ConfAdapt {TARGET_THRESHOLD} accuracy >= MTP k=1 accuracy - 0.03", acc,
-               mtp_k1 and round(mtp_k1["accuracy"] - 0.03, 6),
-               acc is not None and mtp_k1 and acc >= mtp_k1["accuracy"] - 0.03 - 1e-9),
-        target(f"ConfAdapt {TARGET_THRESHOLD} accuracy >= teacher accuracy - 0.05", acc,
-               teacher and round(teacher["accuracy"] - 0.05, 6),
-               acc is not None and teacher and acc >= teacher["accuracy"] - 0.05 - 1e-9),
-        target(f"held-out problems >= {MIN_TEST_PROBLEMS}", test_problems, MIN_TEST_PROBLEMS,
-               test_problems >= MIN_TEST_PROBLEMS),
-        target(f"selfspec acceleration >= {SELFSPEC_MIN_ACCELERATION}", spec_accel, SELFSPEC_MIN_ACCELERATION,
-               spec_accel is not None and spec_accel >= SELFSPEC_MIN_ACCELERATION),
-        target("selfspec accuracy == MTP k=1 accuracy (lossless)", spec_acc, mtp_k1 and mtp_k1["accuracy"],
-               spec_acc is not None and mtp_k1 and spec_acc == mtp_k1["accuracy"]),
-        target("selfspec outputs == MTP k=1 outputs, sample for sample (samples differing)", differing, 0,
-               differing == 0),
+        target(
+            f"ConfAdapt {TARGET_THRESHOLD} accuracy >= MTP k=1 accuracy - 0.03",
+            acc,
+            mtp_k1 and round(mtp_k1["accuracy"] - 0.03, 6),
+            acc is not None and mtp_k1 and acc >= mtp_k1["accuracy"] - 0.03 - 1e-9,
+        ),
+        target(
+            f"ConfAdapt {TARGET_THRESHOLD} accuracy >= teacher accuracy - 0.05",
+            acc,
+            teacher and round(teacher["accuracy"] - 0.05, 6),
+            acc is not None and teacher and acc >= teacher["accuracy"] - 0.05 - 1e-9,
+        ),
+        target(
+            f"held-out problems >= {MIN_TEST_PROBLEMS}",
+            test_problems,
+            MIN_TEST_PROBLEMS,
+            test_problems >= MIN_TEST_PROBLEMS,
+        ),
+        target(
+            f"selfspec acceleration >= {SELFSPEC_MIN_ACCELERATION}",
+            spec_accel,
+            SELFSPEC_MIN_ACCELERATION,
+            spec_accel is not None and spec_accel >= SELFSPEC_MIN_ACCELERATION,
+        ),
+        target(
+            "selfspec accuracy == MTP k=1 accuracy (lossless)",
+            spec_acc,
+            mtp_k1 and mtp_k1["accuracy"],
+            spec_acc is not None and mtp_k1 and spec_acc == mtp_k1["accuracy"],
+        ),
+        target(
+            "selfspec outputs == MTP k=1 outputs, sample for sample (samples differing)", differing, 0, differing == 0
+        ),
     ]
 
 
 def time_report(demo_seconds: float) -> dict:
     """The whole run's time beside its goal: information for the reader, not a target."""
-    return {"name": f"whole demo (goal < {TIME_GOAL_SECONDS // 60} minutes on 2 CPU cores; reported, not checked)",
-            "seconds": round(demo_seconds, 1), "goal_seconds": TIME_GOAL_SECONDS,
-            "within_goal": demo_seconds < TIME_GOAL_SECONDS}
+    return {
+        "name": f"whole demo (goal < {TIME_GOAL_SECONDS // 60} minutes on 2 CPU cores; reported, not checked)",
+        "seconds": round(demo_seconds, 1),
+        "goal_seconds": TIME_GOAL_SECONDS,
+        "within_goal": demo_seconds < TIME_GOAL_SECONDS,
+    }
 
 
 def format_time(report: dict) -> str:
     verdict = "within" if report["within_goal"] else "over"
-    return (f"TIME  {report['seconds'] / 60:.1f} min, {verdict} the {report['goal_seconds'] // 60}-minute goal "
-            "(machine-dependent: reported, never a failure)")
+    return (
+        f"TIME  {report['seconds'] / 60:.1f} min, {verdict} the {report['goal_seconds'] // 60}-minute goal "
+        "(machine-dependent: reported, never a failure)"
+    )
 
 
 def format_table(rows: list[dict]) -> str:
     """The table as Markdown (printed by the demo and pasted into the README)."""
-    lines = ["| model | decoding | accuracy | acceleration | tokens/s | speedup vs MTP k=1 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | decoding | accuracy | acceleration | tokens/s | speedup vs MTP k=1 |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        decoding = (f"Static k={row['k']}" if row["strategy"] == "static"
-                    else f"selfspec K={row['k']} (lossless)" if row["strategy"] == "selfspec"
-                    else f"ConfAdapt τ={row['threshold']:g} (k_max {row['k']})")
+        decoding = (
+            f"Static k={row['k']}"
+            if row["strategy"] == "static"
+            else f"selfspec K={row['k']} (lossless)"
+            if row["strategy"] == "selfspec"
+            else f"ConfAdapt τ={row['threshold']:g} (k_max {row['k']})"
+        )
         speedup = f"{row['wall_clock_speedup']:.2f}x" if row.get("wall_clock_speedup") else "-"
-        lines.append(f"| {row['model']} | {decoding} | {row['accuracy']:.3f} | {row['acceleration']:.2f} | "
-                     f"{row['tokens_per_second']:.0f} | {speedup} |")
+        lines.append(
+            f"| {row['model']} | {decoding} | {row['accuracy']:.3f} | {row['acceleration']:.2f} | "
+            f"{row['tokens_per_second']:.0f} | {speedup} |"
+        )
     return "\n".join(lines)
 
 
 def format_targets(targets: list[dict]) -> str:
-    return "\n".join(f"{'PASS' if t['passed'] else 'MISS'}  {t['name']}: {t['value']} (bound {t['bound']})"
-                     for t in targets)
+    return "\n".join(
+        f"{'PASS' if t['passed'] else 'MISS'}  {t['name']}: {t['value']} (bound {t['bound']})" for t in targets
+    )
 
 
 def plot_rows(rows: list[dict]) -> list[dict]:

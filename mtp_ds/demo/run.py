@@ -34,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-from mtp_ds.demo import report as demo_report
 from mtp_ds.config import REPO_ROOT
+from mtp_ds.demo import report as demo_report
 
 PROMPT_TEMPLATE = "Q: {prompt}\nA: Let's think step by step."  # eval/tasks/gsm8k_cot_mtp's doc_to_text
 PRETRAIN_RECIPE = REPO_ROOT / "recipes" / "tiny_cpu_pretrain.yaml"
@@ -44,8 +44,9 @@ TASK = "gsm8k_cot_mtp"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtp-ds demo", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mtp-ds demo", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out-dir", default="outputs/demo")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--train-problems", type=int, default=20000)
@@ -118,7 +119,7 @@ def stage_tokenizer(args, out: Path, data_dir: Path) -> Path:
     if (tokenizer_dir / "tokenizer.json").exists():
         print(f"skip: {tokenizer_dir} exists")
         return tokenizer_dir
-    rows = [json.loads(line) for line in open(data_dir / "train.jsonl")]
+    rows = [json.loads(line) for line in (data_dir / "train.jsonl").read_text().splitlines()]
     texts = [PROMPT_TEMPLATE.replace("{prompt}", row["question"]) + " " + row["answer"] for row in rows]
     tokenizer = train_tokenizer(texts, tokenizer_dir, vocab_size=args.vocab_size)
     print(f"trained a sentencepiece BPE tokenizer ({len(tokenizer)} tokens) -> {tokenizer_dir}")
@@ -128,8 +129,13 @@ def stage_tokenizer(args, out: Path, data_dir: Path) -> Path:
 def stage_pretrain(args, out: Path, data_dir: Path, tokenizer_dir: Path) -> Path:
     from mtp_ds.demo.pretrain import load_pretrain_recipe, pretrain
 
-    overrides = [f"model.tokenizer={tokenizer_dir}", f"data.path={data_dir / 'train.jsonl'}",
-                 f"data.cache_dir={out / 'cache'}", f"pretrain.out_dir={out / 'teacher'}", f"pretrain.seed={args.seed}"]
+    overrides = [
+        f"model.tokenizer={tokenizer_dir}",
+        f"data.path={data_dir / 'train.jsonl'}",
+        f"data.cache_dir={out / 'cache'}",
+        f"pretrain.out_dir={out / 'teacher'}",
+        f"pretrain.seed={args.seed}",
+    ]
     if args.pretrain_steps:
         overrides.append(f"pretrain.steps={args.pretrain_steps}")
     return pretrain(load_pretrain_recipe(str(PRETRAIN_RECIPE), overrides))
@@ -140,12 +146,26 @@ def stage_mtp(args, out: Path, data_dir: Path, teacher_dir: Path) -> Path:
     if (run_dir / "DONE").exists():
         print(f"skip: {run_dir} finished (DONE)")
         return run_dir
-    overrides = [f"model.name_or_path={teacher_dir}", f"data.path={data_dir / 'train.jsonl'}",
-                 f"data.cache_dir={out / 'cache'}", f"checkpoint.dir={run_dir}", f"train.seed={args.seed}"]
+    overrides = [
+        f"model.name_or_path={teacher_dir}",
+        f"data.path={data_dir / 'train.jsonl'}",
+        f"data.cache_dir={out / 'cache'}",
+        f"checkpoint.dir={run_dir}",
+        f"train.seed={args.seed}",
+    ]
     if args.mtp_steps:
         overrides.append(f"train.steps={args.mtp_steps}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "mtp_ds.train", str(MTP_RECIPE), *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "mtp_ds.train",
+        str(MTP_RECIPE),
+        *overrides,
+    ]
     env = _child_env(threads=max(1, (os.cpu_count() or 2) // args.nproc))
     import torch
 
@@ -153,8 +173,10 @@ def stage_mtp(args, out: Path, data_dir: Path, teacher_dir: Path) -> Path:
         env.setdefault("DS_ACCELERATOR", "cpu")
     print("$ " + " ".join(command[1:]), flush=True)
     if subprocess.run(command, env=env).returncode != 0 or not (run_dir / "DONE").exists():
-        raise SystemExit(f"mtp-ds demo: the MTP trainer failed (see its output above; {run_dir} keeps the "
-                         "last checkpoint, re-run to resume)")
+        raise SystemExit(
+            f"mtp-ds demo: the MTP trainer failed (see its output above; {run_dir} keeps the "
+            "last checkpoint, re-run to resume)"
+        )
     return run_dir
 
 
@@ -177,8 +199,9 @@ def _lm_eval_command() -> list[str]:
     return [str(script)] if script.exists() else [shutil.which("lm_eval") or "lm_eval"]
 
 
-def run_lm_eval(setting: demo_report.Setting, model_dir: Path, test_file: Path, eval_dir: Path,
-                batch_size: int) -> dict:
+def run_lm_eval(
+    setting: demo_report.Setting, model_dir: Path, test_file: Path, eval_dir: Path, batch_size: int
+) -> dict:
     """One `lm_eval --model mtp` run; returns its summary row (cached in eval/<label>/row.json; lm-eval's
     per-sample outputs, --log_samples, beside it)."""
     run_dir = eval_dir / setting.label
@@ -189,16 +212,33 @@ def run_lm_eval(setting: demo_report.Setting, model_dir: Path, test_file: Path, 
         shutil.rmtree(run_dir)  # an interrupted run: start it again
     run_dir.mkdir(parents=True)
     stats_file = run_dir / "decoding_stats.json"
-    command = [*_lm_eval_command(), "--model", "mtp",
-               "--model_args", f"{setting.model_args(str(model_dir))},stats_path={stats_file}",
-               "--device", "cpu", "--batch_size", str(batch_size), "--tasks", TASK,
-               "--include_path", str(REPO_ROOT / "eval" / "tasks"), "--num_fewshot", "0",
-               "--metadata", json.dumps({"gsm8k_path": str(test_file)}), "--output_path", str(run_dir),
-               "--log_samples"]
+    command = [
+        *_lm_eval_command(),
+        "--model",
+        "mtp",
+        "--model_args",
+        f"{setting.model_args(str(model_dir))},stats_path={stats_file}",
+        "--device",
+        "cpu",
+        "--batch_size",
+        str(batch_size),
+        "--tasks",
+        TASK,
+        "--include_path",
+        str(REPO_ROOT / "eval" / "tasks"),
+        "--num_fewshot",
+        "0",
+        "--metadata",
+        json.dumps({"gsm8k_path": str(test_file)}),
+        "--output_path",
+        str(run_dir),
+        "--log_samples",
+    ]
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
     with open(run_dir / "lm_eval.log", "w") as log:
-        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                  env=_child_env(threads=os.cpu_count() or 2))
+        finished = subprocess.run(
+            command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(threads=os.cpu_count() or 2)
+        )
     results = sorted(run_dir.rglob("results_*.json"))
     if finished.returncode != 0 or not results or not stats_file.exists():
         tail = (run_dir / "lm_eval.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
@@ -246,9 +286,12 @@ def stage_eval(args, out: Path, teacher_dir: Path, mtp_dir: Path, data_dir: Path
         if setting.strategy == "selfspec":
             row["outputs_differing_from_k1"] = demo_report.differing_outputs(
                 sample_outputs(out / "eval" / setting.label),
-                sample_outputs(out / "eval" / demo_report.Setting("mtp", "static", 1).label))
-        progress.write(f"{setting.label}: accuracy {row['accuracy']:.3f}, acceleration {row['acceleration']:.2f}, "
-                       f"{row['tokens_per_second']:.0f} tokens/s")
+                sample_outputs(out / "eval" / demo_report.Setting("mtp", "static", 1).label),
+            )
+        progress.write(
+            f"{setting.label}: accuracy {row['accuracy']:.3f}, acceleration {row['acceleration']:.2f}, "
+            f"{row['tokens_per_second']:.0f} tokens/s"
+        )
     return demo_report.add_speedups(rows)
 
 
@@ -271,15 +314,26 @@ def chunk_example(mtp_dir: Path, test_file: Path, out: Path, k_max: int) -> str:
     question = json.loads(test_file.read_text().splitlines()[0])["question"]
     prompt = PROMPT_TEMPLATE.replace("{prompt}", question)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    result = generate(model, ids, strategy="confadapt", k_max=k_max, threshold=demo_report.TARGET_THRESHOLD,
-                      max_new_tokens=256, eos_token_id=tokenizer.eos_token_id)
-    footer = (f"\n[{result.num_new_tokens} tokens in {result.num_forward_passes} forward passes: "
-              f"{result.acceleration_factor:.2f} tokens/pass; ConfAdapt tau={demo_report.TARGET_THRESHOLD}, "
-              f"k_max={k_max}; superscripts: tokens accepted per pass]")
-    (out / "chunk_example.txt").write_text(prompt + "\n" + render_chunks(tokenizer, result.chunks(0), False)
-                                           + footer + "\n")
-    (out / "chunk_example.ansi").write_text(prompt + "\n" + render_chunks(tokenizer, result.chunks(0), True)
-                                            + footer + "\n")
+    result = generate(
+        model,
+        ids,
+        strategy="confadapt",
+        k_max=k_max,
+        threshold=demo_report.TARGET_THRESHOLD,
+        max_new_tokens=256,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    footer = (
+        f"\n[{result.num_new_tokens} tokens in {result.num_forward_passes} forward passes: "
+        f"{result.acceleration_factor:.2f} tokens/pass; ConfAdapt tau={demo_report.TARGET_THRESHOLD}, "
+        f"k_max={k_max}; superscripts: tokens accepted per pass]"
+    )
+    (out / "chunk_example.txt").write_text(
+        prompt + "\n" + render_chunks(tokenizer, result.chunks(0), False) + footer + "\n"
+    )
+    (out / "chunk_example.ansi").write_text(
+        prompt + "\n" + render_chunks(tokenizer, result.chunks(0), True) + footer + "\n"
+    )
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     return prompt + "\n" + render_chunks(tokenizer, result.chunks(0), colour) + footer
 
@@ -307,13 +361,31 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir = timed(1, "data", "GSM8K-style problems", stage_data, args, out)
     tokenizer_dir = timed(2, "tokenizer", "sentencepiece BPE", stage_tokenizer, args, out, data_dir)
-    teacher_dir = timed(3, "pretrain", f"NTP teacher ({PRETRAIN_RECIPE.name})", stage_pretrain, args, out,
-                        data_dir, tokenizer_dir)
-    run_dir = timed(4, "mtp", f"MTP conversion on {args.nproc} ranks ({MTP_RECIPE.name})", stage_mtp, args, out,
-                    data_dir, teacher_dir)
+    teacher_dir = timed(
+        3, "pretrain", f"NTP teacher ({PRETRAIN_RECIPE.name})", stage_pretrain, args, out, data_dir, tokenizer_dir
+    )
+    run_dir = timed(
+        4,
+        "mtp",
+        f"MTP conversion on {args.nproc} ranks ({MTP_RECIPE.name})",
+        stage_mtp,
+        args,
+        out,
+        data_dir,
+        teacher_dir,
+    )
     mtp_dir = timed(5, "export", "Hugging Face checkpoint", stage_export, out, run_dir)
-    rows = timed(6, "eval", f"lm_eval on {args.test_problems} held-out problems", stage_eval, args, out,
-                 teacher_dir, mtp_dir, data_dir)
+    rows = timed(
+        6,
+        "eval",
+        f"lm_eval on {args.test_problems} held-out problems",
+        stage_eval,
+        args,
+        out,
+        teacher_dir,
+        mtp_dir,
+        data_dir,
+    )
 
     def summarise():
         from mtp_ds.evaluation.pareto import plot_pareto
@@ -329,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     print(demo_report.format_table(rows) + "\n")
     print(demo_report.format_targets(targets))
     print(demo_report.format_time(demo_report.time_report(timings.total())))
-    print(f"\n{summary}, {out / 'targets.json'}, {plot}, {out / 'chunk_example.txt'}; "
-          f"stage seconds {timings.seconds} (total {timings.total() / 60:.1f} min)")
+    print(
+        f"\n{summary}, {out / 'targets.json'}, {plot}, {out / 'chunk_example.txt'}; "
+        f"stage seconds {timings.seconds} (total {timings.total() / 60:.1f} min)"
+    )
     return 1 if args.check and not all(t["passed"] for t in targets) else 0
 
 

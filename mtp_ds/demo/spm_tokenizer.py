@@ -21,10 +21,22 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | Path, vocab_si
     import sentencepiece
 
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=str(model_prefix), vocab_size=vocab_size, model_type="bpe",
-        hard_vocab_limit=False, split_digits=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, user_defined_symbols=["\n"], character_coverage=1.0,
-        pad_id=0, bos_id=1, eos_id=2, unk_id=3, num_threads=2, minloglevel=2,
+        sentence_iterator=iter(texts),
+        model_prefix=str(model_prefix),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        hard_vocab_limit=False,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        user_defined_symbols=["\n"],
+        character_coverage=1.0,
+        pad_id=0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=3,
+        num_threads=2,
+        minloglevel=2,
     )
     return Path(f"{model_prefix}.model")
 
@@ -51,8 +63,9 @@ def fast_tokenizer_from_sentencepiece(model_file: str | Path):
     backend = Tokenizer(models.BPE(vocab=vocab, merges=bpe_merges(vocab), unk_token="<unk>", fuse_unk=True))
     backend.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
     backend.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 512):

@@ -17,11 +17,71 @@ import random
 import sys
 from pathlib import Path
 
-NAMES = ("Mia Leo Ava Noah Emma Liam Zoe Omar Nina Ravi Lucy Ben Sara Tom Ella Max Lily Sam Ruby Jack Anna Eli Maya "
-         "Owen Ivy Luke Rosa Finn Hana Adam Lena Kai Jade Hugo Cora Nico Tara Alex Dina Paul").split()
-OBJECTS = ("apples pencils stickers marbles books cookies cards shells coins toys beads stamps eggs flowers "
-           "balloons crayons buttons candies rocks ribbons").split()
-CONTAINERS = ("boxes bags jars packs baskets crates cups trays").split()
+NAMES = [
+    "Mia",
+    "Leo",
+    "Ava",
+    "Noah",
+    "Emma",
+    "Liam",
+    "Zoe",
+    "Omar",
+    "Nina",
+    "Ravi",
+    "Lucy",
+    "Ben",
+    "Sara",
+    "Tom",
+    "Ella",
+    "Max",
+    "Lily",
+    "Sam",
+    "Ruby",
+    "Jack",
+    "Anna",
+    "Eli",
+    "Maya",
+    "Owen",
+    "Ivy",
+    "Luke",
+    "Rosa",
+    "Finn",
+    "Hana",
+    "Adam",
+    "Lena",
+    "Kai",
+    "Jade",
+    "Hugo",
+    "Cora",
+    "Nico",
+    "Tara",
+    "Alex",
+    "Dina",
+    "Paul",
+]
+OBJECTS = [
+    "apples",
+    "pencils",
+    "stickers",
+    "marbles",
+    "books",
+    "cookies",
+    "cards",
+    "shells",
+    "coins",
+    "toys",
+    "beads",
+    "stamps",
+    "eggs",
+    "flowers",
+    "balloons",
+    "crayons",
+    "buttons",
+    "candies",
+    "rocks",
+    "ribbons",
+]
+CONTAINERS = ["boxes", "bags", "jars", "packs", "baskets", "crates", "cups", "trays"]
 
 
 def _start(rng: random.Random, name: str, obj: str) -> tuple[str, str, int]:
@@ -34,7 +94,11 @@ def _start(rng: random.Random, name: str, obj: str) -> tuple[str, str, int]:
     container = rng.choice(CONTAINERS)
     total = boxes * each
     question = f"{name} has {boxes} {container} of {obj}. Each of the {container} holds {each} {obj}."
-    return question, f"{name} has {boxes} {container} with {each} {obj} each, so {boxes} * {each} = {total} {obj}.", total
+    return (
+        question,
+        f"{name} has {boxes} {container} with {each} {obj} each, so {boxes} * {each} = {total} {obj}.",
+        total,
+    )
 
 
 def _no_carry(a: int, b: int) -> bool:
@@ -54,40 +118,54 @@ def _step(rng: random.Random, name: str, obj: str, have: int) -> tuple[str, str,
             return None
         more = rng.choice(choices)
         verb, past = rng.choice((("buys", "buying"), ("finds", "finding"), ("gets", "getting"), ("wins", "winning")))
-        return (f"Then {name} {verb} {more} more {obj}.",
-                f"After {past} {more} more, {name} has {have} + {more} = {have + more} {obj}.", have + more)
+        return (
+            f"Then {name} {verb} {more} more {obj}.",
+            f"After {past} {more} more, {name} has {have} + {more} = {have + more} {obj}.",
+            have + more,
+        )
     if kind == "remove":
         choices = [less for less in range(1, have) if _no_borrow(have, less)]
         if not choices:
             return None
         less = rng.choice(choices)
-        verb, past = rng.choice((("gives away", "giving away"), ("loses", "losing"), ("sells", "selling"),
-                                 ("uses", "using")))
-        return (f"Then {name} {verb} {less} {obj}.",
-                f"After {past} {less}, {name} has {have} - {less} = {have - less} {obj}.", have - less)
+        verb, past = rng.choice(
+            (("gives away", "giving away"), ("loses", "losing"), ("sells", "selling"), ("uses", "using"))
+        )
+        return (
+            f"Then {name} {verb} {less} {obj}.",
+            f"After {past} {less}, {name} has {have} - {less} = {have - less} {obj}.",
+            have - less,
+        )
     if kind == "times":
         if not 2 <= have <= 9:
             return None
         factor = rng.randint(2, min(9, 99 // have))
-        return (f"Then {name} makes the number of {obj} {factor} times as large.",
-                f"{factor} times as many is {have} * {factor} = {have * factor} {obj}.", have * factor)
+        return (
+            f"Then {name} makes the number of {obj} {factor} times as large.",
+            f"{factor} times as many is {have} * {factor} = {have * factor} {obj}.",
+            have * factor,
+        )
     if kind == "share":
         choices = [n for n in range(2, 10) if have % n == 0 and 2 <= have // n <= 9]
         if not choices:
             return None
         parts = rng.choice(choices)
-        return (f"Then {name} splits the {obj} into {parts} equal groups and keeps one group.",
-                f"In {parts} equal groups, each group has {have} / {parts} = {have // parts} {obj}.",
-                have // parts)
+        return (
+            f"Then {name} splits the {obj} into {parts} equal groups and keeps one group.",
+            f"In {parts} equal groups, each group has {have} / {parts} = {have // parts} {obj}.",
+            have // parts,
+        )
     choices = [(boxes, each) for boxes in range(2, 10) for each in range(2, 10) if _no_carry(have, boxes * each)]
     if not choices:
         return None
     boxes, each = rng.choice(choices)
     container = rng.choice(CONTAINERS)
     added = boxes * each
-    return (f"Then {name} gets {boxes} {container} with {each} {obj} in each.",
-            f"{name} gets {boxes} * {each} = {added} more {obj}, so {have} + {added} = {have + added} {obj}.",
-            have + added)
+    return (
+        f"Then {name} gets {boxes} {container} with {each} {obj} in each.",
+        f"{name} gets {boxes} * {each} = {added} more {obj}, so {have} + {added} = {have + added} {obj}.",
+        have + added,
+    )
 
 
 def make_problem(rng: random.Random) -> dict:

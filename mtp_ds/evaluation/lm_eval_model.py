@@ -84,7 +84,8 @@ class DecodingStats:
         self.generated_tokens += sum(len(row) for row in result.sequences)
         self.sequences += len(result.sequences)
         self.forward_passes += getattr(result, "num_forward_passes", None) or max(
-            (len(counts) for counts in result.tokens_per_pass), default=0)
+            (len(counts) for counts in result.tokens_per_pass), default=0
+        )
         self.generate_seconds += seconds
 
     def merge(self, other: DecodingStats) -> None:
@@ -110,16 +111,19 @@ class DecodingStats:
             "generate_seconds": self.generate_seconds,
             "tokens_per_second": self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0,
             "query_tokens_per_forward_pass": self.query_tokens / self.forward_passes if self.forward_passes else 0.0,
-            "verified_tokens_per_pass": (sum(self.verified_per_pass) / len(self.verified_per_pass)
-                                         if self.verified_per_pass else None),
+            "verified_tokens_per_pass": (
+                sum(self.verified_per_pass) / len(self.verified_per_pass) if self.verified_per_pass else None
+            ),
         }
 
     def log_line(self, label: str) -> str:
         s = self.summary()
-        return (f"MTP decoding [{label}]: acceleration factor {s['acceleration_factor']:.3f} "
-                f"± {s['acceleration_factor_std']:.3f} tokens/pass, {s['sequence_passes']} sequence passes "
-                f"({s['forward_passes']} batched forward passes), {s['generated_tokens']} generated tokens, "
-                f"{s['tokens_per_second']:.1f} tokens/s")
+        return (
+            f"MTP decoding [{label}]: acceleration factor {s['acceleration_factor']:.3f} "
+            f"± {s['acceleration_factor_std']:.3f} tokens/pass, {s['sequence_passes']} sequence passes "
+            f"({s['forward_passes']} batched forward passes), {s['generated_tokens']} generated tokens, "
+            f"{s['tokens_per_second']:.1f} tokens/s"
+        )
 
 
 def _model_arg(name: str, value, cast, check, requirement: str):
@@ -154,8 +158,10 @@ def _check_pretrained(pretrained) -> None:
     try:
         validate_repo_id(str(pretrained))
     except HFValidationError:
-        raise ModelArgError(f"model arg pretrained={str(pretrained)!r}: the directory does not exist (and it is "
-                            "not a Hugging Face hub id, name or owner/name)") from None
+        raise ModelArgError(
+            f"model arg pretrained={str(pretrained)!r}: the directory does not exist (and it is "
+            "not a Hugging Face hub id, name or owner/name)"
+        ) from None
 
 
 @contextmanager
@@ -172,12 +178,22 @@ def _exit_like_argparse():
 class MTPLM(HFLM):
     """HFLM whose `generate_until` decodes with `mtp_ds.decoding.generate` (Static k, ConfAdapt or selfspec)."""
 
-    def __init__(self, pretrained, strategy: str = "static", k: int = 1, k_max: int = 16,
-                 threshold: float = 0.9, mask_layout: str = DEFAULT_MASK_LAYOUT, stats_path: str | None = None,
-                 continuous_batching=True, **kwargs):
+    def __init__(
+        self,
+        pretrained,
+        strategy: str = "static",
+        k: int = 1,
+        k_max: int = 16,
+        threshold: float = 0.9,
+        mask_layout: str = DEFAULT_MASK_LAYOUT,
+        stats_path: str | None = None,
+        continuous_batching=True,
+        **kwargs,
+    ):
         self.mask_tokens = None
-        self.continuous_batching = _model_arg("continuous_batching", continuous_batching, _as_bool, lambda v: True,
-                                              "true or false")
+        self.continuous_batching = _model_arg(
+            "continuous_batching", continuous_batching, _as_bool, lambda v: True, "true or false"
+        )
         self._rows_in_flight = None  # set while generate_until streams a task's requests
         self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
         _check_pretrained(pretrained)
@@ -212,16 +228,33 @@ class MTPLM(HFLM):
 
     # --- settings and statistics -------------------------------------------------------------------------
 
-    def set_decoding(self, *, strategy: str, k: int = 1, k_max: int = 16, threshold: float = 0.9,
-                     mask_layout: str = DEFAULT_MASK_LAYOUT) -> None:
+    def set_decoding(
+        self,
+        *,
+        strategy: str,
+        k: int = 1,
+        k_max: int = 16,
+        threshold: float = 0.9,
+        mask_layout: str = DEFAULT_MASK_LAYOUT,
+    ) -> None:
         """Validate and set the decoding strategy (the sweep reuses one loaded model for many settings)."""
-        strategy = _model_arg("strategy", strategy, lambda v: str(v).strip().lower(), lambda v: v in STRATEGIES,
-                              "one of " + ", ".join(STRATEGIES))
+        strategy = _model_arg(
+            "strategy",
+            strategy,
+            lambda v: str(v).strip().lower(),
+            lambda v: v in STRATEGIES,
+            "one of " + ", ".join(STRATEGIES),
+        )
         k = _model_arg("k", k, int, lambda v: v >= 1, "an integer >= 1")
         k_max = _model_arg("k_max", k_max, int, lambda v: v >= 1, "an integer >= 1")
         threshold = _model_arg("threshold", threshold, float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
-        mask_layout = _model_arg("mask_layout", mask_layout, lambda v: str(v).strip().lower(),
-                                 lambda v: v in MASK_LAYOUTS, "one of " + ", ".join(MASK_LAYOUTS))
+        mask_layout = _model_arg(
+            "mask_layout",
+            mask_layout,
+            lambda v: str(v).strip().lower(),
+            lambda v: v in MASK_LAYOUTS,
+            "one of " + ", ".join(MASK_LAYOUTS),
+        )
         if k > k_max:  # the decoder refuses it too, but only at the first request
             raise ModelArgError(f"model args k={k} and k_max={k_max}: k must be <= k_max")
         previous = {name: getattr(self, name, None) for name in ("strategy", "k", "k_max", "threshold", "mask_layout")}
@@ -243,14 +276,16 @@ class MTPLM(HFLM):
             try:
                 mask_tokens_from_config(self.model.config)
             except ValueError as err:
-                raise ModelArgError(f"{name}: {err}; only strategy=static,k=1 runs without one, not "
-                                    f"{self._settings_label()}") from None
+                raise ModelArgError(
+                    f"{name}: {err}; only strategy=static,k=1 runs without one, not {self._settings_label()}"
+                ) from None
         block_arg, block = ("k", self.k) if self.strategy == "static" else ("k_max", self.k_max)
         try:
             self.mask_tokens.ids_for_masks(block - 1)
         except ValueError as err:
-            raise ModelArgError(f"model arg {block_arg}={block}: {err} in the config of "
-                                f"{self._pretrained_name!r}") from None
+            raise ModelArgError(
+                f"model arg {block_arg}={block}: {err} in the config of {self._pretrained_name!r}"
+            ) from None
 
     def reset_stats(self) -> None:
         self.task_stats: dict[str, DecodingStats] = {}
@@ -276,9 +311,12 @@ class MTPLM(HFLM):
 
     def decoding_report(self) -> dict:
         """Settings plus run-wide and per-task statistics (what lands in the results JSON)."""
-        return {**self.decoding_settings(), "setting": setting_label(self.decoding_settings()),
-                **self.run_stats().summary(),
-                "per_task": {task: stats.summary() for task, stats in self.task_stats.items()}}
+        return {
+            **self.decoding_settings(),
+            "setting": setting_label(self.decoding_settings()),
+            **self.run_stats().summary(),
+            "per_task": {task: stats.summary() for task, stats in self.task_stats.items()},
+        }
 
     def get_model_info(self) -> dict:
         return {**super().get_model_info(), "mtp_decoding": self.decoding_report()}
@@ -338,15 +376,30 @@ class MTPLM(HFLM):
         attention_mask = generation_kwargs.pop("attention_mask", None)
         temperature = self._sampling_temperature(generation_kwargs)
         started = time.perf_counter()
-        with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                            enabled=self.mixed_precision_dtype is not None):
-            settings = dict(mtp_token_id=self.mask_tokens, strategy=self.strategy, k=self.k, k_max=self.k_max,
-                            threshold=self.threshold, max_new_tokens=max(0, max_length - context.shape[1]),
-                            eos_token_id=self.stop_token_ids, tokenizer=self.tokenizer, stop_strings=list(stop or []),
-                            temperature=temperature, mask_layout=self.mask_layout)
+        with torch.autocast(
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        ):
+            settings = dict(
+                mtp_token_id=self.mask_tokens,
+                strategy=self.strategy,
+                k=self.k,
+                k_max=self.k_max,
+                threshold=self.threshold,
+                max_new_tokens=max(0, max_length - context.shape[1]),
+                eos_token_id=self.stop_token_ids,
+                tokenizer=self.tokenizer,
+                stop_strings=list(stop or []),
+                temperature=temperature,
+                mask_layout=self.mask_layout,
+            )
             if self._rows_in_flight:  # the task's requests as one stream (`_generate_until_task`)
-                real = (torch.ones_like(context, dtype=torch.bool) if attention_mask is None
-                        else attention_mask.to(torch.bool))
+                real = (
+                    torch.ones_like(context, dtype=torch.bool)
+                    if attention_mask is None
+                    else attention_mask.to(torch.bool)
+                )
                 prompts = [row[keep].tolist() for row, keep in zip(context, real)]
                 result = generate_many(self.model, prompts, max_rows=self._rows_in_flight, **settings)
             else:
@@ -363,5 +416,5 @@ class MTPLM(HFLM):
         continuation = torch.full((context.shape[0], width), pad_id, dtype=context.dtype, device=context.device)
         for row, ids in enumerate(sequences):
             if ids:
-                continuation[row, :len(ids)] = torch.tensor(ids, dtype=context.dtype, device=context.device)
+                continuation[row, : len(ids)] = torch.tensor(ids, dtype=context.dtype, device=context.device)
         return torch.cat([context, continuation], dim=1)

@@ -13,8 +13,11 @@ points no other point beats on both axes (the Pareto frontier) over all settings
 import math
 from pathlib import Path
 
-STRATEGY_STYLE = {"static": ("Static k", "o", "tab:blue"), "confadapt": ("ConfAdapt", "s", "tab:orange"),
-                  "selfspec": ("selfspec (lossless)", "D", "tab:red")}
+STRATEGY_STYLE = {
+    "static": ("Static k", "o", "tab:blue"),
+    "confadapt": ("ConfAdapt", "s", "tab:orange"),
+    "selfspec": ("selfspec (lossless)", "D", "tab:red"),
+}
 TEACHER_STYLE = ("teacher", "*", "tab:green")
 DEFAULT_MASK_LAYOUT = "linear"  # mtp_ds.decoding.DEFAULT_MASK_LAYOUT (not imported: this module stays torch-free)
 
@@ -63,8 +66,10 @@ def plot_pareto(rows: list[dict], path, *, title: str = "", metric_label: str = 
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         task_rows = [row for row in rows if row["task"] == task and row.get("accuracy") is not None]
-        styles = [(lambda row, s=strategy: row.get("model") != "teacher" and row["strategy"] == s, style)
-                  for strategy, style in STRATEGY_STYLE.items()]
+        styles = [
+            (lambda row, s=strategy: row.get("model") != "teacher" and row["strategy"] == s, style)
+            for strategy, style in STRATEGY_STYLE.items()
+        ]
         styles.append((lambda row: row.get("model") == "teacher", TEACHER_STYLE))
         for belongs, (name, marker, color) in styles:
             series = sorted((row for row in task_rows if belongs(row)), key=lambda row: row["acceleration_factor"])
@@ -72,9 +77,18 @@ def plot_pareto(rows: list[dict], path, *, title: str = "", metric_label: str = 
                 continue
             xs = [row["acceleration_factor"] for row in series]
             ys = [row["accuracy"] for row in series]
-            ax.errorbar(xs, ys, xerr=[_finite(row.get("acceleration_factor_std")) for row in series],
-                        yerr=[_finite(row.get("accuracy_stderr")) for row in series], marker=marker,
-                        color=color, label=name, capsize=2, elinewidth=0.6, linewidth=1.2)
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=[_finite(row.get("acceleration_factor_std")) for row in series],
+                yerr=[_finite(row.get("accuracy_stderr")) for row in series],
+                marker=marker,
+                color=color,
+                label=name,
+                capsize=2,
+                elinewidth=0.6,
+                linewidth=1.2,
+            )
             for row, x, y in zip(series, xs, ys):
                 ax.annotate(_point_label(row), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         frontier = pareto_frontier([(row["acceleration_factor"], row["accuracy"]) for row in task_rows])
@@ -91,5 +105,3 @@ def plot_pareto(rows: list[dict], path, *, title: str = "", metric_label: str = 
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
-
-

@@ -52,8 +52,10 @@ def memory_report(label: str, device: torch.device) -> str:
     """One log line with allocated/peak accelerator memory (or process RSS on CPU)."""
     if device.type == "cuda":
         gib = 1024**3
-        return (f"{label}: allocated {torch.cuda.memory_allocated(device) / gib:.2f} GiB, "
-                f"peak {torch.cuda.max_memory_allocated(device) / gib:.2f} GiB")
+        return (
+            f"{label}: allocated {torch.cuda.memory_allocated(device) / gib:.2f} GiB, "
+            f"peak {torch.cuda.max_memory_allocated(device) / gib:.2f} GiB"
+        )
     import resource
 
     return f"{label}: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"

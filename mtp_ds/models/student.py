@@ -54,8 +54,10 @@ def check_teacher_and_student(teacher_module, student_module, mask_tokens: MaskT
     teacher_rows = int(teacher_module.config.vocab_size)
     student_rows = int(student_module.config.vocab_size)
     if teacher_rows < base_vocab_size or student_rows < teacher_rows:
-        raise RuntimeError(f"vocabulary mismatch: teacher has {teacher_rows} rows, student {student_rows}, "
-                           f"tokenizer {base_vocab_size} tokens before the mask token(s)")
+        raise RuntimeError(
+            f"vocabulary mismatch: teacher has {teacher_rows} rows, student {student_rows}, "
+            f"tokenizer {base_vocab_size} tokens before the mask token(s)"
+        )
     if min(mask_tokens.ids) < base_vocab_size:
         raise RuntimeError(f"mask token ids {mask_tokens.ids} overlap the teacher's vocabulary of {base_vocab_size}")
 
@@ -69,8 +71,13 @@ def build_models(recipe, plan, *, tokenizer, device: torch.device) -> Models:
 
     dtype = getattr(torch, plan.dtype)
     base_vocab_size = len(tokenizer)
-    teacher_base = load_base_model(recipe.model, dtype=dtype, attn_implementation=plan.attn_implementation,
-                                   vocab_size=base_vocab_size, seed=recipe.train.seed)
+    teacher_base = load_base_model(
+        recipe.model,
+        dtype=dtype,
+        attn_implementation=plan.attn_implementation,
+        vocab_size=base_vocab_size,
+        seed=recipe.train.seed,
+    )
     # random-init (tiny) models are built whole and partitioned by deepspeed.initialize: transformers 5
     # cannot run weight init under zero.Init, and a copy keeps teacher == student at step 0 exactly
     student_from_copy = copy.deepcopy(teacher_base) if recipe.model.tiny_config else None
@@ -80,18 +87,38 @@ def build_models(recipe, plan, *, tokenizer, device: torch.device) -> Models:
     ds_config = plan.deepspeed
     zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     keep_alive = HfDeepSpeedConfig(ds_config) if zero_stage == 3 and student_from_copy is None else None
-    student = student_from_copy or load_base_model(recipe.model, dtype=dtype,
-                                                   attn_implementation=plan.attn_implementation,
-                                                   vocab_size=base_vocab_size, seed=recipe.train.seed)
-    mask_tokens = add_mtp_tokens(tokenizer, student, distinct_slots=recipe.model.distinct_slot_tokens,
-                                 k_max=plan.packing.k_max, seed=recipe.train.seed, gather=gathered_for_write)
+    student = student_from_copy or load_base_model(
+        recipe.model,
+        dtype=dtype,
+        attn_implementation=plan.attn_implementation,
+        vocab_size=base_vocab_size,
+        seed=recipe.train.seed,
+    )
+    mask_tokens = add_mtp_tokens(
+        tokenizer,
+        student,
+        distinct_slots=recipe.model.distinct_slot_tokens,
+        k_max=plan.packing.k_max,
+        seed=recipe.train.seed,
+        gather=gathered_for_write,
+    )
     if recipe.model.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.config.use_cache = False
     check_teacher_and_student(teacher_module, student, mask_tokens, base_vocab_size)
-    engine, *_ = deepspeed.initialize(model=HiddenStatesModel(student), config=ds_config,
-                                      model_parameters=[p for p in student.parameters() if p.requires_grad])
+    engine, *_ = deepspeed.initialize(
+        model=HiddenStatesModel(student),
+        config=ds_config,
+        model_parameters=[p for p in student.parameters() if p.requires_grad],
+    )
     del keep_alive
     log.info(memory_report(f"student engine built (ZeRO stage {zero_stage})", device))
-    return Models(engine=engine, student=student, teacher=teacher, teacher_module=teacher_module, tokenizer=tokenizer,
-                  mask_tokens=mask_tokens, device=device)
+    return Models(
+        engine=engine,
+        student=student,
+        teacher=teacher,
+        teacher_module=teacher_module,
+        tokenizer=tokenizer,
+        mask_tokens=mask_tokens,
+        device=device,
+    )

@@ -32,8 +32,9 @@ class LocalTeacher:
         self.chunk_size = chunk_size
 
     @torch.no_grad()
-    def __call__(self, batch: PackedBatch, input_ids, rows, cols, *, want: str, mask_token_ids=(),
-                 temperature: float = 1.0):
+    def __call__(
+        self, batch: PackedBatch, input_ids, rows, cols, *, want: str, mask_token_ids=(), temperature: float = 1.0
+    ):
         hidden = packed_hidden_states(self.model, batch, input_ids, bidirectional=False)[rows, cols]
         head = self.model.get_output_embeddings()
         outputs = []
@@ -81,8 +82,10 @@ class TensorParallelTeacher:
     @torch.no_grad()
     def __call__(self, batch: PackedBatch, input_ids, rows, cols, *, want: str, mask_token_ids=(), temperature=1.0):
         tokens = _gather_padded(input_ids, self.group, self.world, 0)
-        descriptors = {name: _gather_padded(getattr(batch, name), self.group, self.world,
-                                            False if name == "valid" else 0) for name in DESCRIPTOR_FIELDS}
+        descriptors = {
+            name: _gather_padded(getattr(batch, name), self.group, self.world, False if name == "valid" else 0)
+            for name in DESCRIPTOR_FIELDS
+        }
         all_rows = _gather_padded(rows, self.group, self.world, 0)
         all_cols = _gather_padded(cols, self.group, self.world, 0)
         length = max(t.shape[1] for t in tokens)
@@ -91,19 +94,31 @@ class TensorParallelTeacher:
             return torch.cat([torch.nn.functional.pad(p, (0, length - p.shape[1]), value=fill) for p in parts])
 
         combined = PackedBatch(
-            input_ids=stack(tokens, 0), **{name: stack(descriptors[name], False if name == "valid" else 0)
-                                           for name in DESCRIPTOR_FIELDS},
-            source_index=None, slot_index=None, slot_valid=None, target_ids=None, eos_fill=None, ks=[],
+            input_ids=stack(tokens, 0),
+            **{name: stack(descriptors[name], False if name == "valid" else 0) for name in DESCRIPTOR_FIELDS},
+            source_index=None,
+            slot_index=None,
+            slot_valid=None,
+            target_ids=None,
+            eos_fill=None,
+            ks=[],
             bidirectional=False,
         )
         row_offsets = [0]
         for part in tokens:
             row_offsets.append(row_offsets[-1] + part.shape[0])
         combined_rows = torch.cat([r + row_offsets[i] for i, r in enumerate(all_rows)])
-        outputs = self.local(combined, combined.input_ids, combined_rows, torch.cat(all_cols), want=want,
-                             mask_token_ids=mask_token_ids, temperature=temperature)
+        outputs = self.local(
+            combined,
+            combined.input_ids,
+            combined_rows,
+            torch.cat(all_cols),
+            want=want,
+            mask_token_ids=mask_token_ids,
+            temperature=temperature,
+        )
         start = sum(r.numel() for r in all_rows[: self.rank])
-        return outputs[start: start + rows.numel()]
+        return outputs[start : start + rows.numel()]
 
 
 def tensor_parallel_group(tp_size: int):

@@ -38,8 +38,11 @@ STOPPED_FILE = "STOPPED"  # the step saved by a clean stop on a signal (what the
 def objective_config(recipe) -> ObjectiveConfig:
     settings = recipe.objective
     return ObjectiveConfig(
-        kind=settings.kind, temperature=settings.temperature, prefix_ntp_weight=settings.prefix_ntp_weight,
-        entropy_weight=settings.entropy_weight, logits_chunk_size=settings.logits_chunk_size or 4096,
+        kind=settings.kind,
+        temperature=settings.temperature,
+        prefix_ntp_weight=settings.prefix_ntp_weight,
+        entropy_weight=settings.entropy_weight,
+        logits_chunk_size=settings.logits_chunk_size or 4096,
         accept_thresholds=tuple(settings.accept_thresholds),
     )
 
@@ -48,11 +51,22 @@ def pack_step(state, dataset, indices, draws):
     """This rank's packed micro-batches of one global batch (indices + their (k, offset) draws)."""
     from mtp_ds.data import pack_micro_batches, step_micro_batches
 
-    micro = step_micro_batches(dataset, indices, rank=state["rank"], world_size=state["world"],
-                               micro_batch_size=state["recipe"].train.micro_batch_size, draws=draws)
-    return pack_micro_batches(micro, state["plan"].packing, mask_tokens=state["mask_tokens"],
-                              eos_token_id=state["data"].eos_token_id, pad_token_id=state["pad_id"],
-                              device=state["device"])
+    micro = step_micro_batches(
+        dataset,
+        indices,
+        rank=state["rank"],
+        world_size=state["world"],
+        micro_batch_size=state["recipe"].train.micro_batch_size,
+        draws=draws,
+    )
+    return pack_micro_batches(
+        micro,
+        state["plan"].packing,
+        mask_tokens=state["mask_tokens"],
+        eos_token_id=state["data"].eos_token_id,
+        pad_token_id=state["pad_id"],
+        device=state["device"],
+    )
 
 
 def run_objective(state, batches, *, train: bool):
@@ -63,10 +77,17 @@ def run_objective(state, batches, *, train: bool):
     metrics = None
     for batch in batches:
         with torch.set_grad_enabled(train):
-            output = mtp_objective(state["student"], state["teacher"], batch, config,
-                                   mask_token_ids=state["mask_tokens"].ids, global_counts=counts,
-                                   loss_multiplier=multiplier, num_slot_metrics=state["plan"].packing.k_max,
-                                   student_forward=engine)
+            output = mtp_objective(
+                state["student"],
+                state["teacher"],
+                batch,
+                config,
+                mask_token_ids=state["mask_tokens"].ids,
+                global_counts=counts,
+                loss_multiplier=multiplier,
+                num_slot_metrics=state["plan"].packing.k_max,
+                student_forward=engine,
+            )
         if train:
             engine.backward(output.loss)
             engine.step()
@@ -87,10 +108,16 @@ def train_step(state, step: int) -> dict:
     tokens = torch.tensor([sum(int(b.valid.sum()) for b in batches)], dtype=torch.float64, device=state["device"])
     torch.distributed.all_reduce(tokens)
     return {
-        "step": step + 1, "loss": summary["slot_loss"] + recipe.objective.entropy_weight * summary["entropy"]
+        "step": step + 1,
+        "loss": summary["slot_loss"]
+        + recipe.objective.entropy_weight * summary["entropy"]
         + (recipe.objective.prefix_ntp_weight * float(metrics.scalars[3]) / max(counts["prefix"], 1.0)),
-        **summary, "k": draws[0][0], "supervised_slots": counts["slots"],
-        "lr": state["engine"].get_lr()[0], "grad_norm": _grad_norm(state["engine"]), "step_seconds": elapsed,
+        **summary,
+        "k": draws[0][0],
+        "supervised_slots": counts["slots"],
+        "lr": state["engine"].get_lr()[0],
+        "grad_norm": _grad_norm(state["engine"]),
+        "step_seconds": elapsed,
         "tokens_per_second": float(tokens) / elapsed,
     }
 
@@ -121,12 +148,20 @@ def validate(state, step: int) -> dict:
     recipe, data, packing = state["recipe"], state["data"], state["plan"].packing
     if len(data.validation) == 0:
         return {}
-    sampler = KOffsetSampler(k_min=packing.k_min, k_max=packing.k_max, static_k=packing.static_k,
-                             per_sequence_k=True, seed=recipe.train.seed + 1)
+    sampler = KOffsetSampler(
+        k_min=packing.k_min,
+        k_max=packing.k_max,
+        static_k=packing.static_k,
+        per_sequence_k=True,
+        seed=recipe.train.seed + 1,
+    )
     state["engine"].eval()
     total = None
-    for index, indices in enumerate(validation_batches(data.validation, global_batch_size=recipe.train.global_batch_size,
-                                                       num_batches=recipe.train.eval_batches)):
+    for index, indices in enumerate(
+        validation_batches(
+            data.validation, global_batch_size=recipe.train.global_batch_size, num_batches=recipe.train.eval_batches
+        )
+    ):
         batches = pack_step(state, data.validation, indices, sampler.sample(index, len(indices)))
         metrics, _ = run_objective(state, batches, train=False)
         total = metrics if total is None else total + metrics
@@ -138,11 +173,22 @@ def save(state, step: int) -> Path:
     from mtp_ds.checkpoint.store import save_checkpoint
 
     recipe = state["recipe"]
-    client_state = {"step": step, "sampler": state["sampler"].state_dict(),
-                    "samples_consumed": step * recipe.train.global_batch_size}
-    return save_checkpoint(state["engine"], recipe.checkpoint.dir, step, client_state,
-                           keep_last=recipe.checkpoint.keep_last, effective_config=state["effective_config"],
-                           hf_config=state["student"].config, tokenizer=state["tokenizer"], run_id=state["run_id"])
+    client_state = {
+        "step": step,
+        "sampler": state["sampler"].state_dict(),
+        "samples_consumed": step * recipe.train.global_batch_size,
+    }
+    return save_checkpoint(
+        state["engine"],
+        recipe.checkpoint.dir,
+        step,
+        client_state,
+        keep_last=recipe.checkpoint.keep_last,
+        effective_config=state["effective_config"],
+        hf_config=state["student"].config,
+        tokenizer=state["tokenizer"],
+        run_id=state["run_id"],
+    )
 
 
 def prepare(recipe, plan, rank: int, local_rank: int) -> dict:
@@ -161,15 +207,29 @@ def prepare(recipe, plan, rank: int, local_rank: int) -> dict:
     models = build_models(recipe, plan, tokenizer=tokenizer, device=device)
     packing = plan.packing
     return {
-        "recipe": recipe, "plan": plan, "data": data, "engine": models.engine, "student": models.student,
-        "teacher": models.teacher, "mask_tokens": models.mask_tokens, "tokenizer": models.tokenizer,
-        "device": device, "rank": rank, "world": plan.world_size,
+        "recipe": recipe,
+        "plan": plan,
+        "data": data,
+        "engine": models.engine,
+        "student": models.student,
+        "teacher": models.teacher,
+        "mask_tokens": models.mask_tokens,
+        "tokenizer": models.tokenizer,
+        "device": device,
+        "rank": rank,
+        "world": plan.world_size,
         "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else data.eos_token_id,
         "objective": objective_config(recipe),
-        "sampler": EpochShuffleSampler(len(data.train), global_batch_size=recipe.train.global_batch_size,
-                                       seed=recipe.train.seed),
-        "k_sampler": KOffsetSampler(k_min=packing.k_min, k_max=packing.k_max, static_k=packing.static_k,
-                                    per_sequence_k=packing.per_sequence_k, seed=recipe.train.seed),
+        "sampler": EpochShuffleSampler(
+            len(data.train), global_batch_size=recipe.train.global_batch_size, seed=recipe.train.seed
+        ),
+        "k_sampler": KOffsetSampler(
+            k_min=packing.k_min,
+            k_max=packing.k_max,
+            static_k=packing.static_k,
+            per_sequence_k=packing.per_sequence_k,
+            seed=recipe.train.seed,
+        ),
         "effective_config": plan.effective_config(recipe),
     }
 
@@ -202,14 +262,19 @@ def check_optimizer(resolved_ds: dict, source: str) -> None:
     from mtp_ds.config.deepspeed_json import check_optimizer_and_scheduler
 
     check_optimizer_and_scheduler(
-        resolved_ds, f"deepspeed config {source}", optimizers=set(DEEPSPEED_OPTIMIZERS),
-        torch_optimizers={name for name in dir(torch.optim) if name[0].isupper()}, schedulers=set(VALID_LR_SCHEDULES),
-        torch_schedulers={name for name in dir(torch.optim.lr_scheduler) if name[0].isupper()})
+        resolved_ds,
+        f"deepspeed config {source}",
+        optimizers=set(DEEPSPEED_OPTIMIZERS),
+        torch_optimizers={name for name in dir(torch.optim) if name[0].isupper()},
+        schedulers=set(VALID_LR_SCHEDULES),
+        torch_schedulers={name for name in dir(torch.optim.lr_scheduler) if name[0].isupper()},
+    )
 
 
 def interrupt_while_loading() -> None:
     """Until the first step there is nothing to save: SIGTERM / SIGUSR1 abort like Ctrl-C, through `finally`
     (which releases the directory's lock) instead of killing the process where it stands."""
+
     def abort(number, _frame):
         raise KeyboardInterrupt(f"{signal.Signals(number).name} before the first step")
 
@@ -239,13 +304,21 @@ def run_training(recipe, plan, start, rank: int, local_rank: int) -> int:
             done_marker.unlink(missing_ok=True)  # left by a shorter earlier run: this one is not done yet
     logging_settings = recipe.logging
     writer = MetricsWriter(
-        recipe.metrics_file, enabled=rank == 0, resume_step=start_step,
+        recipe.metrics_file,
+        enabled=rank == 0,
+        resume_step=start_step,
         tensorboard_dir=os.path.join(recipe.checkpoint.dir, "tensorboard") if logging_settings.tensorboard else None,
-        wandb_settings={"project": logging_settings.wandb_project, "name": logging_settings.wandb_run_name,
-                        "config": state["effective_config"]} if logging_settings.wandb else None,
+        wandb_settings={
+            "project": logging_settings.wandb_project,
+            "name": logging_settings.wandb_run_name,
+            "config": state["effective_config"],
+        }
+        if logging_settings.wandb
+        else None,
     )
-    progress = tqdm(total=recipe.train.steps, initial=start_step, disable=rank != 0, desc="train", unit="step",
-                    dynamic_ncols=True)
+    progress = tqdm(
+        total=recipe.train.steps, initial=start_step, disable=rank != 0, desc="train", unit="step", dynamic_ncols=True
+    )
     stop = StopRequest()  # from here on a signal (or the launcher's death) means: save at the step's end, exit 0
     step = start_step
     try:
@@ -254,20 +327,30 @@ def run_training(recipe, plan, start, rank: int, local_rank: int) -> int:
             step += 1
             check_finite(record, state["engine"], last_saved)
             if step % recipe.train.log_every == 0 or step == recipe.train.steps:
-                writer.write({key: round(value, 6) if isinstance(value, float) else value for key, value in record.items()})
+                writer.write(
+                    {key: round(value, 6) if isinstance(value, float) else value for key, value in record.items()}
+                )
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}", agree=f"{record['agreement']:.3f}", k=record["k"])
             if recipe.train.eval_every and step % recipe.train.eval_every == 0:
                 writer.write(validate(state, step))
             stopping = stop.agreed(state["device"])
-            if stopping or step == recipe.train.steps or (recipe.checkpoint.every and step % recipe.checkpoint.every == 0):
+            if (
+                stopping
+                or step == recipe.train.steps
+                or (recipe.checkpoint.every and step % recipe.checkpoint.every == 0)
+            ):
                 last_saved = save(state, step)
             if stopping:
                 progress.close()
                 if rank == 0:
                     stopped_marker.write_text(f"{step}\n")
-                    log.warning("stopped (%s): saved %s at step %d; run the same command to resume",
-                                stop.signal_name or "another rank's signal", last_saved, step)
+                    log.warning(
+                        "stopped (%s): saved %s at step %d; run the same command to resume",
+                        stop.signal_name or "another rank's signal",
+                        last_saved,
+                        step,
+                    )
                 return 0
     finally:
         stop.restore()
@@ -297,8 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         code = 2 if isinstance(error, ConfigError) else 1
     except KeyboardInterrupt as interrupt:  # before the first step (after it, signals save and stop)
         if os.environ.get("RANK", "0") == "0":
-            print(f"mtp-ds train: interrupted ({interrupt or 'SIGINT'} before the first step): nothing to save",
-                  file=sys.stderr)
+            print(
+                f"mtp-ds train: interrupted ({interrupt or 'SIGINT'} before the first step): nothing to save",
+                file=sys.stderr,
+            )
         code = 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

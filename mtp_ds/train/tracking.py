@@ -18,8 +18,15 @@ from pathlib import Path
 class MetricsWriter:
     """Rank 0 writes; other ranks hold a writer that does nothing."""
 
-    def __init__(self, path: str, *, enabled: bool, resume_step: int, tensorboard_dir: str | None = None,
-                 wandb_settings: dict | None = None):
+    def __init__(
+        self,
+        path: str,
+        *,
+        enabled: bool,
+        resume_step: int,
+        tensorboard_dir: str | None = None,
+        wandb_settings: dict | None = None,
+    ):
         self.enabled = enabled
         self.path = Path(path)
         self.tensorboard = self.wandb = None
