@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random-weight Qwen3/Llama models and a local word tokenizer (no downloads)."""
+"""Fixtures for both tiers: the offline environment, a fixed seed, and tiny model checkpoints built from configs.
+
+Plain functions and constants are in helpers.py; independent reference implementations in references.py;
+the shared trained run (one real trainer launch for the whole session) in integration/conftest.py.
+"""
 
 import os
 
@@ -10,57 +14,45 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
-
-from mtp_ds.models.tiny import tiny_model, word_tokenizer
-from mtp_ds.tokens import add_mtp_tokens
-
-ARCHS = ["qwen3", "llama"]
-# "cuda" variants run where a GPU is (bench/gpu_check.sh runs them with `-m cuda`); on CPU machines they skip
-CUDA = pytest.param(
-    "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
-)
-DEVICES = ["cpu", CUDA]
+from helpers import ARCHS, make_mtp_model, save_checkpoint_dir
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    yield
-
-
-def make_mtp_model(
-    arch: str,
-    *,
-    distinct_slots: bool = False,
-    k_max: int = 16,
-    tie_word_embeddings: bool = False,
-    attn_implementation: str = "sdpa",
-    seed: int = 0,
-):
-    """(model, tokenizer, mask_tokens) with the mask token(s) added; fp32, eval mode."""
-    tokenizer = word_tokenizer()
-    model = tiny_model(
-        arch,
-        vocab_size=len(tokenizer),
-        tie_word_embeddings=tie_word_embeddings,
-        attn_implementation=attn_implementation,
-        seed=seed,
-    )
-    mask_tokens = add_mtp_tokens(tokenizer, model, distinct_slots=distinct_slots, k_max=k_max)
-    return model, tokenizer, mask_tokens
-
-
-def bias_lm_head(model, token_ids, value: float) -> None:
-    """Replace the model's lm_head by the same weights plus a bias of `value` on `token_ids` (zero elsewhere)."""
-    old_head = model.lm_head
-    biased_head = torch.nn.Linear(old_head.in_features, old_head.out_features, bias=True)
-    with torch.no_grad():
-        biased_head.weight.copy_(old_head.weight)
-        biased_head.bias.zero_()
-        biased_head.bias[list(token_ids)] = value
-    model.lm_head = biased_head
+    return
 
 
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_mtp_dir(tmp_path_factory):
+    """A tiny random Qwen3 with <MTP>, saved as a plain HF checkpoint."""
+    model, tokenizer, _ = make_mtp_model("qwen3")
+    return save_checkpoint_dir(model, tokenizer, tmp_path_factory.mktemp("tiny_mtp"))
+
+
+@pytest.fixture(scope="session")
+def drifting_mtp_dir(tmp_path_factory):
+    """The tiny MTP model with a shared embedding component that the lm_head reads as "the": on the fixture's
+    questions it drifts into runs its mask slots predict too, so selfspec passes both verify and reject
+    proposals (a plain random model almost never verifies one). Only weights change, so it saves as usual."""
+    model, tokenizer, _ = make_mtp_model("qwen3")
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 0.04
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids("the"), 0] = 1.2
+    return save_checkpoint_dir(model, tokenizer, tmp_path_factory.mktemp("drifting_mtp"))
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory):
+    """A plain causal LM without mask tokens (like the demo's teacher)."""
+    from mtp_ds.models.tiny import tiny_model, word_tokenizer
+
+    tokenizer = word_tokenizer()
+    return save_checkpoint_dir(
+        tiny_model("qwen3", vocab_size=len(tokenizer)), tokenizer, tmp_path_factory.mktemp("tiny_base")
+    )

@@ -9,19 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from references import paper_rule
 
 from mtp_ds.acceptance import confident_run_length
 from mtp_ds.metrics import MetricSums
-
-
-def paper_rule(confidences, tau) -> int:
-    kept = 0
-    for confidence in confidences:
-        if confidence < tau:
-            break
-        kept += 1
-    return max(kept, 1)
-
 
 HAND_MADE = [  # (confidences per slot, tau, tokens kept)
     ([0.5, 0.95, 0.95, 0.2], 0.9, 1),  # slot 0 unsure: one token, whatever follows (the example)

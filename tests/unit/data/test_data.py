@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from toy_math import generate_rows
 
 import mtp_ds.data.tokenize as data_module
@@ -23,7 +24,6 @@ from mtp_ds.layout import pack
 from mtp_ds.models.loading import load_tokenizer
 from mtp_ds.models.tiny import word_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "tiny_cpu.yaml"
 FIXTURE = REPO / "tests" / "fixtures" / "toy_metamath.jsonl"
 CHAT_TEMPLATE = (

@@ -8,12 +8,10 @@ Why a subprocess: the benchmark is a script users run as `python bench/decode.py
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import make_mtp_model
+from helpers import REPO, make_mtp_model
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "tests" / "fixtures" / "gsm8k_3.jsonl"
 SETTINGS = "HF greedy,ours k=1,static k=2,confadapt 0.9,selfspec linear,selfspec per_proposal"
 SELFSPEC = ("selfspec linear", "selfspec per_proposal")

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import CUDA, make_mtp_model
+from helpers import CUDA, REPO, make_mtp_model
 
 from mtp_ds.models.tiny import tiny_model, word_tokenizer
 from mtp_ds.tokens import (
@@ -124,9 +124,8 @@ def test_zero3_partitioned_student_gets_the_same_rows_as_a_plain_model(tmp_path)
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     tokenizer = word_tokenizer()
     base = tiny_model("llama", vocab_size=len(tokenizer), seed=7)
     base.save_pretrained(tmp_path / "ckpt")

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = {"RECIPE": "recipes/tiny_cpu.yaml", "GPUS_PER_NODE": "2", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 SBATCH_FOR_CI = ["--gpus-per-node=0", "--cpus-per-task=2", "--time=00:20:00"]  # the CI node has 2 CPUs, no GPU
 

@@ -10,7 +10,7 @@ import random
 
 import pytest
 import torch
-from conftest import DEVICES, bias_lm_head, make_mtp_model
+from helpers import DEVICES, bias_lm_head, make_mtp_model
 
 from mtp_ds.decoding import generate, generate_many, ragged_cache
 

@@ -7,12 +7,10 @@ Why a subprocess for the main run: the benchmark is a script users run as `pytho
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import make_mtp_model
+from helpers import REPO, make_mtp_model
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["HF generate", "ours k=1", "static k=2", "static k=3", "confadapt 0.9", "selfspec"]
 ARGS = ("--requests", 7, "--concurrency", "1,3", "--max-new-tokens", 9, "--k-max", 4)
 

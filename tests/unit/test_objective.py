@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_mtp_model
+from helpers import make_mtp_model
 
 from mtp_ds.batching import KOffsetSampler, collate
 from mtp_ds.layout import pack

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from real_model import SAMPLE_END, smollm2_checkpoint
-from test_layout import assert_packed_equals_unpacked
+from references import assert_packed_equals_unpacked
 
 from mtp_ds.decoding import generate
 from mtp_ds.layout import pack
 from mtp_ds.tokens import add_mtp_tokens
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 FIXTURE = REPO / "tests" / "fixtures" / "gsm8k_3.jsonl"
 QUESTIONS = ["What is 2+3?", "Name a fruit that is yellow.", "Tom has 3 apples and buys 4 more. How many now?"]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 
 from mtp_ds.config import load_recipe
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/tiny_cpu.yaml"
 # static k and a higher LR make the loss trend visible within a few steps
 FAST = [

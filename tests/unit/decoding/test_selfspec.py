@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEVICES, bias_lm_head, make_mtp_model
+from helpers import DEVICES, REPO, bias_lm_head, make_mtp_model
 from scipy.stats import chi2_contingency, chisquare
 
 from mtp_ds.decoding import MASK_LAYOUTS, generate, passes, selfspec
@@ -360,7 +360,7 @@ def test_trained_demo_model_gives_its_k1_answers_at_over_2_5_tokens_per_pass():
     model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL, dtype=torch.float32).eval()
     from mtp_ds.config import load_recipe
 
-    k_max = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny_cpu_demo.yaml", validate=False).packing.k_max
+    k_max = load_recipe(REPO / "recipes" / "tiny_cpu_demo.yaml", validate=False).packing.k_max
     test_file = DEMO_MODEL.parent / "data" / "test.jsonl"
     questions = [json.loads(line)["question"] for line in test_file.read_text().splitlines()[:8]]
     prompts = [

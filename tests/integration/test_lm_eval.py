@@ -17,11 +17,10 @@ from typing import ClassVar
 
 import pytest
 import torch
-from conftest import make_mtp_model
+from helpers import REPO, make_mtp_model
 
 from mtp_ds.decoding import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, generate
 
-REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "eval" / "tasks"
 FIXTURE = REPO / "tests" / "fixtures" / "gsm8k_3.jsonl"
 TASK = "gsm8k_cot_mtp"

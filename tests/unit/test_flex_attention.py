@@ -8,7 +8,7 @@ trainer does, so every batch has the same shape and the kernel compiles once.
 
 import pytest
 import torch
-from conftest import make_mtp_model
+from helpers import make_mtp_model
 
 from mtp_ds.batching import collate
 from mtp_ds.config import load_recipe, plan_run

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
 from mtp_ds.config import (
     ConfigError,
@@ -20,7 +21,6 @@ from mtp_ds.config import (
     save_effective_config,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 PRETRAIN_RECIPES = {"tiny_cpu_pretrain.yaml"}  # mtp_ds.pretrain's schema (tests/test_demo.py)
 RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p.name not in PRETRAIN_RECIPES)
 # recipes whose inputs another stage writes first (the demo's teacher and data): stand-ins that exist

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_mtp_model
+from helpers import REPO, make_mtp_model
 from test_lm_eval import TASK, TASKS_DIR, require_installed, tiny_mtp_dir  # noqa: F401 (fixtures)
 from test_train import run_trainer
 
 from mtp_ds.models.tiny import tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 HEAVY = ("transformers", "deepspeed", "matplotlib")
 PROBE = (

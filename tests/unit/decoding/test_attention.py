@@ -3,7 +3,7 @@ tensors and on whole models with ragged 4D masks; the decoder switches to it onl
 
 import pytest
 import torch
-from conftest import make_mtp_model
+from helpers import make_mtp_model
 
 import mtp_ds.decoding.attention as attention
 from mtp_ds.decoding import generate

@@ -9,8 +9,8 @@ import warnings
 
 import pytest
 import torch
-from conftest import DEVICES, bias_lm_head, make_mtp_model
-from test_acceptance import paper_rule
+from helpers import DEVICES, bias_lm_head, make_mtp_model
+from references import paper_rule
 
 from mtp_ds.decoding import generate, ragged_cache
 from mtp_ds.decoding.cli import main as generate_main

@@ -1,0 +1,169 @@
+"""What several test modules share: paths, tiny models saved as checkpoints, and launching the real trainer.
+
+Fixtures live in conftest.py (tests/ for both tiers, tests/integration/ for the shared trained run); this module
+holds plain functions and constants, imported as `from helpers import ...` (pytest puts tests/ on sys.path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtp_ds.models.tiny import tiny_model, word_tokenizer
+from mtp_ds.tokens import add_mtp_tokens
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+GSM8K_FIXTURE = FIXTURES / "gsm8k_3.jsonl"
+TASKS_DIR = REPO / "eval" / "tasks"
+TASK = "gsm8k_cot_mtp"
+BIN_DIR = Path(sys.executable).parent  # the venv's console scripts: lm_eval, mtp-ds
+
+ARCHS = ["qwen3", "llama"]
+# "cuda" variants run where a GPU is (bench/gpu_check.sh runs them with `-m cuda`); on CPU machines they skip
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+)
+DEVICES = ["cpu", CUDA]
+
+# The environment every launched process gets: CPU DeepSpeed, no hub, one thread per rank (2 ranks on 2 cores).
+LAUNCH_ENV = {
+    **os.environ,
+    "DS_ACCELERATOR": "cpu",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
+
+# The tiny recipe, with static k and a higher LR so that the loss trend is visible within a few steps.
+RECIPE = "recipes/tiny_cpu.yaml"
+FAST = [
+    "packing.static_k=4",
+    "train.deepspeed_overrides.optimizer.params.lr=3e-3",
+    "train.deepspeed_overrides.scheduler.params.warmup_max_lr=3e-3",
+    "train.deepspeed_overrides.scheduler.params.warmup_num_steps=1",
+    "train.log_every=1",
+]
+
+
+def make_mtp_model(
+    arch: str,
+    *,
+    distinct_slots: bool = False,
+    k_max: int = 16,
+    tie_word_embeddings: bool = False,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+):
+    """(model, tokenizer, mask_tokens) with the mask token(s) added; fp32, eval mode."""
+    tokenizer = word_tokenizer()
+    model = tiny_model(
+        arch,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=tie_word_embeddings,
+        attn_implementation=attn_implementation,
+        seed=seed,
+    )
+    mask_tokens = add_mtp_tokens(tokenizer, model, distinct_slots=distinct_slots, k_max=k_max)
+    return model, tokenizer, mask_tokens
+
+
+def save_checkpoint_dir(model, tokenizer, directory: Path) -> Path:
+    """A plain HF checkpoint directory (weights + tokenizer), as `mtp-ds export` writes one."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def bias_lm_head(model, token_ids, value: float) -> None:
+    """Replace the model's lm_head by the same weights plus a bias of `value` on `token_ids` (zero elsewhere)."""
+    old_head = model.lm_head
+    biased_head = torch.nn.Linear(old_head.in_features, old_head.out_features, bias=True)
+    with torch.no_grad():
+        biased_head.weight.copy_(old_head.weight)
+        biased_head.bias.zero_()
+        biased_head.bias[list(token_ids)] = value
+    model.lm_head = biased_head
+
+
+# ----------------------------------------------------------------------------------- the real trainer
+
+
+def trainer_command(out_dir, *overrides, ranks: int = 2, recipe: str = RECIPE, fast: bool = True) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=ranks -m mtp_ds.train` (ranks=0: one plain process, no torchrun)."""
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"]
+        if ranks
+        else [sys.executable]
+    )
+    return [*launcher, "-m", "mtp_ds.train", recipe, f"checkpoint.dir={out_dir}", *(FAST if fast else []), *overrides]
+
+
+def run_trainer(out_dir, *overrides, ranks: int = 2, expect_ok: bool = True, timeout: int = 300):
+    result = subprocess.run(
+        trainer_command(out_dir, *overrides, ranks=ranks),
+        cwd=REPO,
+        env=LAUNCH_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if expect_ok:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def start_trainer(out_dir, log_file, *overrides, ranks: int = 2):
+    """The trainer in the background, in its own process group (as a job in a terminal)."""
+    return subprocess.Popen(
+        trainer_command(out_dir, *overrides, ranks=ranks),
+        cwd=REPO,
+        env=LAUNCH_ENV,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def metrics(out_dir) -> list[dict]:
+    """The training-step records of a run's metrics.jsonl (validation lines left out)."""
+    lines = [json.loads(line) for line in Path(out_dir, "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if "loss" in line]
+
+
+def validation_records(out_dir) -> list[dict]:
+    lines = [json.loads(line) for line in Path(out_dir, "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if "val/agreement" in line]
+
+
+def zero_weights(checkpoint) -> dict:
+    """The fp32 weights of a DeepSpeed ZeRO checkpoint directory (`<run>/stepNNNNNNNN`)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(Path(checkpoint).parent), tag=Path(checkpoint).name)
+
+
+def newest_checkpoint(out_dir: Path) -> Path:
+    return out_dir / (out_dir / "latest_complete").read_text().strip()
+
+
+def snapshot(directory: Path) -> dict:
+    """Every file under `directory` with its bytes (the tiny run's checkpoints are a few hundred kB)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+class TouchOnUnpickle:
+    """A pickle payload: unpickling it calls `Path.touch(marker)`, i.e. runs code chosen by the file's author."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)

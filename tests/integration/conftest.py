@@ -1,0 +1,46 @@
+"""Integration-tier fixtures: one real trained run for the whole session, and the installed package.
+
+`trained_run`: the tiny recipe on 2 torchrun ranks (gloo, ZeRO-3 student, DeepSpeed inference-engine teacher),
+6 steps with checkpoints and validation at 3 and 6. Every test that needs a real checkpoint, real metrics or a
+finished run reads it (and copies it before changing anything) instead of launching its own.
+"""
+
+import shutil
+import site
+from pathlib import Path
+
+import pytest
+from helpers import run_trainer
+
+PTH_NAME = "mtp_ds_lm_eval.pth"
+TRAINED_STEPS = 6
+TRAINED_OVERRIDES = (f"train.steps={TRAINED_STEPS}", "checkpoint.every=3", "train.eval_every=3")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """The finished run directory (read-only by convention: use `copy_of_trained_run` to change it)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run_trainer(out, *TRAINED_OVERRIDES)
+    return out
+
+
+@pytest.fixture
+def copy_of_trained_run(trained_run, tmp_path) -> Path:
+    """A private copy of the trained run (checkpoints step00000003 and step00000006, DONE), to damage or resume."""
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    return out
+
+
+def installed_pth() -> Path | None:
+    for directory in site.getsitepackages():
+        if (Path(directory) / PTH_NAME).is_file():
+            return Path(directory) / PTH_NAME
+    return None
+
+
+@pytest.fixture(scope="session")
+def require_installed():
+    if installed_pth() is None:
+        pytest.fail(f"{PTH_NAME} is not in site-packages: install the package first (pip install -e .)")
