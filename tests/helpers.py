@@ -51,6 +51,10 @@ FAST = [
     "train.deepspeed_overrides.scheduler.params.warmup_num_steps=1",
     "train.log_every=1",
 ]
+# The session's one trained run (integration/conftest.py `trained_run`): 2 ranks, 6 steps, checkpoints and validation
+# at steps 3 and 6 (the tiny recipe keeps the last 2 checkpoints).
+TRAINED_STEPS = 6
+TRAINED_OVERRIDES = (f"train.steps={TRAINED_STEPS}", "checkpoint.every=3", "train.eval_every=3")
 
 
 def make_mtp_model(
@@ -132,6 +136,14 @@ def start_trainer(out_dir, log_file, *overrides, ranks: int = 2):
     )
 
 
+def one_error_line(result) -> str:
+    """The one `mtp-ds train:` line a refused launch printed (torchrun then reports its child's exit its own way)."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mtp-ds train:")]
+    assert result.returncode != 0 and len(lines) == 1, result.stderr[-3000:]
+    assert f'File "{REPO / "mtp_ds"}' not in result.stderr, result.stderr[-3000:]  # no traceback through our code
+    return lines[0]
+
+
 def metrics(out_dir) -> list[dict]:
     """The training-step records of a run's metrics.jsonl (validation lines left out)."""
     lines = [json.loads(line) for line in Path(out_dir, "metrics.jsonl").read_text().splitlines()]
@@ -167,3 +179,40 @@ class TouchOnUnpickle:
 
     def __reduce__(self):
         return Path.touch, (self.marker,)
+
+
+# ----------------------------------------------------------------------------------- the Pareto plot
+
+
+def drawn_series(rows: list[dict]) -> dict:
+    """{task: {legend label: [point labels]}} of the figure `plot_pareto` draws from `rows` (the figure is
+    caught at `plt.close`; each series is one errorbar container, its points' annotations follow it)."""
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    from mtp_ds.evaluation.pareto import STRATEGY_STYLE, TEACHER_STYLE, plot_pareto
+
+    figures = []
+    original_close = plt.close
+    plt.close = figures.append
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            plot_pareto(rows, Path(directory) / "pareto.png")
+    finally:
+        plt.close = original_close
+    (figure,) = figures
+    markers = {name: marker for name, marker, _ in [*STRATEGY_STYLE.values(), TEACHER_STYLE]}
+    drawn = {}
+    for ax in figure.axes:
+        points = [text.get_text() for text in ax.texts]
+        series, index = {}, 0
+        for container in ax.containers:
+            name, line = container.get_label(), container.lines[0]
+            assert line.get_marker() == markers[name], name
+            count = len(line.get_xdata())
+            series[name], index = points[index : index + count], index + count
+        assert set(series) <= set(ax.get_legend_handles_labels()[1])
+        drawn[ax.get_title()] = series
+    original_close(figure)
+    return drawn

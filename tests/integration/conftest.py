@@ -10,11 +10,9 @@ import site
 from pathlib import Path
 
 import pytest
-from helpers import run_trainer
+from helpers import TRAINED_OVERRIDES, run_trainer
 
 PTH_NAME = "mtp_ds_lm_eval.pth"
-TRAINED_STEPS = 6
-TRAINED_OVERRIDES = (f"train.steps={TRAINED_STEPS}", "checkpoint.every=3", "train.eval_every=3")
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +20,16 @@ def trained_run(tmp_path_factory) -> Path:
     """The finished run directory (read-only by convention: use `copy_of_trained_run` to change it)."""
     out = tmp_path_factory.mktemp("trained") / "run"
     run_trainer(out, *TRAINED_OVERRIDES)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run, tmp_path_factory) -> Path:
+    """The trained run's last checkpoint exported to a plain fp32 Hugging Face checkpoint (`mtp-ds export`)."""
+    from mtp_ds.checkpoint.export import main as export_main
+
+    out = tmp_path_factory.mktemp("exported") / "mtp"
+    assert export_main([str(trained_run / "step00000006"), str(out), "--dtype", "float32"]) == 0
     return out
 
 

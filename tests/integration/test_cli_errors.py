@@ -6,7 +6,8 @@ wrong, and no traceback. `mtp-ds` runs through a probe that also prints which he
 imported before it returned: a refusal that never imported transformers cannot have loaded a model.
 
 Also here: `mtp-ds export` reads DeepSpeed's pickled shards with torch's safe unpickler, so a crafted
-checkpoint file is refused instead of running its code (issue "Never lose a run", items 5 and 7).
+checkpoint file is refused instead of running its code (issue "Never lose a run", items 5 and 7); the loader on
+its own, in-process, is tests/unit/checkpoint/test_safe_load.py.
 """
 
 import contextlib
@@ -20,13 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, make_mtp_model
-from test_lm_eval import TASK, TASKS_DIR, require_installed, tiny_mtp_dir  # noqa: F401 (fixtures)
-from test_train import run_trainer
+from helpers import BIN_DIR, REPO, TASK, TASKS_DIR, TouchOnUnpickle, make_mtp_model
 
 from mtp_ds.models.tiny import tiny_model
 
-BIN_DIR = Path(sys.executable).parent
 HEAVY = ("transformers", "deepspeed", "matplotlib")
 PROBE = (
     "import sys; from mtp_ds.cli import main; code = main(sys.argv[1:]); "
@@ -110,7 +108,6 @@ def only_line(outcome: Outcome) -> str:
 MODEL_LOADING_STARTED = "Using device"  # HFLM's first log line, before its from_pretrained calls
 
 
-@pytest.mark.slow
 def test_lm_eval_missing_pretrained_path_is_one_line(require_installed, tmp_path):
     missing = tmp_path / "no_such_model"
     outcome = run_lm_eval(f"pretrained={missing}")
@@ -118,23 +115,10 @@ def test_lm_eval_missing_pretrained_path_is_one_line(require_installed, tmp_path
     assert "Repo id" not in line and MODEL_LOADING_STARTED not in outcome.stderr
 
 
-@pytest.mark.slow
 def test_lm_eval_k_above_k_max_is_refused_at_construction(require_installed, tiny_mtp_dir):
     outcome = run_lm_eval(f"pretrained={tiny_mtp_dir},strategy=static,k=5,k_max=4")
     refusal(outcome, "lm_eval --model mtp: ", "k=5", "k_max=4")
     assert MODEL_LOADING_STARTED not in outcome.stderr
-
-
-def test_hub_id_is_left_to_hugging_face_and_a_missing_local_path_is_refused(tmp_path):
-    """owner/name is a hub id: passed on (offline here, so Hugging Face's own error), never called a missing path."""
-    from mtp_ds.evaluation.lm_eval_model import MTPLM
-
-    with pytest.raises(OSError):
-        MTPLM(pretrained="some-owner/some-model-that-is-not-cached", device="cpu")
-    with pytest.raises(ValueError, match=r"model arg pretrained=.*no_such_model.*does not exist"):
-        MTPLM(pretrained=str(tmp_path / "no_such_model"), device="cpu")
-    with pytest.raises(ValueError, match=r"model args k=3 and k_max=2"):
-        MTPLM(pretrained=str(tmp_path / "no_such_model"), k=3, k_max=2, device="cpu")
 
 
 # --- mtp-ds generate ---------------------------------------------------------------------------------------
@@ -207,51 +191,12 @@ def test_export_refuses_an_out_dir_that_is_a_file(tmp_path):
 # --- mtp-ds export: DeepSpeed's pickles are loaded with weights_only=True -----------------------------------
 
 
-class TouchOnUnpickle:
-    """A pickle payload: unpickling it calls `Path.touch(marker)`, i.e. runs code chosen by the file's author."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (self.marker,)
+@pytest.fixture
+def real_checkpoint(trained_run) -> Path:
+    """The shared trained run's last checkpoint (read-only: a test that changes it works on a copy)."""
+    return trained_run / "step00000006"
 
 
-def test_safe_loading_refuses_code_accepts_deepspeed_types_and_is_undone_afterwards(tmp_path):
-    """Inside, even torch.load(weights_only=False) (what zero_to_fp32 calls) uses the safe unpickler; it accepts
-    what DeepSpeed stores, also the DynamicLossScaler of fp16 dynamic loss scaling (the tiny run has a
-    LossScaler); afterwards torch.load and its allowlist are as they were."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-
-    from mtp_ds.checkpoint.safe_load import FORCE_WEIGHTS_ONLY, weights_only_loads
-
-    scaler = DynamicLossScaler(
-        init_scale=2.0**16, scale_window=1000, min_scale=1, delayed_shift=2, consecutive_hysteresis=False
-    )
-    torch.save(
-        {"zero_stage": ZeroStageEnum.weights, "loss_scaler": scaler, "flat": [torch.ones(3)]}, tmp_path / "optim.pt"
-    )
-    marker = tmp_path / "the_payload_ran"
-    torch.save(TouchOnUnpickle(marker), tmp_path / "crafted.pt")
-    before = (os.environ.get(FORCE_WEIGHTS_ONLY), set(torch.serialization.get_safe_globals()))
-    with weights_only_loads():
-        loaded = torch.load(tmp_path / "optim.pt", weights_only=False)
-        with pytest.raises(pickle.UnpicklingError, match="getattr"):
-            torch.load(tmp_path / "crafted.pt", weights_only=False)
-    assert not marker.exists()
-    assert vars(loaded["loss_scaler"]) == vars(scaler) and loaded["zero_stage"] is ZeroStageEnum.weights
-    assert (os.environ.get(FORCE_WEIGHTS_ONLY), set(torch.serialization.get_safe_globals())) == before
-
-
-@pytest.fixture(scope="module")
-def real_checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained")
-    run_trainer(out, "train.steps=1", "checkpoint.every=1", "train.eval_every=0")
-    return out / "step00000001"
-
-
-@pytest.mark.slow
 def test_export_of_a_real_checkpoint_loads_deepspeed_shards_safely(real_checkpoint, tmp_path):
     outcome = run_mtp_ds("export", real_checkpoint, tmp_path / "exported", "--dtype", "float32")
     assert outcome.returncode == 0, outcome
@@ -266,7 +211,6 @@ def _plain_pickle(payload, path: Path) -> None:
     path.write_bytes(pickle.dumps(payload))  # not a zip: torch's legacy loader (and no mmap) for this one
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "shard, write",
     [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import BIN_DIR, GSM8K_FIXTURE, LAUNCH_ENV, REPO
 from real_model import SAMPLE_END, smollm2_checkpoint
 from references import assert_packed_equals_unpacked
 
@@ -23,9 +23,6 @@ from mtp_ds.decoding import generate
 from mtp_ds.layout import pack
 from mtp_ds.tokens import add_mtp_tokens
 
-pytestmark = pytest.mark.slow
-BIN_DIR = Path(sys.executable).parent
-FIXTURE = REPO / "tests" / "fixtures" / "gsm8k_3.jsonl"
 QUESTIONS = ["What is 2+3?", "Name a fruit that is yellow.", "Tom has 3 apples and buys 4 more. How many now?"]
 
 
@@ -133,7 +130,7 @@ def _lm_eval(model_type, checkpoint, out_dir, model_args=""):
         "--num_fewshot",
         "1",
         "--metadata",
-        json.dumps({"gsm8k_path": str(FIXTURE)}),
+        json.dumps({"gsm8k_path": str(GSM8K_FIXTURE)}),
         "--gen_kwargs",
         "max_gen_toks=40",
         "--batch_size",
@@ -169,27 +166,20 @@ def test_trainer_on_the_llama_recipe_formatting_then_export_and_decode(checkpoin
         "data.seq_len=64",
         "data.validation_fraction=0.1",
         "packing.k_max=4",
-        "train.global_batch_size=4",
+        "train.global_batch_size=2",
         "train.micro_batch_size=1",
-        "train.steps=3",
+        "train.steps=2",
         "train.deepspeed_config=ds_configs/zero3_cpu.json",
         "teacher.ds_config=ds_configs/teacher_inference_cpu.json",
         "train.eval_every=0",
         "train.log_every=1",
-        "checkpoint.every=3",
+        "checkpoint.every=2",
         f"checkpoint.dir={run_dir}",
         "data.num_proc=1",
         f"data.cache_dir={tmp_path / 'cache'}",
         "data.max_samples=64",
         "logging.tensorboard=false",
     ]
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-    }
     command = [
         sys.executable,
         "-m",
@@ -201,15 +191,15 @@ def test_trainer_on_the_llama_recipe_formatting_then_export_and_decode(checkpoin
         "recipes/llama31_8b_magpie_metamath.yaml",
         *overrides,
     ]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=REPO, env=LAUNCH_ENV, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["step"] for r in records] == [1, 2]
     assert all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in records)
     assert records[0]["agreement/slot0"] == 1.0  # student == teacher at step 0: the anchor slot agrees
     from mtp_ds.checkpoint.export import main as export_main
 
-    assert export_main([str(run_dir / "step00000003"), str(export_dir), "--dtype", "float32"]) == 0
+    assert export_main([str(run_dir / "step00000002"), str(export_dir), "--dtype", "float32"]) == 0
     model, tokenizer = _load(export_dir)
     mask_id = model.config.mtp_token_id
     assert tokenizer.convert_ids_to_tokens(mask_id) == "<MTP>" and model.config.tie_word_embeddings

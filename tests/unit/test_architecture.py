@@ -8,7 +8,6 @@ first, so a checker that finds nothing cannot pass for a clean tree.
 from __future__ import annotations
 
 import ast
-import os
 import re
 import subprocess
 import sys
@@ -249,19 +248,6 @@ def test_cli_table_points_at_modules_with_a_main():
         path = path if path.exists() else REPO / relative / "__init__.py"
         tree = ast.parse(path.read_text())
         assert any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body), verb
-
-
-def test_python_dash_m_mtp_ds_train_is_a_package_entry():
-    assert (PACKAGE / "train" / "__main__.py").exists()
-    out = subprocess.run(
-        [sys.executable, "-m", "mtp_ds.train"],
-        capture_output=True,
-        text=True,
-        cwd="/",
-        env={**os.environ, "RANK": "0", "WORLD_SIZE": "1"},
-        timeout=120,
-    )
-    assert out.returncode == 2 and "usage: mtp-ds train RECIPE.yaml" in out.stderr, out.stderr
 
 
 def test_public_paths_of_the_method_are_importable():

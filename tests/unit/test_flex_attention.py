@@ -41,7 +41,6 @@ def _flex_copy(model):
     return flex
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
 def test_flex_block_mask_forward_equals_sdpa_dense_mask(arch):
     model, tokenizer, mask_tokens = make_mtp_model(arch)
@@ -54,7 +53,6 @@ def test_flex_block_mask_forward_equals_sdpa_dense_mask(arch):
     torch.testing.assert_close(block[batch.valid], dense[batch.valid], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_teacher_through_flex_gives_the_sdpa_teachers_targets():
     """The trainer's teacher call (LocalTeacher on student-forced inputs): argmax ids and log-probs agree."""
     model, tokenizer, mask_tokens = make_mtp_model("llama")
