@@ -23,6 +23,7 @@ FIXTURES = REPO / "tests" / "fixtures"
 GSM8K_FIXTURE = FIXTURES / "gsm8k_3.jsonl"
 TASKS_DIR = REPO / "eval" / "tasks"
 TASK = "gsm8k_cot_mtp"
+PTH_NAME = "mtp_ds_lm_eval.pth"
 BIN_DIR = Path(sys.executable).parent  # the venv's console scripts: lm_eval, mtp-ds
 
 ARCHS = ["qwen3", "llama"]
@@ -97,17 +98,55 @@ def bias_lm_head(model, token_ids, value: float) -> None:
     model.lm_head = biased_head
 
 
+def installed_pth() -> Path | None:
+    """The `.pth` file that registers `lm_eval --model mtp`, where `pip install -e .` put it (None: not installed)."""
+    import site
+
+    for directory in site.getsitepackages():
+        if (Path(directory) / PTH_NAME).is_file():
+            return Path(directory) / PTH_NAME
+    return None
+
+
+def lm_eval_command(model_args: str, *extra, model: str = "mtp") -> list[str]:
+    """The stock `lm_eval` console script on the repo's GSM8K task (CPU), with the 3-problem fixture as its data."""
+    return [
+        str(BIN_DIR / "lm_eval"), "--model", model, "--model_args", model_args, "--device", "cpu",
+        "--tasks", TASK, "--include_path", str(TASKS_DIR),
+        "--metadata", json.dumps({"gsm8k_path": str(GSM8K_FIXTURE)}), *map(str, extra),
+    ]  # fmt: skip
+
+
+# bench/decode.py and bench/serve.py as the tests run them (tiny sizes; the scripts' own flags)
+DECODE_BENCH_ARGS = (
+    "--prompts", GSM8K_FIXTURE, "--prompt-template", "Q: {prompt}\nA:", "--batch-sizes", "1,3", "--new-tokens", 8,
+    "--repeats", 1, "--skip-curve", "--k-max", 4,
+)  # fmt: skip
+SERVE_BENCH_ARGS = ("--requests", 7, "--concurrency", "1,3", "--max-new-tokens", 9, "--k-max", 4)
+SELFSPEC_SETTINGS = ("selfspec linear", "selfspec per_proposal")
+
+
 # ----------------------------------------------------------------------------------- the real trainer
 
 
+def torchrun(ranks: int = 2) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=ranks` as this interpreter runs it (ranks=0: a plain process)."""
+    if not ranks:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+
+
 def trainer_command(out_dir, *overrides, ranks: int = 2, recipe: str = RECIPE, fast: bool = True) -> list[str]:
-    """`torchrun --standalone --nproc_per_node=ranks -m mtp_ds.train` (ranks=0: one plain process, no torchrun)."""
-    launcher = (
-        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"]
-        if ranks
-        else [sys.executable]
-    )
-    return [*launcher, "-m", "mtp_ds.train", recipe, f"checkpoint.dir={out_dir}", *(FAST if fast else []), *overrides]
+    """`torchrun ... -m mtp_ds.train RECIPE checkpoint.dir=OUT [FAST] overrides` (ranks=0: no torchrun)."""
+    return [
+        *torchrun(ranks),
+        "-m",
+        "mtp_ds.train",
+        recipe,
+        f"checkpoint.dir={out_dir}",
+        *(FAST if fast else []),
+        *overrides,
+    ]
 
 
 def run_trainer(out_dir, *overrides, ranks: int = 2, expect_ok: bool = True, timeout: int = 300):
@@ -142,6 +181,19 @@ def one_error_line(result) -> str:
     assert result.returncode != 0 and len(lines) == 1, result.stderr[-3000:]
     assert f'File "{REPO / "mtp_ds"}' not in result.stderr, result.stderr[-3000:]  # no traceback through our code
     return lines[0]
+
+
+def wait_for_steps(out_dir: Path, steps: int, process, timeout=240) -> None:
+    """Until the background run `process` has logged `steps` training steps (it must not exit before)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (Path(out_dir) / "metrics.jsonl").exists() and len(metrics(out_dir)) >= steps:
+            return
+        assert process.poll() is None, "the trainer exited early"
+        time.sleep(0.2)
+    raise AssertionError(f"no {steps} steps within {timeout} s")
 
 
 def metrics(out_dir) -> list[dict]:

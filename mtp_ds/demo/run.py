@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--static-k", default="1,2,3,4")
     parser.add_argument("--thresholds", default="0.95,0.9,0.8")
     parser.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size")
+    parser.add_argument(
+        "--eval-workers", type=int, default=2, help="lm-eval runs at a time (default 2; 1: one after another)"
+    )
     parser.add_argument("--nproc", type=int, default=2, help="ranks of the MTP trainer")
     return parser
 
@@ -200,7 +203,7 @@ def _lm_eval_command() -> list[str]:
 
 
 def run_lm_eval(
-    setting: demo_report.Setting, model_dir: Path, test_file: Path, eval_dir: Path, batch_size: int
+    setting: demo_report.Setting, model_dir: Path, test_file: Path, eval_dir: Path, batch_size: int, threads: int
 ) -> dict:
     """One `lm_eval --model mtp` run; returns its summary row (cached in eval/<label>/row.json; lm-eval's
     per-sample outputs, --log_samples, beside it)."""
@@ -236,9 +239,7 @@ def run_lm_eval(
     ]
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
     with open(run_dir / "lm_eval.log", "w") as log:
-        finished = subprocess.run(
-            command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(threads=os.cpu_count() or 2)
-        )
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(threads=threads))
     results = sorted(run_dir.rglob("results_*.json"))
     if finished.returncode != 0 or not results or not stats_file.exists():
         tail = (run_dir / "lm_eval.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
@@ -273,25 +274,38 @@ def eval_settings(args) -> list[demo_report.Setting]:
 
 
 def stage_eval(args, out: Path, teacher_dir: Path, mtp_dir: Path, data_dir: Path) -> list[dict]:
+    """The lm-eval runs, `--eval-workers` at a time (each process on its own share of the cores: most of a run
+    is lm-eval's start-up, which overlaps); rows come back in the settings' order."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from tqdm.auto import tqdm
 
     settings = eval_settings(args)
-    rows = []
-    progress = tqdm(settings, desc="lm_eval --model mtp", unit="run", dynamic_ncols=True)
-    for setting in progress:
-        progress.set_postfix_str(setting.label)
+    workers = max(1, min(args.eval_workers, len(settings)))
+    threads = max(1, (os.cpu_count() or 2) // workers)
+
+    def evaluate(setting: demo_report.Setting) -> dict:
         model_dir = teacher_dir if setting.model == "teacher" else mtp_dir
-        row = run_lm_eval(setting, model_dir, data_dir / "test.jsonl", out / "eval", args.batch_size)
-        rows.append(row)
+        return run_lm_eval(setting, model_dir, data_dir / "test.jsonl", out / "eval", args.batch_size, threads)
+
+    progress = tqdm(total=len(settings), desc="lm_eval --model mtp", unit="run", dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(evaluate, setting): setting for setting in settings}
+        for future in as_completed(futures):
+            row = future.result()
+            progress.update(1)
+            progress.write(
+                f"{futures[future].label}: accuracy {row['accuracy']:.3f}, acceleration {row['acceleration']:.2f}, "
+                f"{row['tokens_per_second']:.0f} tokens/s"
+            )
+    progress.close()
+    rows = [future.result() for future in futures]  # insertion order: the settings' order
+    for setting, row in zip(settings, rows):
         if setting.strategy == "selfspec":
             row["outputs_differing_from_k1"] = demo_report.differing_outputs(
                 sample_outputs(out / "eval" / setting.label),
                 sample_outputs(out / "eval" / demo_report.Setting("mtp", "static", 1).label),
             )
-        progress.write(
-            f"{setting.label}: accuracy {row['accuracy']:.3f}, acceleration {row['acceleration']:.2f}, "
-            f"{row['tokens_per_second']:.0f} tokens/s"
-        )
     return demo_report.add_speedups(rows)
 
 
@@ -340,7 +354,7 @@ def chunk_example(mtp_dir: Path, test_file: Path, out: Path, k_max: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("train_problems", "test_problems", "vocab_size", "batch_size", "nproc"):
+    for flag in ("train_problems", "test_problems", "vocab_size", "batch_size", "nproc", "eval_workers"):
         if getattr(args, flag) < 1:
             print(f"mtp-ds demo: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", file=sys.stderr)
             return 2

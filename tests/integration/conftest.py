@@ -6,13 +6,10 @@ finished run reads it (and copies it before changing anything) instead of launch
 """
 
 import shutil
-import site
 from pathlib import Path
 
 import pytest
-from helpers import TRAINED_OVERRIDES, run_trainer
-
-PTH_NAME = "mtp_ds_lm_eval.pth"
+from helpers import PTH_NAME, TRAINED_OVERRIDES, installed_pth, run_trainer
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +36,6 @@ def copy_of_trained_run(trained_run, tmp_path) -> Path:
     out = tmp_path / "run"
     shutil.copytree(trained_run, out)
     return out
-
-
-def installed_pth() -> Path | None:
-    for directory in site.getsitepackages():
-        if (Path(directory) / PTH_NAME).is_file():
-            return Path(directory) / PTH_NAME
-    return None
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ its own, in-process, is tests/unit/checkpoint/test_safe_load.py.
 """
 
 import contextlib
-import os
 import pickle
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import BIN_DIR, REPO, TASK, TASKS_DIR, TouchOnUnpickle, make_mtp_model
+from helpers import LAUNCH_ENV, REPO, TouchOnUnpickle, lm_eval_command, make_mtp_model
 
 from mtp_ds.models.tiny import tiny_model
 
@@ -30,13 +29,6 @@ PROBE = (
     "import sys; from mtp_ds.cli import main; code = main(sys.argv[1:]); "
     f"print('imported:', *sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(code)"
 )
-ENV = {
-    **os.environ,
-    "DS_ACCELERATOR": "cpu",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-}
 
 
 @dataclass
@@ -51,7 +43,7 @@ def run_mtp_ds(*args, timeout=300) -> Outcome:
     result = subprocess.run(
         [sys.executable, "-c", PROBE, *map(str, args)],
         cwd=REPO,
-        env=ENV,
+        env=LAUNCH_ENV,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -63,21 +55,9 @@ def run_mtp_ds(*args, timeout=300) -> Outcome:
 
 def run_lm_eval(model_args: str) -> Outcome:
     result = subprocess.run(
-        [
-            str(BIN_DIR / "lm_eval"),
-            "--model",
-            "mtp",
-            "--model_args",
-            model_args,
-            "--device",
-            "cpu",
-            "--tasks",
-            TASK,
-            "--include_path",
-            str(TASKS_DIR),
-        ],
+        lm_eval_command(model_args),
         cwd=REPO,
-        env=ENV,
+        env=LAUNCH_ENV,
         capture_output=True,
         text=True,
         timeout=300,

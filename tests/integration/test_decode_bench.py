@@ -12,26 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import GSM8K_FIXTURE, REPO, make_mtp_model, save_checkpoint_dir
+from helpers import DECODE_BENCH_ARGS, GSM8K_FIXTURE, REPO, SELFSPEC_SETTINGS, make_mtp_model, save_checkpoint_dir
 
-PROMPTS = GSM8K_FIXTURE
 SETTINGS = "HF greedy,ours k=1,static k=2,confadapt 0.9,selfspec linear,selfspec per_proposal"
-SELFSPEC = ("selfspec linear", "selfspec per_proposal")
-BENCH_ARGS = (
-    "--prompts",
-    PROMPTS,
-    "--prompt-template",
-    "Q: {prompt}\nA:",
-    "--batch-sizes",
-    "1,3",
-    "--new-tokens",
-    8,
-    "--repeats",
-    1,
-    "--skip-curve",
-    "--k-max",
-    4,
-)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +38,7 @@ def _bench(*args):
 
 def test_decode_bench_on_real_prompts_matches_hf_greedy(checkpoint, tmp_path):
     out = tmp_path / "decode.json"
-    result = _bench("--model", checkpoint, *BENCH_ARGS, "--settings", SETTINGS, "--out", out)
+    result = _bench("--model", checkpoint, *DECODE_BENCH_ARGS, "--settings", SETTINGS, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(row["batch"], row["setting"]): row for row in report["decode"]}
@@ -76,7 +59,9 @@ def test_decode_bench_on_real_prompts_matches_hf_greedy(checkpoint, tmp_path):
         assert hf["query_tokens_per_decode_pass"] == k1["query_tokens_per_decode_pass"] == batch
         assert k1["forward_bound_vs_k1"] == 1.0
     for batch in (1, 3):  # selfspec (k_max 4 from --k-max): lossless, and as wide as its layout makes a pass
-        for setting, widest in zip(SELFSPEC, (4 + 3, 4 + 4 * 3)):  # linear: ground + 3 masks; per_proposal: 4 groups
+        for setting, widest in zip(
+            SELFSPEC_SETTINGS, (4 + 3, 4 + 4 * 3)
+        ):  # linear: ground + 3 masks; per_proposal: 4 groups
             row = rows[(batch, setting)]
             assert row["rows_identical_to_k1"] == f"{batch}/{batch}", setting
             assert 1.0 <= row["acceleration_factor"] <= 4.0, setting
@@ -89,22 +74,22 @@ def test_decode_bench_on_real_prompts_matches_hf_greedy(checkpoint, tmp_path):
     assert report["args"]["k_max"] == report["args"]["selfspec_k_max"] == 4
     assert "the first b prompts of" in result.stdout
     assert "ConfAdapt k_max 4, selfspec k_max 4" in result.stdout
-    for setting in SELFSPEC:
+    for setting in SELFSPEC_SETTINGS:
         assert f"    3 {setting:<21} " in result.stdout and "(rows == k=1: 3/3)" in result.stdout
         assert f"| {setting} | " in result.stdout  # the markdown summary
     assert "| ours k=1 | 1.00 | " in result.stdout and "| all == k=1 |" in result.stdout
 
 
 def test_decode_bench_names_a_missing_prompt_field(checkpoint):
-    result = _bench("--model", checkpoint, "--prompts", PROMPTS, "--prompt-field", "problem", "--skip-curve")
+    result = _bench("--model", checkpoint, "--prompts", GSM8K_FIXTURE, "--prompt-field", "problem", "--skip-curve")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        f"{PROMPTS}:1: record has no field 'problem' (--prompt-field); fields: ['answer', 'question']"
+        f"{GSM8K_FIXTURE}:1: record has no field 'problem' (--prompt-field); fields: ['answer', 'question']"
     )
 
 
 def test_decode_bench_refuses_prompts_without_a_checkpoint():
-    result = _bench("--prompts", PROMPTS)
+    result = _bench("--prompts", GSM8K_FIXTURE)
     assert result.returncode == 2
     assert "--prompts needs --model" in result.stderr.strip().splitlines()[-1]
 

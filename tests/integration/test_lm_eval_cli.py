@@ -9,17 +9,14 @@ The model class, the sweep's parser and the plot in-process are in tests/unit/ev
 import csv
 import json
 import os
-import site
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import BIN_DIR, GSM8K_FIXTURE, REPO, TASK, TASKS_DIR, drawn_series
+from helpers import BIN_DIR, GSM8K_FIXTURE, REPO, TASK, drawn_series, installed_pth, lm_eval_command
 
 from mtp_ds.decoding import DEFAULT_MASK_LAYOUT
-
-PTH_NAME = "mtp_ds_lm_eval.pth"
 
 
 def _run(args, timeout=300, **kwargs):
@@ -38,18 +35,11 @@ def _run(args, timeout=300, **kwargs):
     return result
 
 
-def _installed_pth() -> Path | None:
-    for directory in site.getsitepackages():
-        if (Path(directory) / PTH_NAME).is_file():
-            return Path(directory) / PTH_NAME
-    return None
-
-
 # --- the hook: installed, cheap at start-up, leaves built-in models alone, guarded against recursion -------
 
 
 def test_pth_is_installed_in_site_packages(require_installed):
-    assert _installed_pth().read_text().strip() == "import mtp_ds.evaluation.lm_eval_hook"
+    assert installed_pth().read_text().strip() == "import mtp_ds.evaluation.lm_eval_hook"
 
 
 def test_python_startup_imports_neither_lm_eval_nor_torch(require_installed):
@@ -90,25 +80,9 @@ print(get_model("hf").__name__, "mtp" in lm_eval.api.registry.model_registry)
 
 
 def _lm_eval_cli(model_dir, out_dir, model_args: str):
-    args = [
-        str(BIN_DIR / "lm_eval"),
-        "--model",
-        "mtp",
-        "--model_args",
-        f"pretrained={model_dir},{model_args}",
-        "--device",
-        "cpu",
-        "--tasks",
-        TASK,
-        "--include_path",
-        str(TASKS_DIR),
-        "--metadata",
-        json.dumps({"gsm8k_path": str(GSM8K_FIXTURE)}),
-        "--gen_kwargs",
-        "max_gen_toks=8",
-        "--output_path",
-        str(out_dir),
-    ]
+    args = lm_eval_command(
+        f"pretrained={model_dir},{model_args}", "--gen_kwargs", "max_gen_toks=8", "--output_path", out_dir
+    )
     result = _run(args, env={"TOKENIZERS_PARALLELISM": "false"})
     (results_file,) = sorted(Path(out_dir).rglob("results_*.json"))
     return json.loads(results_file.read_text()), result.stdout + result.stderr
@@ -147,19 +121,7 @@ def test_lm_eval_console_script_runs_mtp_model(
 def _lm_eval_refusal(model_args: str) -> str:
     """lm_eval --model mtp with bad model args: exit 2, no traceback, exactly one `lm_eval --model mtp:` line."""
     result = subprocess.run(
-        [
-            str(BIN_DIR / "lm_eval"),
-            "--model",
-            "mtp",
-            "--model_args",
-            model_args,
-            "--device",
-            "cpu",
-            "--tasks",
-            TASK,
-            "--include_path",
-            str(TASKS_DIR),
-        ],
+        lm_eval_command(model_args),
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -10,12 +10,11 @@ recipe's formatting (chat template on, the tokenizer's own BOS/EOS), through che
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import BIN_DIR, GSM8K_FIXTURE, LAUNCH_ENV, REPO
+from helpers import LAUNCH_ENV, REPO, lm_eval_command, torchrun
 from real_model import SAMPLE_END, smollm2_checkpoint
 from references import assert_packed_equals_unpacked
 
@@ -115,30 +114,12 @@ def test_k1_equals_hf_greedy_under_the_chat_template(mtp_model):
 
 
 def _lm_eval(model_type, checkpoint, out_dir, model_args=""):
-    args = [
-        str(BIN_DIR / "lm_eval"),
-        "--model",
-        model_type,
-        "--model_args",
+    args = lm_eval_command(
         f"pretrained={checkpoint},dtype=float32{model_args}",
-        "--device",
-        "cpu",
-        "--tasks",
-        "gsm8k_cot_mtp",
-        "--include_path",
-        str(REPO / "eval" / "tasks"),
-        "--num_fewshot",
-        "1",
-        "--metadata",
-        json.dumps({"gsm8k_path": str(GSM8K_FIXTURE)}),
-        "--gen_kwargs",
-        "max_gen_toks=40",
-        "--batch_size",
-        "3",
-        "--log_samples",
-        "--output_path",
-        str(out_dir),
-    ]
+        *("--num_fewshot", 1, "--gen_kwargs", "max_gen_toks=40", "--batch_size", 3, "--log_samples"),
+        *("--output_path", out_dir),
+        model=model_type,
+    )
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -181,11 +162,7 @@ def test_trainer_on_the_llama_recipe_formatting_then_export_and_decode(checkpoin
         "logging.tensorboard=false",
     ]
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+        *torchrun(2),
         "-m",
         "mtp_ds.train",
         "recipes/llama31_8b_magpie_metamath.yaml",

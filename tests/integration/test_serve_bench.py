@@ -10,10 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, make_mtp_model, save_checkpoint_dir
+from helpers import REPO, SERVE_BENCH_ARGS, make_mtp_model, save_checkpoint_dir
 
 SETTINGS = ["HF generate", "ours k=1", "static k=2", "static k=3", "confadapt 0.9", "selfspec"]
-ARGS = ("--requests", 7, "--concurrency", "1,3", "--max-new-tokens", 9, "--k-max", 4)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def _serve(*args):
 
 def test_serve_bench_counts_passes_and_checks_exactness(checkpoint, tmp_path):
     out = tmp_path / "serve.json"
-    result = _serve("--model", checkpoint, *ARGS, "--out", out)
+    result = _serve("--model", checkpoint, *SERVE_BENCH_ARGS, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(row["concurrency"], row["setting"]): row for row in report["rows"]}

@@ -264,6 +264,20 @@ def as_a_terminal_job() -> None:
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
+def start_in_a_terminal(command: list[str], env: dict) -> subprocess.Popen:
+    """`command` as a job of its own in a terminal: its own process group, SIGINT / SIGQUIT at their defaults."""
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=as_a_terminal_job,
+    )
+
+
 RECORDING_LAUNCHER = """\
 import json, os, signal, sys, time
 from pathlib import Path
@@ -312,16 +326,7 @@ def test_signal_reaches_the_launch_once_and_the_script_stops_cleanly(sent, how, 
         FAKE_LAUNCH_LOG=str(log_dir),
         MTP_DS_ACTIVATE=f"source {REPO}/.venv/bin/activate; PATH={bin_dir}:$PATH",
     )
-    process = subprocess.Popen(
-        ["bash", "slurm/train_tiny.sh", "train.steps=200"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=as_a_terminal_job,
-    )
+    process = start_in_a_terminal(["bash", "slurm/train_tiny.sh", "train.steps=200"], env)
     try:
         wait_for(lambda: (log_dir / "argv.json").exists() or process.poll() is not None, 120, "the launch")
         assert process.poll() is None, process.communicate()
@@ -352,19 +357,10 @@ def test_without_slurm_ctrl_c_saves_and_the_same_command_resumes_to_the_end(tmp_
     the script's process group) saves a checkpoint at the next step boundary and exits 0 saying which step (the
     ranks handle SIGINT like SIGTERM: mtp_ds/train/tracking.py StopRequest; before, they died of KeyboardInterrupt
     and no checkpoint was written); the same command again resumes and finishes, not requeued."""
-    out, steps = tmp_path / "run", 100
+    out, steps = tmp_path / "run", 40  # the tiny run's steps take ~0.1 s: Ctrl-C after 3 lands long before the end
     arguments = [f"train.steps={steps}", "checkpoint.every=0", "train.eval_every=0"]
     env = script_env(OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    process = subprocess.Popen(
-        ["bash", "slurm/train_tiny.sh", *arguments],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=as_a_terminal_job,
-    )
+    process = start_in_a_terminal(["bash", "slurm/train_tiny.sh", *arguments], env)
     try:
         wait_for(
             lambda: process.poll() is not None or ((out / "metrics.jsonl").exists() and len(metric_steps(out)) >= 3),

@@ -5,10 +5,9 @@ tests/unit/test_tokens.py.
 
 import os
 import subprocess
-import sys
 
 import torch
-from helpers import REPO
+from helpers import REPO, torchrun
 
 from mtp_ds.models.tiny import tiny_model, word_tokenizer
 from mtp_ds.tokens import add_mtp_tokens
@@ -23,11 +22,7 @@ def test_zero3_partitioned_student_gets_the_same_rows_as_a_plain_model(tmp_path)
     base.save_pretrained(tmp_path / "ckpt")
     tokenizer.save_pretrained(tmp_path / "ckpt")
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+        *torchrun(2),
         str(repo / "tests" / "scripts" / "zero3_mask_token.py"),
         str(tmp_path / "ckpt"),
         str(tmp_path / "rows.pt"),

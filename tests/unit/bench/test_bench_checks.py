@@ -7,28 +7,14 @@ tests/integration/test_decode_bench.py and tests/integration/test_serve_bench.py
 """
 
 import pytest
-from helpers import GSM8K_FIXTURE, REPO, make_mtp_model, save_checkpoint_dir
-
-# bench/decode.py's arguments as tests/integration/test_decode_bench.py gives them
-PROMPTS = GSM8K_FIXTURE
-SELFSPEC = ("selfspec linear", "selfspec per_proposal")
-BENCH_ARGS = (
-    "--prompts",
-    PROMPTS,
-    "--prompt-template",
-    "Q: {prompt}\nA:",
-    "--batch-sizes",
-    "1,3",
-    "--new-tokens",
-    8,
-    "--repeats",
-    1,
-    "--skip-curve",
-    "--k-max",
-    4,
+from helpers import (
+    DECODE_BENCH_ARGS,
+    REPO,
+    SELFSPEC_SETTINGS,
+    SERVE_BENCH_ARGS,
+    make_mtp_model,
+    save_checkpoint_dir,
 )
-# bench/serve.py's, as tests/integration/test_serve_bench.py gives them
-SERVE_ARGS = ("--requests", 7, "--concurrency", "1,3", "--max-new-tokens", 9, "--k-max", 4)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +57,9 @@ def test_decode_bench_fails_loudly_when_selfspec_differs_from_k1(decode_checkpoi
             [
                 "--model",
                 str(decode_checkpoint),
-                *map(str, BENCH_ARGS),
+                *map(str, DECODE_BENCH_ARGS),
                 "--settings",
-                ",".join(SELFSPEC),
+                ",".join(SELFSPEC_SETTINGS),
                 "--out",
                 str(out),
             ]
@@ -121,7 +107,15 @@ def test_serve_bench_stops_when_the_stream_changes_a_request(serve_checkpoint, t
     out = tmp_path / "serve.json"
     with pytest.raises(decode.TokensDiffer) as failed:
         serve.main(
-            ["--model", str(serve_checkpoint), *map(str, SERVE_ARGS), "--settings", "static k=2", "--out", str(out)]
+            [
+                "--model",
+                str(serve_checkpoint),
+                *map(str, SERVE_BENCH_ARGS),
+                "--settings",
+                "static k=2",
+                "--out",
+                str(out),
+            ]
         )
     assert str(failed.value).startswith("static k=2: c=3 vs c=1: request 2 differs first at new token 2: ")
     assert not out.exists()

@@ -404,6 +404,14 @@ def test_demo_refuses_bad_flags_before_writing_anything(tmp_path, flags, message
     assert str(stop.value) == message and not (tmp_path / "demo").exists()
 
 
+def test_demo_refuses_a_count_below_one_in_one_line(tmp_path, capsys):
+    from mtp_ds.demo.run import main
+
+    assert main(["--out-dir", str(tmp_path / "demo"), "--eval-workers", "0"]) == 2
+    assert capsys.readouterr().err == "mtp-ds demo: --eval-workers must be >= 1, got 0\n"
+    assert not (tmp_path / "demo").exists()
+
+
 def test_pretrain_refuses_a_bad_learning_rate():
     with pytest.raises(ConfigError, match=r"^pretrain\.lr: must be > 0, got 0\.0$"):
         load_pretrain_recipe("recipes/tiny_cpu_pretrain.yaml", ["pretrain.lr=0", "data.path=recipes"])
