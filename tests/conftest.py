@@ -13,8 +13,11 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
-import torch
-from helpers import ARCHS, make_mtp_model, save_checkpoint_dir
+
+pytest.register_assert_rewrite("helpers", "references")  # their asserts explain themselves like the tests' own
+
+import torch  # noqa: E402
+from helpers import ARCHS, make_mtp_model, save_checkpoint_dir  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

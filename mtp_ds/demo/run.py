@@ -1,4 +1,4 @@
-"""`mtp-ds demo`: the whole method end to end on a tiny model on a laptop CPU (17-50 minutes on 2 cores).
+"""`mtp-ds demo`: the whole method end to end on a tiny model on a laptop CPU (10-25 minutes on 2 cores).
 
 Usage:
     mtp-ds demo                        # everything, into outputs/demo (re-running skips finished work)
@@ -15,8 +15,8 @@ Stages, each built from the repo's real parts and skipped when its output is com
   6. eval       the stock `lm_eval --model mtp` CLI on the held-out split (eval/tasks/gsm8k_cot_mtp, 0-shot):
                 the teacher at k=1, the MTP model at Static k=1..4, ConfAdapt at several thresholds and
                 selfspec at the recipe's k_max (lossless: its per-sample outputs are compared with k=1's) -> eval/
-                (one run per setting, skipped when its row.json is there; the two compared runs also need
-                their per-sample outputs, so an older run of them without any is redone)
+                (one run per setting, --eval-workers at a time, skipped when its row.json is there; the two
+                compared runs also need their per-sample outputs, so an older run of them without any is redone)
   7. summary    summary.json (the table), targets.json, pareto.png, chunk_example.txt
 Stage 3 and 4 resume from their last checkpoint when interrupted. Why a demo at all: the real recipes need
 GPUs and downloads; this shows on any machine that a trained model, converted by self-distillation, decodes
