@@ -2,18 +2,9 @@
 
 Usage:
     mtp-ds export outputs/qwen3/step00100000 outputs/qwen3-mtp            # bf16, sharded safetensors
-    mtp-ds export outputs/tiny/step00000040 /tmp/tiny-mtp --dtype float32
 
-Why offline: DeepSpeed's zero_to_fp32 consolidates the ZeRO shards on CPU without launching ranks, so export
-runs anywhere (a login node) from the files alone. The checkpoint's `hf/` folder carries the model config
-(with `mtp_token_id`) and the tokenizer with `<MTP>`, so the result loads with plain
-`AutoModelForCausalLM.from_pretrained` (no custom code, no trust_remote_code) and decodes with mtp_ds.
-
-Why weights_only: zero_to_fp32 would unpickle the ZeRO shards in full, so a crafted shard could run its own code
-on the machine that exports; it runs under `mtp_ds.checkpoint.safe_load.weights_only_loads`, and a shard that
-needs anything beyond tensors, plain containers and DeepSpeed's own types is refused with one line naming it,
-before anything is written. Argument mistakes
-(OUT_DIR a file, no COMPLETE, no hf/) are refused first, before DeepSpeed or a model is touched.
+Offline (DeepSpeed's zero_to_fp32 on CPU, no ranks), every shard through torch's safe unpickler; argument mistakes
+are refused with one line before DeepSpeed or a model is touched. Why and how: docs/CHECKPOINTS.md, "Exporting".
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """What a complete checkpoint holds, written into its COMPLETE marker, and the check that it still holds it.
 
-Why: a truncated or missing shard used to surface as `OSError: [Errno 22] Invalid argument` deep inside
-DeepSpeed (no file named), and a missing `rng_rank1.pt` resumed silently without that rank's RNG state. The
-marker now lists every file of the checkpoint with its size and SHA-256, the run it belongs to and the number
-of ranks that wrote it, so resume can name what is wrong and fall back to an older intact checkpoint
-(`mtp_ds.checkpoint.store.select_resume_checkpoint`), and rotation deletes only the current run's checkpoints.
-
-Hashing is split over the ranks (rank r hashes every world-th file), so a save or a verification reads each
-byte once in total. Stdlib only; the collective parts take `all_gather` as a function.
+The marker lists every file with its size and SHA-256, the run id and the number of ranks, so resume names what
+is damaged and falls back past it, and rotation deletes only its own run's checkpoints. Hashing (and fsyncing)
+is split over the ranks, so each byte is read once; stdlib only, the collective parts take `all_gather` as a
+function. Why and the format: docs/CHECKPOINTS.md, "Verifying one".
 """
 
 from __future__ import annotations
@@ -17,6 +13,8 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from mtp_ds.fileio import atomic_write_json, fsync_file, fsync_tree
 
 COMPLETE = "COMPLETE"
 FORMAT = 1
@@ -52,18 +50,20 @@ def _mine(names: list[str], rank: int, world: int) -> list[str]:
 
 def gather_file_table(path: Path, rank: int, world: int, all_gather: Callable[[object], list]) -> dict[str, dict]:
     """Collective: sizes and digests of every file of `path`, each file hashed by one rank."""
-    names = checkpoint_files(path)
+    mine = _mine(checkpoint_files(path), rank, world)
+    for name in mine:  # on disk before the marker that vouches for it (a power loss keeps the older checkpoint)
+        fsync_file(path / name)
     table: dict[str, dict] = {}
-    for part in all_gather(describe(path, _mine(names, rank, world))):
+    for part in all_gather(describe(path, mine)):
         table.update(part)
     return table
 
 
 def write_marker(path: Path, *, step: int, run_id: str, world_size: int, files: dict[str, dict]) -> None:
+    """Rank 0, after `gather_file_table`: the directories are made durable, then the marker is written atomically."""
     marker = {"format": FORMAT, "step": step, "run_id": run_id, "world_size": world_size, "files": files}
-    temporary = path / (COMPLETE + ".tmp")
-    temporary.write_text(json.dumps(marker, indent=1) + "\n")
-    os.replace(temporary, path / COMPLETE)
+    fsync_tree(path, files=False)
+    atomic_write_json(path / COMPLETE, marker, indent=1)
 
 
 def read_marker(path: Path) -> dict:

@@ -1,20 +1,9 @@
 """One run per `checkpoint.dir`: an exclusive lock for the run's lifetime, and no fresh run over an old one.
 
-Why: two runs in one directory interleave their metrics and checkpoints (both exit 0), and a fresh run
-(`checkpoint.resume=never`) into a directory holding a finished run used to cut its metrics, let rotation
-delete the new checkpoints (the old steps counted as newer) and leave a later `resume=auto` on the OLD run.
-
-The lock (`<checkpoint.dir>/LOCK`) is taken by rank 0 before anything is written there and released on exit.
-Method, chosen to hold on shared file systems (NFS, Lustre, GPFS) where `flock` may be local to one node:
-the file is created with O_CREAT|O_EXCL (atomic on all of them) and holds the owner's host, pid and start
-time; the owner touches it every HEARTBEAT_S seconds. A lock is stale, and is taken over, when its owner is
-on this host and its pid is gone, or when it is on another host and the file has not been touched for
-STALE_AFTER_S seconds (a node that died cannot remove it), or when it was taken by this same Slurm job (a
-requeued job runs again, maybe on another node, never twice at once). Take-over renames the stale file aside (one
-contender wins the rename), so two runs cannot both take it.
-
-`claim_directory` decides what a starting run may do with what the directory already holds; with
-`checkpoint.overwrite=true` the old run is moved into `<checkpoint.dir>/replaced/<UTC time>/`, never deleted.
+`<checkpoint.dir>/LOCK` is created with O_CREAT|O_EXCL (atomic on NFS, Lustre, GPFS, where flock may be local to a
+node) and touched every HEARTBEAT_S; a stale one (dead pid on this host, untouched for STALE_AFTER_S on another,
+or taken by this same requeued Slurm job) is renamed aside and taken over. `move_run_aside` keeps an old run in
+`replaced/<UTC time>/`, never deleted. Why and the full rules: docs/CHECKPOINTS.md, "Owning the directory".
 """
 
 from __future__ import annotations
@@ -27,6 +16,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+from mtp_ds.fileio import fsync_dir
 
 LOCK_FILE = "LOCK"
 REPLACED_DIR = "replaced"
@@ -168,6 +159,9 @@ def move_run_aside(directory: Path, metrics_file: Path) -> Path:
             os.rename(entry, target / entry.name)
     if metrics_file.exists():  # a logging.metrics_file outside checkpoint.dir
         shutil.move(metrics_file, target / metrics_file.name)
+        fsync_dir(metrics_file.parent)
+    for changed in (target, target.parent, directory):  # what moved in, the new folder, what moved out
+        fsync_dir(changed)
     return target
 
 

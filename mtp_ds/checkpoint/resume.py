@@ -1,18 +1,9 @@
 """Where a starting run begins: which checkpoint it resumes (past damaged ones) and what it may do to the directory.
 
-Why one module: these decisions must be made once, by every rank alike, before any model is built. Files
-are only read by every rank (manifests, sizes, a share of the checksums each); everything that changes the
-directory (the lock, moving an old run aside, renaming a damaged checkpoint) is done by rank 0 and its
-outcome broadcast, so an error stops every rank with the same one line (`ConfigError`).
-
-Rules (`checkpoint.*` in the recipe):
-- `resume: auto` continues the newest complete checkpoint whose manifest checks out; a damaged newer one is
-  renamed `damaged-stepNNNNNNNN` with a warning (or, with `on_corrupt: refuse`, the run stops naming it).
-  Without a complete checkpoint the run starts at step 0 in the same directory (a run that died before its
-  first save).
-- `resume: never`, or a checkpoint path outside `checkpoint.dir`, starts a new run: refused when the directory
-  already holds one, unless `overwrite: true`, which moves the old run into `replaced/<time>/`.
-- `resume: PATH` inside `checkpoint.dir` continues that run, refused when newer complete checkpoints exist.
+Decided once, by every rank alike, before any model is built: every rank reads (manifests, a share of the
+checksums); rank 0 alone changes the directory (lock, old run moved aside, damaged checkpoint renamed) and
+broadcasts the outcome, so an error stops every rank with the same one line (`ConfigError`). The
+`checkpoint.resume` rules: docs/CHECKPOINTS.md, "Resuming".
 """
 
 from __future__ import annotations
@@ -31,9 +22,10 @@ from mtp_ds.checkpoint.ownership import (
     new_run_id,
     run_contents,
 )
-from mtp_ds.checkpoint.store import TAG_PATTERN, all_gather, complete_checkpoints, write_atomic
+from mtp_ds.checkpoint.store import TAG_PATTERN, all_gather, complete_checkpoints
 from mtp_ds.config import ConfigError
 from mtp_ds.config.paths import resolve_path
+from mtp_ds.fileio import atomic_write_text
 
 log = logging.getLogger("mtp_ds")
 
@@ -80,7 +72,7 @@ def _intact(path: Path, rank: int, world: int, settings) -> list[str]:
 
 
 def select_resume_checkpoint(settings, rank: int, world: int) -> Path | None:
-    """Collective: the checkpoint to resume (see the module docstring), None for a fresh start."""
+    """Collective: the checkpoint to resume (rules: docs/CHECKPOINTS.md, "Resuming"), None for a fresh start."""
     directory = Path(settings.dir)
     if settings.resume == "never" or (settings.resume == "auto" and settings.overwrite):
         return None
@@ -116,7 +108,7 @@ def _set_damaged_aside(directory: Path, damaged: list[Path], resumed: Path) -> N
         aside = path.with_name(f"damaged-{path.name}")
         os.rename(path, aside)
         log.warning("resuming from %s; the damaged %s is kept as %s", resumed.name, path.name, aside.name)
-    write_atomic(directory / "latest_complete", resumed.name + "\n")
+    atomic_write_text(directory / "latest_complete", resumed.name + "\n")  # fsyncs `directory`: the renames too
 
 
 def _claim(settings, metrics_file: Path, resume_from: Path | None) -> str:

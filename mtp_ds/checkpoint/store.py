@@ -1,23 +1,9 @@
-"""Checkpoints that a crash cannot corrupt and a restart can continue from exactly.
+"""Checkpoints that a crash, even a power loss, cannot corrupt, and that a restart continues from exactly.
 
-Layout of `checkpoint.dir`:
-    LOCK                          held by the run writing here (mtp_ds.checkpoint.ownership)
-    step00000040/                 DeepSpeed's own files (ZeRO shards, optimizer, scheduler) + client state
-    step00000040/rng_rank{r}.pt   torch / numpy / python RNG states of every rank (tensors and plain values)
-    step00000040/hf/              config.json (with mtp_token_id) + tokenizer: what `mtp-ds export` needs
-    step00000040/effective_config.yaml
-    step00000040/COMPLETE         written last (atomic rename), after every rank finished writing: the manifest
-                                  (every file's size and SHA-256, run id, world size; mtp_ds.checkpoint.manifest)
-    latest_complete               name of the newest COMPLETE checkpoint (atomic rename)
-    replaced/<time>/              earlier runs moved aside by checkpoint.overwrite=true
-
-A save that dies half-way leaves a directory without COMPLETE, which `resume: auto` ignores, so the previous
-checkpoint stays the one resumed; one damaged after it was complete fails its manifest check and resume falls
-back past it (mtp_ds.checkpoint.resume). Rotation deletes only complete checkpoints of the current run older
-than the newest `keep_last`.
-
-Everything loads through torch's safe unpickler: our own files with `torch.load(weights_only=True)`, DeepSpeed's
-shards (pickles, which DeepSpeed itself would load in full) under `mtp_ds.checkpoint.safe_load`.
+A checkpoint holds DeepSpeed's files, every rank's RNG state, `hf/` (config + tokenizer, for export), the
+effective config and, written last through `mtp_ds.fileio` once every file is on disk, `COMPLETE` (the manifest).
+A save that dies leaves no COMPLETE, so the previous checkpoint stays the one resumed; everything loads through
+torch's safe unpickler. Layout, order of writes, the fsync rule: docs/CHECKPOINTS.md.
 """
 
 from __future__ import annotations
@@ -27,6 +13,8 @@ import pickle
 import random
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +22,13 @@ import torch
 
 from mtp_ds.checkpoint.manifest import COMPLETE, gather_file_table, read_marker, write_marker
 from mtp_ds.checkpoint.safe_load import refused_shard, weights_only_loads
+from mtp_ds.fileio import atomic_write_text
 
 TAG_PATTERN = re.compile(r"^step(\d{8})$")
 
 
 def tag_for_step(step: int) -> str:
     return f"step{step:08d}"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def complete_checkpoints(directory: str | os.PathLike) -> list[Path]:
@@ -144,9 +127,9 @@ def save_checkpoint(
     rank, world = _rank_and_world()
     tag = tag_for_step(step)
     path = Path(directory) / tag
-    if rank == 0 and path.exists():  # a leftover of a save that died, or a damaged one of this run: start clean
-        shutil.rmtree(path)
-    _barrier()
+    with rank_zero_first():  # a leftover of a save that died, or a damaged one of this run: start clean
+        if rank == 0 and path.exists():
+            shutil.rmtree(path)
     engine.save_checkpoint(directory, tag=tag, client_state={**client_state, "run_id": run_id}, save_latest=False)
     torch.save(rng_state(), path / f"rng_rank{rank}.pt")
     if rank == 0:
@@ -160,7 +143,7 @@ def save_checkpoint(
     files = gather_file_table(path, rank, world, all_gather)
     if rank == 0:
         write_marker(path, step=step, run_id=run_id, world_size=world, files=files)
-        write_atomic(Path(directory) / "latest_complete", tag + "\n")
+        atomic_write_text(Path(directory) / "latest_complete", tag + "\n")
         rotate(directory, keep_last, run_id)
     _barrier()
     return path
@@ -200,3 +183,15 @@ def _barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Rank 0 runs the body first; the other ranks run it after a barrier that rank 0 reaches when its body is
+    done (a cache it fills, a directory it cleans). Without a process group the body just runs."""
+    rank, _ = _rank_and_world()
+    if rank != 0:
+        _barrier()
+    yield
+    if rank == 0:
+        _barrier()

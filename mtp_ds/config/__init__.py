@@ -1,11 +1,7 @@
-"""The recipe: schema, loading with `key=value` overrides, validation, DeepSpeed JSON, and the run plan.
+"""The recipe: schema, `key=value` overrides, validation, DeepSpeed JSON and the run plan (stdlib + yaml only).
 
-    recipe = load_recipe("recipes/qwen3_4b_metamath.yaml", ["train.steps=1000"])   # validated, one-line errors
-    plan = plan_run(recipe, world_size, device_type="cuda")                         # DeepSpeed + teacher, once
-
-Files: `schema.py` (the dataclasses: every recipe key), `values.py` (typed values, overrides), `recipe.py`
-(loading, validation, effective config), `deepspeed_json.py` ("auto" filling, conflicts), `run.py` (the plan),
-`paths.py` (recipe-relative paths). Stdlib + yaml only: importing this package is instant.
+`load_recipe(path, overrides)` validates with one-line errors; `plan_run(recipe, world_size, device_type=...)`
+resolves DeepSpeed and the teacher once per run.
 """
 
 from mtp_ds.config.deepspeed_json import (

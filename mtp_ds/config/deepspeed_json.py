@@ -1,12 +1,9 @@
 """DeepSpeed JSON configs (ds_configs/*.json) resolved against a recipe and a world size.
 
-Why: batch sizes are stated once, in the recipe; DeepSpeed wants them again in its own JSON. JSON fields set
-to "auto" (or absent) are filled from the recipe; an explicit value that disagrees is a one-line error that
-shows both numbers, never a silent winner. Precision "auto" means bf16 on a GPU and fp32 on CPU. The
-optimizer (AdamW) and LR schedule (WarmupLR, linear warm-up then constant) stay in the JSON's own blocks; a
-decaying schedule's `total_num_steps: "auto"` becomes `train.steps`.
-
-Stdlib only; DeepSpeed itself is not imported.
+Why: batch sizes are stated once, in the recipe. JSON fields set to "auto" (or absent) are filled from it; an
+explicit value that disagrees is a one-line error showing both numbers, never a silent winner. Precision "auto"
+is bf16 on a GPU, fp32 on CPU. The optimizer (AdamW) and LR schedule stay in the JSON's own blocks; a decaying
+schedule's `total_num_steps: "auto"` becomes `train.steps`. Stdlib only; DeepSpeed itself is not imported.
 """
 
 from __future__ import annotations

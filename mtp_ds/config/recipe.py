@@ -1,12 +1,9 @@
 """Loading a recipe: YAML + `key=value` overrides -> a validated `Recipe`, and the effective config saved with it.
 
-Why: a run is described by one YAML file (recipes/*.yaml) plus a few command-line overrides, and every mistake
-in it should fail before any GPU time is spent, with one line that names the field. `load_recipe` is the only
-way in (the schema is `mtp_ds.config.schema`); `effective_config` is what gets saved next to every checkpoint
-(loading that file back gives the same recipe).
-
-Stdlib + yaml only, so `import mtp_ds.config` is instant. Checks that need the world size (batch arithmetic,
-DeepSpeed JSON) live in `deepspeed_json.py` and run in `run.py`'s `plan_run`.
+Why: every mistake in a run's description (one YAML file + overrides) should fail before any GPU time is spent,
+with one line naming the field. `load_recipe` is the only way in (the schema: `schema.py`); `effective_config` is
+saved next to every checkpoint and loads back to the same recipe. Stdlib + yaml only; checks that need the world
+size (batch arithmetic, DeepSpeed JSON) run in `run.py`'s `plan_run`.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ from mtp_ds.config.schema import (
     recipe_from_dict,
 )
 from mtp_ds.config.values import ConfigError, yaml_load
+from mtp_ds.fileio import atomic_write_text
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name": never checked, never downloaded here
 
@@ -247,6 +245,4 @@ def save_effective_config(path: str | os.PathLike, config: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(config, indent=2)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    atomic_write_text(path, text)

@@ -1,14 +1,10 @@
-"""Plain next-token pretraining of a small model from a config: the demo's teacher (stage 1).
+"""Plain next-token pretraining of a small model from a config: the demo's teacher, before its MTP conversion.
 
-Usage:
-    mtp-ds pretrain recipes/tiny_cpu_pretrain.yaml [section.key=value ...]   (or python -m mtp_ds.demo.pretrain)
-
-Why a separate, single-process loop: the MTP method starts from a *trained* causal LM. On a CPU build machine
-that model has to be trained first, in minutes, and a tiny model trains fastest as one process using every
-core (DeepSpeed's sharding buys nothing at 4M parameters). It reads the same `model` and `data` sections as
-the trainer's recipes (so tokenisation and prompt format are identical to stage 2's), runs AdamW with linear
-warm-up and cosine decay, keeps a resumable state (weights, optimizer, step, data position, RNG) every
-`pretrain.save_every` steps, and writes a plain Hugging Face checkpoint (+ tokenizer) with a DONE marker.
+Why one process: a model of a few million parameters trains fastest as one process on every core (DeepSpeed's
+sharding buys nothing). It reads the trainer's `model` and `data` sections (same tokenisation and prompt format),
+runs AdamW with warm-up and cosine decay, keeps a resumable state every `pretrain.save_every` steps, and writes
+a plain Hugging Face checkpoint (+ tokenizer) with a DONE marker.
+Usage: mtp-ds pretrain recipes/tiny_cpu_pretrain.yaml [section.key=value ...]   (or python -m mtp_ds.demo.pretrain)
 """
 
 from __future__ import annotations
@@ -23,6 +19,7 @@ import torch
 
 from mtp_ds.config import ConfigError, DataConfig, ModelConfig, read_recipe_file, resolve_path
 from mtp_ds.config import values as config_values
+from mtp_ds.fileio import atomic_write_text, atomic_writer, fsync_tree
 
 STATE_FILE = "pretrain_state.pt"
 DONE_FILE = "DONE"
@@ -136,18 +133,15 @@ class LengthBucketSampler:
 def _save_state(path: Path, model, optimizer, step: int, sampler) -> None:
     from mtp_ds.checkpoint.store import rng_state
 
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "sampler": sampler.state_dict(),
-            "rng": rng_state(),
-        },
-        tmp,
-    )
-    tmp.replace(path)  # a crash while saving keeps the previous state
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "sampler": sampler.state_dict(),
+        "rng": rng_state(),
+    }
+    with atomic_writer(path, "wb") as handle:  # a crash while saving keeps the previous state
+        torch.save(state, handle)
 
 
 def pretrain(recipe: PretrainRecipe) -> Path:
@@ -218,7 +212,8 @@ def pretrain(recipe: PretrainRecipe) -> Path:
     model.eval()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / DONE_FILE).write_text(f"{settings.steps}\n")
+    fsync_tree(out_dir)  # the checkpoint is on disk before DONE vouches for it
+    atomic_write_text(out_dir / DONE_FILE, f"{settings.steps}\n")
     state_path.unlink(missing_ok=True)
     return out_dir
 

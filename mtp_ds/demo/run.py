@@ -1,26 +1,10 @@
 """`mtp-ds demo`: the whole method end to end on a tiny model on a laptop CPU (10-25 minutes on 2 cores).
 
-Usage:
-    mtp-ds demo                        # everything, into outputs/demo (re-running skips finished work)
-    mtp-ds demo --check                # also exit 1 when a target of the method is missed (CI); time is reported only
-    mtp-ds demo --out-dir /tmp/demo --pretrain-steps 200 --mtp-steps 100   # a quicker, weaker run
-
-Stages, each built from the repo's real parts and skipped when its output is complete:
-  1. data       seeded GSM8K-style problems (mtp_ds.demo.synth_gsm) -> data/train.jsonl, data/test.jsonl
-  2. tokenizer  a sentencepiece BPE model trained on the training split (digits split) -> tokenizer/
-  3. pretrain   a tiny Qwen3 trained as an ordinary next-token model (recipes/tiny_cpu_pretrain.yaml) -> teacher/
-  4. mtp        the real trainer on 2 CPU ranks: ZeRO-3 student + DeepSpeed inference-engine teacher, hard
-                teacher, k in [2, 4], random offsets (recipes/tiny_cpu_demo.yaml) -> mtp_run/
-  5. export     the final checkpoint as a plain Hugging Face checkpoint -> mtp/
-  6. eval       the stock `lm_eval --model mtp` CLI on the held-out split (eval/tasks/gsm8k_cot_mtp, 0-shot):
-                the teacher at k=1, the MTP model at Static k=1..4, ConfAdapt at several thresholds and
-                selfspec at the recipe's k_max (lossless: its per-sample outputs are compared with k=1's) -> eval/
-                (one run per setting, --eval-workers at a time, skipped when its row.json is there; the two
-                compared runs also need their per-sample outputs, so an older run of them without any is redone)
-  7. summary    summary.json (the table), targets.json, pareto.png, chunk_example.txt
-Stage 3 and 4 resume from their last checkpoint when interrupted. Why a demo at all: the real recipes need
-GPUs and downloads; this shows on any machine that a trained model, converted by self-distillation, decodes
-several tokens per forward pass at (almost) the accuracy it had.
+Why: the real recipes need GPUs and downloads; this shows on any machine that a trained model, converted by
+self-distillation, decodes several tokens per forward pass at (almost) the accuracy it had. Seven stages (each
+`stage_*` below says what it makes), built from the repo's real parts; each is skipped when its output is complete,
+so re-running resumes. `--check` also exits 1 when a target of the method is missed (CI); time is reported only.
+Options: `mtp-ds demo --help`; the stages and the table: docs/OPERATIONS.md, "The embedded demo".
 """
 
 from __future__ import annotations
@@ -36,6 +20,7 @@ from pathlib import Path
 
 from mtp_ds.config import REPO_ROOT
 from mtp_ds.demo import report as demo_report
+from mtp_ds.fileio import atomic_write_json, atomic_write_text, fsync_tree
 
 PROMPT_TEMPLATE = "Q: {prompt}\nA: Let's think step by step."  # eval/tasks/gsm8k_cot_mtp's doc_to_text
 PRETRAIN_RECIPE = REPO_ROOT / "recipes" / "tiny_cpu_pretrain.yaml"
@@ -81,7 +66,7 @@ class Timings:
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + seconds, 2)
-        self.path.write_text(json.dumps(self.seconds, indent=2) + "\n")
+        atomic_write_json(self.path, self.seconds, indent=2)
 
     def total(self) -> float:
         return sum(self.seconds.values())
@@ -102,6 +87,7 @@ def _child_env(threads: int) -> dict:
 
 
 def stage_data(args, out: Path) -> Path:
+    """1. Seeded GSM8K-style problems (`mtp_ds.demo.synth_gsm`) -> data/train.jsonl, data/test.jsonl."""
     from mtp_ds.demo.synth_gsm import write_splits
 
     data_dir, marker = out / "data", out / "data" / "DONE"
@@ -110,12 +96,13 @@ def stage_data(args, out: Path) -> Path:
         print(f"skip: {data_dir} has {args.train_problems} train / {args.test_problems} test problems")
         return data_dir
     write_splits(data_dir, **settings)
-    marker.write_text(json.dumps(settings) + "\n")
+    atomic_write_json(marker, settings)
     print(f"wrote {data_dir}/train.jsonl ({args.train_problems}) and test.jsonl ({args.test_problems})")
     return data_dir
 
 
 def stage_tokenizer(args, out: Path, data_dir: Path) -> Path:
+    """2. A sentencepiece BPE model (digits split) trained on the training split -> tokenizer/."""
     from mtp_ds.demo.spm_tokenizer import train_tokenizer
 
     tokenizer_dir = out / "tokenizer"
@@ -130,6 +117,8 @@ def stage_tokenizer(args, out: Path, data_dir: Path) -> Path:
 
 
 def stage_pretrain(args, out: Path, data_dir: Path, tokenizer_dir: Path) -> Path:
+    """3. A tiny Qwen3 trained as an ordinary next-token model (recipes/tiny_cpu_pretrain.yaml) -> teacher/;
+    resumes from its last state when interrupted."""
     from mtp_ds.demo.pretrain import load_pretrain_recipe, pretrain
 
     overrides = [
@@ -145,6 +134,8 @@ def stage_pretrain(args, out: Path, data_dir: Path, tokenizer_dir: Path) -> Path
 
 
 def stage_mtp(args, out: Path, data_dir: Path, teacher_dir: Path) -> Path:
+    """4. The real trainer on `--nproc` CPU ranks: ZeRO-3 student + DeepSpeed inference-engine teacher, hard
+    teacher, k in [2, 4], random offsets (recipes/tiny_cpu_demo.yaml) -> mtp_run/; resumes when interrupted."""
     run_dir = out / "mtp_run"
     if (run_dir / "DONE").exists():
         print(f"skip: {run_dir} finished (DONE)")
@@ -184,6 +175,7 @@ def stage_mtp(args, out: Path, data_dir: Path, teacher_dir: Path) -> Path:
 
 
 def stage_export(out: Path, run_dir: Path) -> Path:
+    """5. The final checkpoint as a plain Hugging Face checkpoint -> mtp/."""
     from mtp_ds.checkpoint.export import export_checkpoint
 
     mtp_dir, marker = out / "mtp", out / "mtp" / "EXPORTED"
@@ -192,7 +184,8 @@ def stage_export(out: Path, run_dir: Path) -> Path:
         return mtp_dir
     checkpoint = run_dir / (run_dir / "latest_complete").read_text().strip()
     export_checkpoint(checkpoint, mtp_dir, dtype="float32")
-    marker.write_text(f"{checkpoint}\n")
+    fsync_tree(mtp_dir)  # the exported files are on disk before the marker vouches for them
+    atomic_write_text(marker, f"{checkpoint}\n")
     print(f"exported {checkpoint} -> {mtp_dir}")
     return mtp_dir
 
@@ -245,7 +238,8 @@ def run_lm_eval(
         tail = (run_dir / "lm_eval.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
         raise SystemExit(f"mtp-ds demo: lm_eval failed for {setting.label} (log {run_dir / 'lm_eval.log'}): {tail[0]}")
     row = demo_report.summary_row(setting, json.loads(results[-1].read_text()), json.loads(stats_file.read_text()))
-    row_file.write_text(json.dumps(row, indent=2) + "\n")
+    fsync_tree(run_dir)  # lm-eval's results and per-sample outputs, which the cached row stands for
+    atomic_write_json(row_file, row, indent=2)
     return row
 
 
@@ -274,8 +268,12 @@ def eval_settings(args) -> list[demo_report.Setting]:
 
 
 def stage_eval(args, out: Path, teacher_dir: Path, mtp_dir: Path, data_dir: Path) -> list[dict]:
-    """The lm-eval runs, `--eval-workers` at a time (each process on its own share of the cores: most of a run
-    is lm-eval's start-up, which overlaps); rows come back in the settings' order."""
+    """6. The stock `lm_eval --model mtp` CLI on the held-out split (eval/tasks/gsm8k_cot_mtp, 0-shot) -> eval/:
+    the teacher at k=1, the MTP model at Static k=1..4, ConfAdapt at several thresholds and selfspec at the
+    recipe's k_max (lossless: its per-sample outputs are compared with k=1's). One run per setting, skipped when
+    its row.json is there (the two compared runs also need their per-sample outputs, so an older run of them
+    without any is redone), `--eval-workers` at a time (each process on its own share of the cores: most of a
+    run is lm-eval's start-up, which overlaps); rows come back in the settings' order."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from tqdm.auto import tqdm
@@ -301,10 +299,10 @@ def stage_eval(args, out: Path, teacher_dir: Path, mtp_dir: Path, data_dir: Path
     progress.close()
     rows = [future.result() for future in futures]  # insertion order: the settings' order
     for setting, row in zip(settings, rows):
-        if setting.strategy == "selfspec":
+        if setting.spec.strategy == "selfspec":
             row["outputs_differing_from_k1"] = demo_report.differing_outputs(
                 sample_outputs(out / "eval" / setting.label),
-                sample_outputs(out / "eval" / demo_report.Setting("mtp", "static", 1).label),
+                sample_outputs(out / "eval" / demo_report.MTP_K1.label),
             )
     return demo_report.add_speedups(rows)
 
@@ -342,12 +340,8 @@ def chunk_example(mtp_dir: Path, test_file: Path, out: Path, k_max: int) -> str:
         f"{result.acceleration_factor:.2f} tokens/pass; ConfAdapt tau={demo_report.TARGET_THRESHOLD}, "
         f"k_max={k_max}; superscripts: tokens accepted per pass]"
     )
-    (out / "chunk_example.txt").write_text(
-        prompt + "\n" + render_chunks(tokenizer, result.chunks(0), False) + footer + "\n"
-    )
-    (out / "chunk_example.ansi").write_text(
-        prompt + "\n" + render_chunks(tokenizer, result.chunks(0), True) + footer + "\n"
-    )
+    for name, ansi in (("chunk_example.txt", False), ("chunk_example.ansi", True)):
+        atomic_write_text(out / name, prompt + "\n" + render_chunks(tokenizer, result.chunks(0), ansi) + footer + "\n")
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     return prompt + "\n" + render_chunks(tokenizer, result.chunks(0), colour) + footer
 
@@ -402,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def summarise():
+        """7. summary.json (the table), targets.json, pareto.png, chunk_example.txt."""
         from mtp_ds.evaluation.pareto import plot_pareto
 
         example = chunk_example(mtp_dir, data_dir / "test.jsonl", out, _recipe_k_max())

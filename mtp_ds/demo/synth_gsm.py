@@ -1,13 +1,10 @@
 """Seeded GSM8K-style word problems (question / answer ending in `#### N`) for the embedded demo.
 
-Why: the demo must show the method on a fresh CPU machine with nothing downloaded, on data where (as in GSM8K
-solutions) many tokens are predictable from the question: the solution restates names, objects and
-quantities in fixed phrasings, and only the arithmetic results are new information. Each problem is a chain
-of 2-4 steps (start, then add / remove / multiply / share) over one running quantity with varied names,
-objects, containers and phrasings. All intermediate results stay in 1..99 and products use one-digit
-factors, so a tiny model can learn the arithmetic in minutes.
-
-    python -m mtp_ds.demo.synth_gsm outputs/demo/data --train 20000 --test 200 --seed 0
+Why: data with nothing downloaded where, as in GSM8K solutions, many tokens are predictable from the question
+(names, objects and quantities restated in fixed phrasings; only the arithmetic results are new). Each problem
+chains 2-4 steps (start, then add / remove / multiply / share) over one running quantity; results stay in 1..99
+and products use one-digit factors, so a tiny model learns the arithmetic in minutes.
+Usage: python -m mtp_ds.demo.synth_gsm outputs/demo/data --train 20000 --test 200 --seed 0
 """
 
 from __future__ import annotations
@@ -16,6 +13,8 @@ import json
 import random
 import sys
 from pathlib import Path
+
+from mtp_ds.fileio import atomic_writer
 
 NAMES = [
     "Mia",
@@ -204,7 +203,7 @@ def write_splits(out_dir: str | Path, *, train: int, test: int, seed: int = 0) -
     paths = {}
     for split, rows in (("train", train_rows), ("test", test_rows)):
         paths[split] = out_dir / f"{split}.jsonl"
-        with open(paths[split], "w") as handle:
+        with atomic_writer(paths[split]) as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
     return paths
 

@@ -13,6 +13,11 @@ import os
 import signal
 import threading
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MetricsWriter:
@@ -26,7 +31,7 @@ class MetricsWriter:
         resume_step: int,
         tensorboard_dir: str | None = None,
         wandb_settings: dict | None = None,
-    ):
+    ) -> None:
         self.enabled = enabled
         self.path = Path(path)
         self.tensorboard = self.wandb = None
@@ -55,9 +60,9 @@ class MetricsWriter:
                 continue  # a torn last line from a crash
             if record.get("step", 0) <= step:
                 kept.append(line)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text("".join(line + "\n" for line in kept))
-        os.replace(temporary, self.path)
+        from mtp_ds.fileio import atomic_write_text
+
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -93,14 +98,14 @@ class StopRequest:
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
     PARENT_POLL_S = 1.0
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signal_name: str | None = None
         self._parent = os.getppid()
         self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
         self._stopped = threading.Event()
         threading.Thread(target=self._watch_parent, name="mtp-ds-launcher-watch", daemon=True).start()
 
-    def _handle(self, number, _frame) -> None:
+    def _handle(self, number: int, _frame: FrameType | None) -> None:
         self.signal_name = self.signal_name or signal.Signals(number).name
 
     def _watch_parent(self) -> None:
@@ -114,7 +119,7 @@ class StopRequest:
         for number, previous in self._previous.items():
             signal.signal(number, previous)
 
-    def agreed(self, device) -> bool:
+    def agreed(self, device: torch.device) -> bool:
         import torch
         import torch.distributed as dist
 

@@ -37,18 +37,20 @@ ROOMS = {  # room -> module-name prefixes (a prefix matches itself and everythin
     "demo": ("mtp_ds.demo",),
     "tools": ("mtp_ds.render",),
     "entry": ("mtp_ds.cli",),
+    "io": ("mtp_ds.fileio",),
     "root": ("mtp_ds",),
 }
-MAY_IMPORT = {  # room -> rooms it may import (its own room always)
-    "method": set(),
-    "config": {"root"},
-    "data": {"config", "method"},
-    "runtime": {"config", "method"},
-    "train": {"config", "data", "method", "runtime"},
-    "evaluation": {"method"},
-    "demo": {"config", "data", "method", "runtime", "evaluation"},
-    "tools": {"method"},
-    "entry": set(),
+MAY_IMPORT = {  # room -> rooms it may import (its own room always); "io" is the bottom room, below every other
+    "method": {"io"},
+    "config": {"root", "io"},
+    "data": {"config", "method", "io"},
+    "runtime": {"config", "method", "io"},
+    "train": {"config", "data", "method", "runtime", "io"},
+    "evaluation": {"method", "io"},
+    "demo": {"config", "data", "method", "runtime", "evaluation", "io"},
+    "tools": {"method", "io"},
+    "entry": {"io"},
+    "io": set(),
     "root": set(),
 }
 # third-party packages only some rooms may touch (anything else: stdlib, torch, transformers, yaml, ...)
@@ -57,7 +59,8 @@ EXTERNAL_ONLY_IN = {
     "lm_eval": {"evaluation"},
     "datasets": {"data"},
 }
-CONFIG_EXTERNALS = {"yaml"}  # the config room is stdlib + yaml: `import mtp_ds.config` must be instant
+# rooms limited to the standard library plus these: `import mtp_ds.config` must be instant, fileio is stdlib only
+STDLIB_ROOMS = {"config": {"yaml"}, "io": set()}
 
 
 def room_of(module: str) -> str:
@@ -156,8 +159,11 @@ def check_graph(internal: dict[str, set[str]], external: dict[str, set[str]]) ->
         for package in sorted(packages):
             if package in EXTERNAL_ONLY_IN and room not in EXTERNAL_ONLY_IN[package]:
                 problems.append(f"{module} ({room}) imports {package}")
-            if room == "config" and package not in CONFIG_EXTERNALS and package not in sys.stdlib_module_names:
-                problems.append(f"{module} (config) imports {package}: the config room is stdlib + yaml")
+            allowed = STDLIB_ROOMS.get(room)
+            if allowed is not None and package not in allowed and package not in sys.stdlib_module_names:
+                problems.append(
+                    f"{module} ({room}) imports {package}: the {room} room is stdlib + {allowed or 'nothing'}"
+                )
     return problems
 
 
@@ -183,6 +189,10 @@ def test_checker_finds_a_cycle():
         ("mtp_ds.train.loop", "mtp_ds.models.student", False),
         ("mtp_ds.demo.run", "mtp_ds.decoding.decoder", False),
         ("mtp_ds.data.micro_batches", "mtp_ds.layout", False),
+        ("mtp_ds.layout", "mtp_ds.fileio", False),  # every room may write files atomically
+        ("mtp_ds.checkpoint.store", "mtp_ds.fileio", False),
+        ("mtp_ds.fileio", "mtp_ds.config", True),  # the bottom room imports nothing of the package
+        ("mtp_ds.fileio", "mtp_ds", True),
     ],
 )
 def test_checker_applies_the_room_rules(importer, imported, broken):
@@ -199,6 +209,9 @@ def test_checker_applies_the_room_rules(importer, imported, broken):
         ("mtp_ds.decoding.decoder", "lm_eval", True),
         ("mtp_ds.models.teacher", "deepspeed", False),
         ("mtp_ds.config.recipe", "yaml", False),
+        ("mtp_ds.fileio", "torch", True),
+        ("mtp_ds.fileio", "yaml", True),
+        ("mtp_ds.fileio", "json", False),
     ],
 )
 def test_checker_applies_the_external_rules(module, package, broken):
@@ -232,8 +245,8 @@ def test_every_module_belongs_to_a_room_that_is_a_folder_or_a_method_file():
         name = module_name(path, PACKAGE)
         room = room_of(name)
         top_level_file = path.parent == PACKAGE and path.name != "__init__.py"
-        if top_level_file:  # files at the top are the method, the layout viewer or the CLI
-            assert room in ("method", "tools", "entry"), name
+        if top_level_file:  # files at the top are the method, the layout viewer, the CLI or fileio
+            assert room in ("method", "tools", "entry", "io"), name
         elif path.parent != PACKAGE:
             assert room not in ("root",), name
 
@@ -297,24 +310,32 @@ def test_lm_eval_pth_is_packaged_from_packaging():
 # ------------------------------------------------------------------------------------- docs match the tree --
 
 
-def _what_is_here_paths() -> list[str]:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## What is here", 1)[1].split("\n## ", 1)[0]
+def _module_map_paths() -> list[str]:
+    """The paths in the first column of ARCHITECTURE.md's module map (the only copy of the map)."""
+    architecture = (REPO / "ARCHITECTURE.md").read_text()
+    section = architecture.split("## Module map", 1)[1].split("\n## ", 1)[0]
     cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
     return [path for cell in cells for path in re.findall(r"`([^`]+)`", cell)]
 
 
-def test_readme_what_is_here_matches_the_tree():
-    paths = _what_is_here_paths()
-    assert paths, "README.md has no 'What is here' table"
+def test_architecture_module_map_matches_the_tree():
+    """Every path the map names exists; every module and folder of the package and every tracked top-level
+    folder of the repository has a row (a new module gets its one line in ARCHITECTURE.md's module map)."""
+    paths = _module_map_paths()
+    assert paths, "ARCHITECTURE.md has no 'Module map' table"
     for path in paths:
-        assert (REPO / path).exists(), f"README.md names {path}, which does not exist"
-    folders = {p.rstrip("/") for p in paths}
-    for child in sorted(PACKAGE.iterdir()):
-        if child.name.startswith("__"):
-            continue
-        relative = f"mtp_ds/{child.name}"
-        assert relative in folders, f"README.md's 'What is here' misses {relative}"
+        assert (REPO / path).exists(), f"ARCHITECTURE.md's module map names {path}, which does not exist"
+    named = {p.rstrip("/") for p in paths}
+    package = [
+        f"mtp_ds/{child.relative_to(PACKAGE).as_posix()}"
+        for child in sorted(PACKAGE.rglob("*"))
+        if not any(part.startswith("__") for part in child.relative_to(PACKAGE).parts)
+        and (child.is_dir() or child.suffix == ".py")
+    ]
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    folders = sorted({name.split("/", 1)[0] for name in tracked if "/" in name})
+    missing = [path for path in package + folders if path not in named]
+    assert missing == [], f"ARCHITECTURE.md's module map misses {missing}"
 
 
 def test_no_reference_to_the_development_only_shared_folder():

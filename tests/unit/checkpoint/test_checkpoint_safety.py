@@ -14,7 +14,15 @@ import pytest
 import torch
 
 from mtp_ds.checkpoint import ownership
-from mtp_ds.checkpoint.manifest import COMPLETE, checkpoint_files, describe, read_marker, verify, write_marker
+from mtp_ds.checkpoint.manifest import (
+    COMPLETE,
+    checkpoint_files,
+    describe,
+    gather_file_table,
+    read_marker,
+    verify,
+    write_marker,
+)
 from mtp_ds.checkpoint.ownership import DirectoryInUse, RunLock
 from mtp_ds.checkpoint.resume import _claim
 from mtp_ds.checkpoint.store import rng_state, rotate, set_rng_state
@@ -61,6 +69,40 @@ def test_the_manifest_names_what_is_wrong_with_a_checkpoint(tmp_path):
     assert problems(path)[0].startswith(f"{COMPLETE} is unreadable")
     (path / COMPLETE).write_text(json.dumps({"step": 4}))  # a marker from before manifests: nothing to check
     assert problems(path) == []
+
+
+def record_disk_events(monkeypatch) -> list[tuple[str, str]]:
+    """("fsync", path of the fd) and ("replace", destination), in order, while the real calls still run."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))
+    )
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", str(dst))), real_replace(src, dst)))
+    return events
+
+
+def test_every_file_and_folder_is_on_disk_before_complete_vouches_for_it(tmp_path, monkeypatch):
+    path = fake_checkpoint(tmp_path)
+    (path / COMPLETE).unlink()
+    (path / f"{COMPLETE}.0a1b2c3d.tmp").write_text("{")  # what a power loss mid-write can leave: not a file of it
+    events = record_disk_events(monkeypatch)
+    write_marker(path, step=4, run_id="run-a", world_size=1, files=gather_file_table(path, *ONE_PROCESS))
+    complete = events.index(("replace", str(path / COMPLETE)))
+    synced_before = {name for kind, name in events[:complete] if kind == "fsync"}
+    expected = {str(path / name) for name in read_marker(path)["files"]} | {str(path), str(path / "hf")}
+    assert expected <= synced_before and len(read_marker(path)["files"]) == 4
+    assert events[complete + 1 :] == [("fsync", str(path))]  # then the rename itself
+    assert problems(path) == [] and [p.name for p in path.glob("*.tmp")] == [f"{COMPLETE}.0a1b2c3d.tmp"]
+
+
+def test_a_run_moved_aside_is_on_disk_in_its_new_place(tmp_path, monkeypatch):
+    directory = tmp_path / "run"
+    fake_checkpoint(directory)
+    (directory / "metrics.jsonl").write_text('{"step": 1}\n')
+    events = record_disk_events(monkeypatch)
+    target = ownership.move_run_aside(directory, directory / "metrics.jsonl")
+    assert sorted(p.name for p in target.iterdir()) == ["metrics.jsonl", "step00000004"]
+    assert events == [("fsync", str(target)), ("fsync", str(target.parent)), ("fsync", str(directory))]
 
 
 def test_rotation_removes_only_checkpoints_of_the_current_run(tmp_path):
