@@ -6,48 +6,8 @@ Usage (repo root; a world of one process, set up like `mtp_ds.train.distributed.
     python bench/train_step.py --device cuda --model qwen3-4b                            # one H200, bf16
     python bench/train_step.py --device cuda --model qwen3-4b --micro-batch 32 --steps 10 --attn flex_attention
 
-What is measured (this is a benchmark, not a test; nothing here is timed by pytest):
-- The models are built by the trainer's own code (`mtp_ds.models.student.build_models`) from a recipe
-  (recipes/tiny_cpu.yaml plus overrides): a random-weight Qwen3 of the preset's shape, the student wrapped by
-  `deepspeed.initialize` with ZeRO-3 (ds_configs/zero3_cpu.json on CPU, ds_configs/zero3_bf16.json on CUDA,
-  resolved by `mtp_ds.config.plan_run`), the frozen teacher through
-  `deepspeed.init_inference` (teacher.mode=inference, tp 1) on the same device.
-- Every timed step packs the same kind of batch the trainer packs: global batch of `--seq-len` random token
-  ids (no EOS, so every region is full), (k, offset) per sequence from `KOffsetSampler` (k in [2, k_max]
-  random per step like the recipes, or `--k K`), `mtp_ds.data.pack_micro_batches`. Packing is done before
-  the clock starts and is not part of either step.
-- MTP step: `mtp_ds.train.loop.run_objective(state, batches, train=True)`, i.e. exactly the trainer's step:
-  supervision counts, per micro-batch student forward through the engine, greedy proposals at the slot rows,
-  teacher forward on the student-forced sequence, hard-teacher CE at the slot rows, engine.backward/step.
-- NTP step (the baseline): the SAME engine and the SAME packed micro-batches (same T, same blocked-causal
-  mask, so the student forward costs the same), but loss = next-token cross-entropy at the ground-truth
-  positions (`mtp_ds.objective.prefix_coordinates`: every ground-truth token whose next ground-truth token is
-  real, anchors excluded), computed the way plain Hugging Face fine-tuning computes it: the LM head on ALL
-  positions ([B, T, V] logits), then CE at those rows. No teacher, no proposals. So the ratio isolates the
-  MTP overhead: the teacher's forward plus proposals / student-forced inputs (ideal ratio ~1.33: one more
-  forward on top of forward+backward).
-- The two steps alternate (NTP, MTP, MTP, NTP, ...) on the same batch of each timed step after `--warmup`
-  steps of each; we report medians over `--steps` steps, the median of the per-step ratios MTP/NTP, tokens/s
-  (valid packed tokens per second, as the trainer's `tokens_per_second`), and peak memory per phase:
-  `torch.cuda.max_memory_allocated` on CUDA (reset before each phase), process peak RSS (VmHWM, reset before
-  each phase through /proc/self/clear_refs; falls back to the never-reset ru_maxrss) on CPU.
-- MFU (printed when the device's peak is known, `--peak-tflops`, default 989 for CUDA = H200 bf16 dense):
-  model FLOPs = 6*P*tokens (student forward+backward) + 2*P*tokens (teacher forward) for MTP, 6*P*tokens for
-  NTP, P = parameters that take part in matmuls (all but the input embedding; a tied LM head counts once),
-  tokens = valid packed tokens; attention score FLOPs are not counted.
-- On CUDA with `--attn both` (default there) the table is printed twice: dense additive mask under SDPA and
-  the FlexAttention block mask (`model.attn_implementation=flex_attention`); on CPU only the dense mask runs.
-- Memory rule (`--memory-check`, on by default): one MTP step and one NTP step run under a
-  TorchDispatchMode that records the shape of every tensor any aten op produces (forward, backward, optimizer
-  step). Asserted: during the MTP step no tensor with last dim V (the vocabulary) has numel >= B*T*V/2 (B, T:
-  the micro-batch's rows and packed length), neither in the teacher's call nor in the student's; the NTP step
-  must create one with numel >= B*T*V (its full logits), so the check is not vacuous. Exit code 1 when violated.
-
-Presets (`--model`): tiny = Qwen3 hidden 256, 4 layers, 4 heads / 2 kv, intermediate 768, vocab 4096;
-small = hidden 512, 8 layers, 8 heads / 4 kv, intermediate 1536, vocab 8192; qwen3-4b = the Qwen3-4B shape
-(hidden 2560, 36 layers, 32 heads / 8 kv, head_dim 128, intermediate 9728, vocab 151936, tied embeddings)
-with random weights. Defaults: CPU presets seq_len 160, k_max 16, global = micro-batch 8; qwen3-4b the
-paper's recipe step (global batch 128 x 160 tokens, k in [2, 16]), micro-batch 16 (8 accumulation steps).
+The MTP step is the trainer's own (`run_objective` on a `TrainState` without a dataset); the NTP step runs the
+same engine on the same packed batches. What is measured, the memory-rule check, the presets: docs/TRAINING.md.
 """
 
 from __future__ import annotations
@@ -66,9 +26,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from mtp_ds.batching import PackedBatch
+    from mtp_ds.config import Recipe
+    from mtp_ds.train.state import TrainState
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.distributed deprecations inside DeepSpeed
 
@@ -93,7 +60,7 @@ PRESETS = {
 H200_BF16_DENSE_TFLOPS = 989.0
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -149,7 +116,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------------ setup --
 
 
-def build_recipe(args, world: int):
+def build_recipe(args: argparse.Namespace, world: int) -> Recipe:
     from mtp_ds.config import load_recipe
 
     fields = dict(PRESETS[args.model])
@@ -178,46 +145,35 @@ def build_recipe(args, world: int):
     return load_recipe(REPO / "recipes/tiny_cpu.yaml", overrides + list(args.override))
 
 
-def teacher_json(args) -> str:
+def teacher_json(args: argparse.Namespace) -> str:
     if args.teacher_mode == "zero3":
         return "ds_configs/teacher_zero3.json"
     return "ds_configs/teacher_inference.json" if args.device == "cuda" else "ds_configs/teacher_inference_cpu.json"
 
 
-def build_state(args):
-    """World of one (or torchrun's), models from the trainer's builders, the trainer's `state` dict."""
+@dataclass
+class Bench:
+    """The trainer's own state (no dataset), plus the teacher's HF model (vocabulary, attention kernel, FLOPs)."""
+
+    state: TrainState
+    teacher_module: torch.nn.Module
+
+
+def build_bench(args: argparse.Namespace) -> Bench:
+    """World of one (or torchrun's), models from the trainer's builders, the trainer's `TrainState`."""
     os.chdir(REPO)  # recipes name their files relative to the repo root
     from mtp_ds.config import plan_run
     from mtp_ds.models.loading import load_tokenizer
     from mtp_ds.models.student import build_models
     from mtp_ds.train.distributed import setup_distributed
-    from mtp_ds.train.loop import objective_config
+    from mtp_ds.train.state import TrainState
 
     rank, world, local_rank = setup_distributed(args.device)
     recipe = build_recipe(args, world)
     plan = plan_run(recipe, world, device_type=args.device)
-    tokenizer = load_tokenizer(recipe.model)
     device = torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu")
-    models = build_models(recipe, plan, tokenizer=tokenizer, device=device)
-    state = {
-        "recipe": recipe,
-        "plan": plan,
-        "engine": models.engine,
-        "student": models.student,
-        "teacher": models.teacher,
-        "teacher_module": models.teacher_module,
-        "mask_tokens": models.mask_tokens,
-        "device": device,
-        "rank": rank,
-        "world": world,
-        "objective": objective_config(recipe),
-        "pad_id": tokenizer.pad_token_id,
-        "eos_id": tokenizer.eos_token_id,
-        "dtype": getattr(torch, plan.dtype),
-        "ds_config": plan.deepspeed,
-        "teacher_settings": plan.teacher,
-    }
-    return state
+    models = build_models(recipe, plan, tokenizer=load_tokenizer(recipe.model), device=device)
+    return Bench(TrainState.from_models(recipe, plan, models, rank=rank), models.teacher_module)
 
 
 @dataclass
@@ -229,24 +185,20 @@ class RandomMicroBatch:
     draws: list
 
 
-def step_batches(state, step: int):
+def step_batches(bench: Bench, step: int) -> list[PackedBatch]:
     """This rank's packed micro-batches for timed step `step`: random ids (no EOS, no mask token), the
-    recipe's (k, offset) draws, the trainer's packing."""
-    from mtp_ds.batching import KOffsetSampler
+    trainer's (k, offset) draws, the trainer's packing."""
     from mtp_ds.data import pack_micro_batches, rank_slice, split_micro
 
-    recipe = state["recipe"]
-    vocab = int(state["teacher_module"].config.vocab_size)
+    state = bench.state
+    recipe = state.recipe
+    vocab = int(bench.teacher_module.config.vocab_size)
     generator = torch.Generator().manual_seed(1000 + step)
     tokens = torch.randint(4, vocab, (recipe.train.global_batch_size, recipe.data.seq_len), generator=generator)
-    tokens[torch.isin(tokens, torch.tensor(state["mask_tokens"].ids))] = 4
-    packing = state["plan"].packing
-    sampler = KOffsetSampler(
-        k_min=packing.k_min, k_max=packing.k_max, static_k=packing.static_k, seed=recipe.train.seed
-    )
-    draws = sampler.sample(step, recipe.train.global_batch_size)
-    rows = rank_slice(list(range(recipe.train.global_batch_size)), state["rank"], state["world"])
-    my_draws = rank_slice(draws, state["rank"], state["world"])
+    tokens[torch.isin(tokens, torch.tensor(state.mask_tokens.ids))] = 4
+    draws = state.k_sampler.sample(step, recipe.train.global_batch_size)
+    rows = rank_slice(list(range(recipe.train.global_batch_size)), state.rank, state.world_size)
+    my_draws = rank_slice(draws, state.rank, state.world_size)
     micro = [
         RandomMicroBatch(tokens[chunk], torch.zeros(len(chunk), dtype=torch.long), draw_chunk)
         for chunk, draw_chunk in zip(
@@ -255,16 +207,16 @@ def step_batches(state, step: int):
     ]
     return pack_micro_batches(
         micro,
-        packing,
-        mask_tokens=state["mask_tokens"],
-        eos_token_id=state["eos_id"],
-        pad_token_id=state["pad_id"],
-        device=state["device"],
+        state.plan.packing,
+        mask_tokens=state.mask_tokens,
+        eos_token_id=state.eos_id,
+        pad_token_id=state.pad_id,
+        device=state.device,
     )
 
 
-def set_attention(state, implementation: str) -> None:
-    for module in (state["student"], state["teacher_module"]):
+def set_attention(bench: Bench, implementation: str) -> None:
+    for module in (bench.state.student, bench.teacher_module):
         if module.config._attn_implementation != implementation:
             module.set_attn_implementation(implementation)
 
@@ -272,25 +224,26 @@ def set_attention(state, implementation: str) -> None:
 # ------------------------------------------------------------------------------------------------ steps --
 
 
-def mtp_step(state, batches):
+def mtp_step(bench: Bench, batches: list[PackedBatch]) -> None:
     """The trainer's step, verbatim (mtp_ds.train.loop.run_objective)."""
     from mtp_ds.train.loop import run_objective
 
-    run_objective(state, batches, train=True)
+    run_objective(bench.state, batches, train=True)
 
 
-def ntp_step(state, batches, *, full_logits: bool = True):
+def ntp_step(bench: Bench, batches: list[PackedBatch], *, full_logits: bool = True) -> None:
     """Plain next-token fine-tuning on the same packed micro-batches through the same engine: CE at the
     ground-truth positions, the global sum divided by the global count (like the MTP loss). `full_logits`:
     the LM head on every position, as a Hugging Face causal LM computes them; else only at the supervised rows
     (the objective's own prefix-NTP way: the strictest baseline)."""
     from mtp_ds.objective import packed_hidden_states, prefix_coordinates
 
-    engine, student = state["engine"], state["student"]
+    state = bench.state
+    engine, student = state.engine, state.student
     coordinates = [prefix_coordinates(batch) for batch in batches]
-    total = torch.tensor([float(sum(c[0].numel() for c in coordinates))], dtype=torch.float64, device=state["device"])
+    total = torch.tensor([float(sum(c[0].numel() for c in coordinates))], dtype=torch.float64, device=state.device)
     torch.distributed.all_reduce(total)
-    multiplier = state["world"] * len(batches)
+    multiplier = state.world_size * len(batches)
     head = student.get_output_embeddings()
     for batch, (rows, cols, targets) in zip(batches, coordinates):
         hidden = packed_hidden_states(student, batch, forward=engine)
@@ -303,18 +256,22 @@ def ntp_step(state, batches, *, full_logits: bool = True):
         engine.step()
 
 
-def ntp_rows_step(state, batches):
-    ntp_step(state, batches, full_logits=False)
+def ntp_rows_step(bench: Bench, batches: list[PackedBatch]) -> None:
+    ntp_step(bench, batches, full_logits=False)
 
 
-KINDS = {"ntp": ntp_step, "ntp_rows": ntp_rows_step, "mtp": mtp_step}
+KINDS: dict[str, Callable[[Bench, list[PackedBatch]], None]] = {
+    "ntp": ntp_step,
+    "ntp_rows": ntp_rows_step,
+    "mtp": mtp_step,
+}
 LABELS = {"ntp": "NTP (full logits)", "ntp_rows": "NTP (head at GT rows)", "mtp": "MTP"}
 
 
 # ---------------------------------------------------------------------------------------------- measure --
 
 
-def synchronize(device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -322,7 +279,7 @@ def synchronize(device) -> None:
 class PeakMemory:
     """Peak memory of a phase: CUDA max_memory_allocated, else process peak RSS (VmHWM, reset per phase)."""
 
-    def __init__(self, device):
+    def __init__(self, device: torch.device) -> None:
         self.device = device
         self.kind = (
             "cuda max_memory_allocated"
@@ -363,7 +320,7 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def matmul_parameters(module) -> int:
+def matmul_parameters(module: torch.nn.Module) -> int:
     """Parameters that take part in a matmul per token: all but the input embedding; a tied head counts once."""
     total = sum(p.numel() for p in module.parameters())  # parameters() yields a tied weight once
     embedding = module.get_input_embeddings().weight
@@ -372,12 +329,14 @@ def matmul_parameters(module) -> int:
     return total - (0 if tied else embedding.numel())
 
 
-def shapes(batches) -> tuple:
+def shapes(batches: list[PackedBatch]) -> tuple:
     return tuple(tuple(batch.input_ids.shape) for batch in batches)
 
 
-def time_steps(state, args, steps_batches):
-    device = state["device"]
+def time_steps(
+    bench: Bench, args: argparse.Namespace, steps_batches: list[list[PackedBatch]]
+) -> tuple[dict[str, list[float]], dict[str, int], str, int]:
+    device = bench.state.device
     memory = PeakMemory(device)
     order = list(KINDS)
     warmup = list(steps_batches[: args.warmup])
@@ -389,7 +348,7 @@ def time_steps(state, args, steps_batches):
                 warmup.append(batches)
     for batches in warmup:
         for kind in order:
-            KINDS[kind](state, batches)
+            KINDS[kind](bench, batches)
     seconds = {kind: [] for kind in order}
     peaks = {kind: 0 for kind in order}
     compiles_before = compile_count()  # kernels compiled inside the clock: a recompile per new shape shows here
@@ -400,7 +359,7 @@ def time_steps(state, args, steps_batches):
             synchronize(device)
             memory.reset()
             started = time.perf_counter()
-            KINDS[kind](state, batches)
+            KINDS[kind](bench, batches)
             synchronize(device)
             seconds[kind].append(time.perf_counter() - started)
             peaks[kind] = max(peaks[kind], memory.peak_bytes())
@@ -413,14 +372,16 @@ def time_steps(state, args, steps_batches):
 class ShapeRecorder(torch.utils._python_dispatch.TorchDispatchMode):
     """Records (op, shape, phase) of every tensor an aten op returns while active."""
 
-    def __init__(self, vocab: int):
+    def __init__(self, vocab: int) -> None:
         super().__init__()
         self.vocab = vocab
         self.phase = "student"
         self.largest = {}  # phase -> (numel, shape, op) of the largest tensor with last dim == vocab
         self.count = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(
+        self, func: Callable[..., Any], types: tuple, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         # views and in-place results share an input's storage (e.g. the LM head weight transposed, [H, V]):
         # they allocate nothing, so only tensors with fresh storage count
@@ -442,10 +403,10 @@ class ShapeRecorder(torch.utils._python_dispatch.TorchDispatchMode):
 class LabelledTeacher:
     """The objective's teacher, with the recorder's phase set to "teacher" during its call."""
 
-    def __init__(self, teacher, recorder):
+    def __init__(self, teacher: Callable[..., torch.Tensor], recorder: ShapeRecorder) -> None:
         self.teacher, self.recorder = teacher, recorder
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         self.recorder.phase = "teacher"
         try:
             return self.teacher(*args, **kwargs)
@@ -453,8 +414,9 @@ class LabelledTeacher:
             self.recorder.phase = "student"
 
 
-def memory_rule_check(state, batches) -> tuple[bool, list[str]]:
-    vocab = int(state["student"].config.vocab_size)
+def memory_rule_check(bench: Bench, batches: list[PackedBatch]) -> tuple[bool, list[str]]:
+    state = bench.state
+    vocab = int(state.student.config.vocab_size)
     # the bound for the smallest micro-batch (rows x packed length): the strictest one
     bound_rows = min(batch.input_ids.shape[0] * batch.input_ids.shape[1] for batch in batches)
     bound = bound_rows * vocab // 2
@@ -465,15 +427,15 @@ def memory_rule_check(state, batches) -> tuple[bool, list[str]]:
     ok = True
     for kind in ("mtp", "ntp"):
         recorder = ShapeRecorder(vocab)
-        original = state["teacher"]
+        original = state.teacher
         if kind == "mtp":
-            state["teacher"] = LabelledTeacher(original, recorder)
+            state.teacher = LabelledTeacher(original, recorder)
         try:
             with recorder:
-                (mtp_step if kind == "mtp" else ntp_step)(state, batches)
-            synchronize(state["device"])
+                (mtp_step if kind == "mtp" else ntp_step)(bench, batches)
+            synchronize(state.device)
         finally:
-            state["teacher"] = original
+            state.teacher = original
         phases = ("teacher", "student") if kind == "mtp" else ("student",)
         for phase in phases:
             numel, shape, op = recorder.largest.get(phase, (0, None, "-"))
@@ -499,7 +461,7 @@ def memory_rule_check(state, batches) -> tuple[bool, list[str]]:
 # ----------------------------------------------------------------------------------------------- report --
 
 
-def machine_lines(device) -> list[str]:
+def machine_lines(device: torch.device) -> list[str]:
     import deepspeed
     import transformers
 
@@ -530,8 +492,16 @@ def load_line() -> str:
         return "load average: unknown"
 
 
-def table(state, args, seconds, peaks, memory_kind, tokens, attention) -> list[str]:
-    params = matmul_parameters(state["teacher_module"])
+def table(
+    bench: Bench,
+    args: argparse.Namespace,
+    seconds: dict[str, list[float]],
+    peaks: dict[str, int],
+    memory_kind: str,
+    tokens: int,
+    attention: str,
+) -> list[str]:
+    params = matmul_parameters(bench.teacher_module)
     flops = {"ntp": 6 * params * tokens, "ntp_rows": 6 * params * tokens, "mtp": 8 * params * tokens}
     median = {kind: statistics.median(values) for kind, values in seconds.items()}
     header = f"| step | median s/step | min s | max s | tokens/s | model TFLOP/s | {'MFU | ' if args.peak_tflops else ''}peak memory (GiB) |"
@@ -559,9 +529,17 @@ def table(state, args, seconds, peaks, memory_kind, tokens, attention) -> list[s
     return lines
 
 
-def record(state, args, seconds, peaks, tokens, attention, compiles) -> dict:
+def record(
+    bench: Bench,
+    args: argparse.Namespace,
+    seconds: dict[str, list[float]],
+    peaks: dict[str, int],
+    tokens: int,
+    attention: str,
+    compiles: int,
+) -> dict:
     """The numbers of one attention's table, for `--out`: s/step, peak memory, MFU, kernel compiles."""
-    params = matmul_parameters(state["teacher_module"])
+    params = matmul_parameters(bench.teacher_module)
     median = {kind: statistics.median(values) for kind, values in seconds.items()}
     mtp_tflops = 8 * params * tokens / median["mtp"] / 1e12
     return {
@@ -582,11 +560,11 @@ def compile_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def step_ratios(seconds, base: str) -> list[float]:
+def step_ratios(seconds: dict[str, list[float]], base: str) -> list[float]:
     return [m / n for m, n in zip(seconds["mtp"], seconds[base])]
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -594,27 +572,29 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     setup_started = time.perf_counter()
-    state = build_state(args)
-    is_main = state["rank"] == 0
+    bench = build_bench(args)
+    state = bench.state
+    is_main = state.rank == 0
     say = print if is_main else (lambda *a, **k: None)
-    device = state["device"]
+    device = state.device
     say("== bench/train_step.py: MTP step vs NTP step, same ZeRO-3 engine, same packed batches ==")
     for line in machine_lines(device) + [load_line()]:
         say(line)
-    recipe = state["recipe"]
+    recipe = state.recipe
     say(
-        f"model: {args.model} {PRESETS[args.model]}, dtype {state['dtype']}, device {device}, world {state['world']}, "
+        f"model: {args.model} {PRESETS[args.model]}, dtype {getattr(torch, state.plan.dtype)}, device {device}, "
+        f"world {state.world_size}, "
         f"teacher {args.teacher_mode}, gradient checkpointing {args.gradient_checkpointing}"
     )
     say(
         f"batch: global {recipe.train.global_batch_size} x seq_len {recipe.data.seq_len}, micro-batch "
-        f"{recipe.train.micro_batch_size} ({len(step_batches(state, 0))} micro-batches on this rank), k_max "
+        f"{recipe.train.micro_batch_size} ({len(step_batches(bench, 0))} micro-batches on this rank), k_max "
         f"{recipe.packing.k_max}, k {'static ' + str(args.k) if args.k else 'random in [2, k_max] per step'}, "
         f"{recipe.num_regions} regions/sequence; steps: {args.warmup} warm-up + {args.steps} timed of each kind"
     )
 
     total = args.warmup + args.steps
-    steps_batches = [step_batches(state, step) for step in range(total)]
+    steps_batches = [step_batches(bench, step) for step in range(total)]
     ks = [batches[0].ks[0] for batches in steps_batches[args.warmup :]]
     tokens = int(
         statistics.median(sum(int(b.valid.sum()) for b in batches) for batches in steps_batches[args.warmup :])
@@ -624,12 +604,12 @@ def main(argv=None) -> int:
     attentions = ["sdpa", "flex_attention"] if args.attn == "both" else [args.attn]
     records = []
     for attention in attentions:
-        set_attention(state, attention)
-        seconds, peaks, memory_kind, compiles = time_steps(state, args, steps_batches)
-        records.append(record(state, args, seconds, peaks, tokens, attention, compiles))
+        set_attention(bench, attention)
+        seconds, peaks, memory_kind, compiles = time_steps(bench, args, steps_batches)
+        records.append(record(bench, args, seconds, peaks, tokens, attention, compiles))
         say("")
         for line in table(
-            state,
+            bench,
             args,
             seconds,
             peaks,
@@ -651,9 +631,9 @@ def main(argv=None) -> int:
                     f"target MTP step <= 1.4 x {LABELS[base]} step: {ratio:.3f} -> {'PASS' if ratio <= 1.4 else 'MISS'}"
                 )
     if args.memory_check:
-        set_attention(state, attentions[0])
+        set_attention(bench, attentions[0])
         say("\n-- memory rule (TorchDispatchMode over one full optimizer step: forward, backward, optimizer) --")
-        rule_ok, lines = memory_rule_check(state, steps_batches[args.warmup])
+        rule_ok, lines = memory_rule_check(bench, steps_batches[args.warmup])
         for line in lines:
             say(line)
         say(f"memory rule: {'PASS' if rule_ok else 'FAIL'}")

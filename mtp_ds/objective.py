@@ -1,27 +1,16 @@
-"""The student-forced online distillation objective (docs/METHOD.md section 3).
+"""The student-forced online distillation objective (docs/METHOD.md section 3; docs/TRAINING.md).
 
-One step, for a packed batch:
-1. the student runs on the packed sequence; its greedy proposals y' at the k slots of every region are read;
-2. the teacher runs on the same sequence with mask j replaced by y'_j (j = 1..k-1), same positions, causal
-   blocked mask: its slot-j output is P_T(. | prefix, y'_1..y'_j), the chain rule scoring the proposal;
-3. each slot's loss is CE against the teacher's argmax ("hard", the paper's main runs), KL from the teacher
-   distribution ("soft"), or CE against the ground truth ("ground_truth", the offline-MTP ablation); plus the
-   optional prefix NTP and slot-entropy terms.
-
-Memory rule: vocabulary-sized tensors exist only for supervised rows. Hidden states are gathered at the slot
-positions and the LM head is applied there, in row chunks; with more than one chunk the loss chunk is
-recomputed in backward (activation checkpointing), so at most one (chunk, vocab) block is alive at a time.
-The teacher hands back argmax ids (hard) or slot log-probabilities (soft), never [batch, T, vocab] logits.
-
-Normalisation: every term is a sum over supervised rows divided by the count of supervised rows in the whole
-GLOBAL batch (all micro-batches, all data-parallel ranks), so the gradient is the same however the global
-batch is split. `global_supervision_counts` computes those counts before the first micro-batch runs.
+The student proposes y' at the k slots of every region; the teacher scores them on the student-forced
+sequence; each slot learns the teacher's argmax ("hard"), its distribution ("soft") or the ground truth
+("ground_truth"), plus optional prefix NTP and entropy terms. Vocabulary-sized tensors exist only for
+supervised rows; every term is normalised by the GLOBAL batch's supervision counts (`combine_loss`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +34,7 @@ class ObjectiveConfig:
     logits_chunk_size: int = 4096  # rows of (rows, vocab) logits alive at once
     accept_thresholds: tuple[float, ...] = (0.9, 0.8, 0.6)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in OBJECTIVE_KINDS:
             raise ValueError(f"objective kind must be one of {OBJECTIVE_KINDS}, got {self.kind!r}")
         if self.temperature <= 0:
@@ -57,7 +46,9 @@ class ObjectiveConfig:
 # ----------------------------------------------------------------------------------------------- models --
 
 
-def hidden_states(model, input_ids, position_ids, attention_mask) -> torch.Tensor:
+def hidden_states(
+    model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: object
+) -> torch.Tensor:
     """Final (normed) hidden states (B, T, H) of a Hugging Face causal LM, without its LM head."""
     output = model.get_decoder()(
         input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
@@ -75,20 +66,25 @@ class HiddenStatesModel(torch.nn.Module):
 
     PREFIX = "causal_lm."
 
-    def __init__(self, causal_lm):
+    def __init__(self, causal_lm: torch.nn.Module) -> None:
         super().__init__()
         self.causal_lm = causal_lm
 
-    def forward(self, input_ids, position_ids, attention_mask):
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: object) -> torch.Tensor:
         return hidden_states(self.causal_lm, input_ids, position_ids, attention_mask)
 
 
-def model_dtype(model) -> torch.dtype:
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
 def packed_hidden_states(
-    model, batch: PackedBatch, input_ids=None, *, bidirectional=None, forward=None
+    model: torch.nn.Module,
+    batch: PackedBatch,
+    input_ids: torch.Tensor | None = None,
+    *,
+    bidirectional: torch.Tensor | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run `model` on the packed batch (or on `input_ids` laid out like it) with the right mask kind.
     `forward(input_ids=, position_ids=, attention_mask=)`, when given, computes the hidden states instead
@@ -105,7 +101,7 @@ def packed_hidden_states(
 SUPPRESSED_LOGIT = -1e9  # finite, so 0 * log 0 terms in KL and entropy stay 0 instead of NaN
 
 
-def suppress_mask_tokens(logits: torch.Tensor, mask_token_ids) -> torch.Tensor:
+def suppress_mask_tokens(logits: torch.Tensor, mask_token_ids: Sequence[int]) -> torch.Tensor:
     """Mask tokens are never a proposal, a target, or probability mass: the decoder never emits them."""
     banned = [i for i in mask_token_ids if i < logits.shape[-1]]
     if not banned:
@@ -118,13 +114,13 @@ def suppress_mask_tokens(logits: torch.Tensor, mask_token_ids) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ supervision --
 
 
-def slot_coordinates(batch: PackedBatch):
+def slot_coordinates(batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, regions, slots, cols) of every slot in the batch, flattened in a fixed order."""
     rows, regions, slots = batch.slot_valid.nonzero(as_tuple=True)
     return rows, regions, slots, batch.slot_index[rows, regions, slots]
 
 
-def prefix_coordinates(batch: PackedBatch):
+def prefix_coordinates(batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, cols, targets) of ground-truth positions outside every region whose next token is real.
 
     Only from each sequence's first anchor on: with response-only anchors the prompt carries no loss, as in
@@ -149,29 +145,54 @@ def prefix_coordinates(batch: PackedBatch):
     return rows, cols, batch.input_ids[rows, next_cols]
 
 
-def supervision_counts(batch: PackedBatch, config: ObjectiveConfig) -> dict[str, int]:
+@dataclass(frozen=True)
+class SupervisionCounts:
+    """Rows each loss term supervises: the denominators of `combine_loss`."""
+
+    slots: float  # supervised slots
+    prefix: float  # prefix NTP rows (0 without the prefix term)
+
+
+def supervision_counts(batch: PackedBatch, config: ObjectiveConfig) -> SupervisionCounts:
     """How many rows each loss term supervises in this micro-batch (known before any forward pass)."""
     slots = batch.slot_valid
     if config.kind == "ground_truth":
         slots = slots & (batch.target_ids != IGNORE_INDEX)
-    counts = {"slots": int(slots.sum())}
-    counts["prefix"] = int(prefix_coordinates(batch)[0].numel()) if config.prefix_ntp_weight > 0 else 0
-    return counts
+    prefix = int(prefix_coordinates(batch)[0].numel()) if config.prefix_ntp_weight > 0 else 0
+    return SupervisionCounts(slots=float(int(slots.sum())), prefix=float(prefix))
 
 
 def global_supervision_counts(
-    micro_batches: list[PackedBatch], config: ObjectiveConfig, *, group=None, device=None
-) -> dict[str, float]:
+    micro_batches: list[PackedBatch],
+    config: ObjectiveConfig,
+    *,
+    group: torch.distributed.ProcessGroup | None = None,
+    device: torch.device | None = None,
+) -> SupervisionCounts:
     """Counts summed over this rank's micro-batches of a step and all-reduced over the data-parallel group."""
-    totals = {"slots": 0, "prefix": 0}
+    slots = prefix = 0.0
     for batch in micro_batches:
-        for name, value in supervision_counts(batch, config).items():
-            totals[name] += value
+        counts = supervision_counts(batch, config)
+        slots, prefix = slots + counts.slots, prefix + counts.prefix
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        packed = torch.tensor([totals["slots"], totals["prefix"]], dtype=torch.float64, device=device)
+        packed = torch.tensor([slots, prefix], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(packed, group=group)
-        totals = {"slots": packed[0].item(), "prefix": packed[1].item()}
-    return {name: float(value) for name, value in totals.items()}
+        slots, prefix = packed[0].item(), packed[1].item()
+    return SupervisionCounts(slots=slots, prefix=prefix)
+
+
+Loss = TypeVar("Loss", torch.Tensor, float)
+
+
+def combine_loss(
+    slot_sum: Loss, entropy_sum: Loss, prefix_sum: Loss | None, counts: SupervisionCounts, config: ObjectiveConfig
+) -> Loss:
+    """The loss from its summed terms: (slot + entropy_weight * entropy) per supervised slot, plus
+    prefix_ntp_weight * prefix NTP per prefix row. Tensors in `mtp_objective`, the logged floats in the trainer."""
+    loss = (slot_sum + config.entropy_weight * entropy_sum) / max(counts.slots, 1.0)
+    if config.prefix_ntp_weight > 0:
+        loss = loss + config.prefix_ntp_weight * prefix_sum / max(counts.prefix, 1.0)
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------- losses --
@@ -186,8 +207,14 @@ class ObjectiveOutput:
 
 
 def _slot_loss_terms(
-    logits, hard_targets, teacher_log_probs, soft_rows, temperature, mask_token_ids, entropy_grad=True
-):
+    logits: torch.Tensor,
+    hard_targets: torch.Tensor,
+    teacher_log_probs: torch.Tensor | None,
+    soft_rows: torch.Tensor | None,
+    temperature: float,
+    mask_token_ids: Sequence[int],
+    entropy_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-chunk sums: (slot loss, entropy). Hard rows: CE; soft rows: tau^2 * KL(teacher || student).
     The entropy is a metric only (no graph) unless `entropy_grad` (a non-zero entropy weight). Rows are
     selected by ignore_index / per-row masks, never by gathering (rows, V) copies: each boolean-indexed copy
@@ -212,7 +239,16 @@ def _slot_loss_terms(
     return loss, entropy
 
 
-def _chunked_loss(head, hidden, first_chunk_logits, hard_targets, teacher_log_probs, soft_rows, config, mask_token_ids):
+def _chunked_loss(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    first_chunk_logits: torch.Tensor | None,
+    hard_targets: torch.Tensor,
+    teacher_log_probs: torch.Tensor | None,
+    soft_rows: torch.Tensor | None,
+    config: ObjectiveConfig,
+    mask_token_ids: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum the slot terms over row chunks; recompute each chunk's logits in backward when there are several."""
     chunk = config.logits_chunk_size
     entropy_grad = config.entropy_weight != 0
@@ -227,7 +263,12 @@ def _chunked_loss(head, hidden, first_chunk_logits, hard_targets, teacher_log_pr
             entropy_grad,
         )
 
-    def chunk_terms(hidden_chunk, targets_chunk, teacher_chunk, soft_chunk):
+    def chunk_terms(
+        hidden_chunk: torch.Tensor,
+        targets_chunk: torch.Tensor,
+        teacher_chunk: torch.Tensor | None,
+        soft_chunk: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return _slot_loss_terms(
             head(hidden_chunk).float(),
             targets_chunk,
@@ -254,7 +295,9 @@ def _chunked_loss(head, hidden, first_chunk_logits, hard_targets, teacher_log_pr
 
 
 @torch.no_grad()
-def _proposals(head, hidden, banned_ids, chunk_size):
+def _proposals(
+    head: torch.nn.Module, hidden: torch.Tensor, banned_ids: Sequence[int], chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy proposals and top-1 confidences per slot (mask tokens are never proposed)."""
     proposals, confidences = [], []
     for chunk in hidden.split(chunk_size):
@@ -265,7 +308,14 @@ def _proposals(head, hidden, banned_ids, chunk_size):
     return torch.cat(proposals), torch.cat(confidences)
 
 
-def student_forced_inputs(batch: PackedBatch, proposals, rows, regions, slots, cols) -> torch.Tensor:
+def student_forced_inputs(
+    batch: PackedBatch,
+    proposals: torch.Tensor,
+    rows: torch.Tensor,
+    regions: torch.Tensor,
+    slots: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
     """The packed input ids with mask j of each region replaced by the student's proposal at slot j-1."""
     proposal_grid = torch.zeros_like(batch.slot_index)
     proposal_grid[rows, regions, slots] = proposals
@@ -276,16 +326,16 @@ def student_forced_inputs(batch: PackedBatch, proposals, rows, regions, slots, c
 
 
 def mtp_objective(
-    student,
-    teacher,
+    student: torch.nn.Module,
+    teacher: Callable[..., torch.Tensor] | None,
     batch: PackedBatch,
     config: ObjectiveConfig,
     *,
-    mask_token_ids,
-    global_counts: dict[str, float] | None = None,
+    mask_token_ids: Sequence[int],
+    global_counts: SupervisionCounts | None = None,
     loss_multiplier: float = 1.0,
     num_slot_metrics: int | None = None,
-    student_forward=None,
+    student_forward: Callable[..., torch.Tensor] | None = None,
 ) -> ObjectiveOutput:
     """Loss and metrics for one micro-batch. `teacher(batch, input_ids, rows, cols, want=, temperature=)`
     returns teacher argmax ids or log-probs at (rows, cols) (see mtp_ds.models.teacher); unused for ground_truth.
@@ -298,7 +348,7 @@ def mtp_objective(
     from mtp_ds.metrics import MetricSums
 
     mask_token_ids = tuple(mask_token_ids)
-    counts = global_counts or {name: float(v) for name, v in supervision_counts(batch, config).items()}
+    counts = global_counts if global_counts is not None else supervision_counts(batch, config)
     rows, regions, slots, cols = slot_coordinates(batch)
     hidden = packed_hidden_states(student, batch, forward=student_forward)
     slot_hidden = hidden[rows, cols]
@@ -343,7 +393,6 @@ def mtp_objective(
     slot_loss, entropy = _chunked_loss(
         head, slot_hidden, first_chunk_logits, hard_targets, teacher_log_probs, soft_rows, config, mask_token_ids
     )
-    loss = (slot_loss + config.entropy_weight * entropy) / max(counts["slots"], 1.0)
     prefix_loss = None
     if config.prefix_ntp_weight > 0:
         prefix_rows, prefix_cols, prefix_targets = prefix_coordinates(batch)
@@ -357,7 +406,7 @@ def mtp_objective(
             config,
             mask_token_ids,
         )
-        loss = loss + config.prefix_ntp_weight * prefix_loss / max(counts["prefix"], 1.0)
+    loss = combine_loss(slot_loss, entropy, prefix_loss, counts, config)
 
     metrics = MetricSums.from_slots(
         batch,

@@ -1,16 +1,9 @@
-"""Train an MTP student by student-forced self-distillation, with DeepSpeed.
+"""The training loop: `train` -> `run_training` -> `train_step` per step -> `save` (docs/TRAINING.md).
 
 Usage (from the repo root; every recipe's header gives its own command):
     DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m mtp_ds.train recipes/tiny_cpu.yaml
     torchrun --nproc_per_node=4 -m mtp_ds.train recipes/qwen3_4b_metamath.yaml checkpoint.dir=/scratch/run1
     mtp-ds train RECIPE [key=value ...]            # the same, as a console script under torchrun / srun
-
-One step, read top to bottom in `train_step`: draw (k, offset) for every sequence of the global batch ->
-pack this rank's micro-batches -> count supervised slots over the whole global batch -> per micro-batch:
-student forward, proposals, teacher forward on the student-forced sequence, loss, DeepSpeed backward/step.
-Checkpoints carry step, sampler position and RNG states; Ctrl-C / SIGTERM / SIGUSR1 (and the launcher's death)
-save at the step's end and exit 0; `resume: auto` continues from the newest intact checkpoint with the next
-unseen batch. One run owns `checkpoint.dir` at a time (mtp_ds.checkpoint.resume says what a new run may do there).
 """
 
 from __future__ import annotations
@@ -22,70 +15,70 @@ import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
-from mtp_ds.batching import KOffsetSampler
+from mtp_ds.batching import KOffsetSampler, PackedBatch
 from mtp_ds.config import ConfigError
-from mtp_ds.objective import ObjectiveConfig, global_supervision_counts, mtp_objective
+from mtp_ds.fileio import atomic_write_text
+from mtp_ds.objective import SupervisionCounts, combine_loss, global_supervision_counts, mtp_objective
 from mtp_ds.train.distributed import setup_distributed
+from mtp_ds.train.state import TrainState
+
+if TYPE_CHECKING:
+    from mtp_ds.checkpoint.resume import RunStart
+    from mtp_ds.config import Recipe, RunPlan
+    from mtp_ds.metrics import MetricSums
 
 log = logging.getLogger("mtp_ds")
 DONE_FILE = "DONE"  # written when the run reached train.steps (the Slurm scripts do not requeue then)
 STOPPED_FILE = "STOPPED"  # the step saved by a clean stop on a signal (what the Slurm scripts report)
 
 
-def objective_config(recipe) -> ObjectiveConfig:
-    settings = recipe.objective
-    return ObjectiveConfig(
-        kind=settings.kind,
-        temperature=settings.temperature,
-        prefix_ntp_weight=settings.prefix_ntp_weight,
-        entropy_weight=settings.entropy_weight,
-        logits_chunk_size=settings.logits_chunk_size or 4096,
-        accept_thresholds=tuple(settings.accept_thresholds),
-    )
-
-
-def pack_step(state, dataset, indices, draws):
-    """This rank's packed micro-batches of one global batch (indices + their (k, offset) draws)."""
+def pack_step(state: TrainState, dataset: Any, indices: list[int], draws: list[tuple[int, int]]) -> list[PackedBatch]:
+    """This rank's packed micro-batches of one global batch (indices into `dataset`, a split of `state.data`,
+    and their (k, offset) draws)."""
     from mtp_ds.data import pack_micro_batches, step_micro_batches
 
     micro = step_micro_batches(
         dataset,
         indices,
-        rank=state["rank"],
-        world_size=state["world"],
-        micro_batch_size=state["recipe"].train.micro_batch_size,
+        rank=state.rank,
+        world_size=state.world_size,
+        micro_batch_size=state.recipe.train.micro_batch_size,
         draws=draws,
     )
     return pack_micro_batches(
         micro,
-        state["plan"].packing,
-        mask_tokens=state["mask_tokens"],
-        eos_token_id=state["data"].eos_token_id,
-        pad_token_id=state["pad_id"],
-        device=state["device"],
+        state.plan.packing,
+        mask_tokens=state.mask_tokens,
+        eos_token_id=state.eos_id,
+        pad_token_id=state.pad_id,
+        device=state.device,
     )
 
 
-def run_objective(state, batches, *, train: bool):
+def run_objective(
+    state: TrainState, batches: list[PackedBatch], *, train: bool
+) -> tuple[MetricSums, SupervisionCounts]:
     """Objective over this rank's micro-batches of one global batch; backward + step when training."""
-    config, engine = state["objective"], state["engine"]
-    counts = global_supervision_counts(batches, config, device=state["device"])
-    multiplier = state["world"] * len(batches) if train else 1.0
+    config, engine = state.objective, state.engine
+    counts = global_supervision_counts(batches, config, device=state.device)
+    multiplier = state.world_size * len(batches) if train else 1.0
     metrics = None
     for batch in batches:
         with torch.set_grad_enabled(train):
             output = mtp_objective(
-                state["student"],
-                state["teacher"],
+                state.student,
+                state.teacher,
                 batch,
                 config,
-                mask_token_ids=state["mask_tokens"].ids,
+                mask_token_ids=state.mask_tokens.ids,
                 global_counts=counts,
                 loss_multiplier=multiplier,
-                num_slot_metrics=state["plan"].packing.k_max,
+                num_slot_metrics=state.plan.packing.k_max,
                 student_forward=engine,
             )
         if train:
@@ -95,40 +88,39 @@ def run_objective(state, batches, *, train: bool):
     return metrics.all_reduce(), counts
 
 
-def train_step(state, step: int) -> dict:
-    recipe = state["recipe"]
+def train_step(state: TrainState, step: int) -> dict[str, Any]:
+    """One optimizer step on the next global batch; returns its metrics record."""
     started = time.perf_counter()
-    global_indices = state["sampler"].next_batch()
-    draws = state["k_sampler"].sample(step, len(global_indices))
-    batches = pack_step(state, state["data"].train, global_indices, draws)
-    state["engine"].train()
+    global_indices = state.sampler.next_batch()
+    draws = state.k_sampler.sample(step, len(global_indices))
+    batches = pack_step(state, state.data.train, global_indices, draws)
+    state.engine.train()
     metrics, counts = run_objective(state, batches, train=True)
     summary = metrics.summary()
     elapsed = time.perf_counter() - started
-    tokens = torch.tensor([sum(int(b.valid.sum()) for b in batches)], dtype=torch.float64, device=state["device"])
+    tokens = torch.tensor([sum(int(b.valid.sum()) for b in batches)], dtype=torch.float64, device=state.device)
     torch.distributed.all_reduce(tokens)
+    sums = (float(metrics.slot_loss), float(metrics.entropy), float(metrics.prefix_loss))
     return {
         "step": step + 1,
-        "loss": summary["slot_loss"]
-        + recipe.objective.entropy_weight * summary["entropy"]
-        + (recipe.objective.prefix_ntp_weight * float(metrics.scalars[3]) / max(counts["prefix"], 1.0)),
+        "loss": combine_loss(*sums, counts, state.objective),
         **summary,
         "k": draws[0][0],
-        "supervised_slots": counts["slots"],
-        "lr": state["engine"].get_lr()[0],
-        "grad_norm": _grad_norm(state["engine"]),
+        "supervised_slots": counts.slots,
+        "lr": state.engine.get_lr()[0],
+        "grad_norm": _grad_norm(state.engine),
         "step_seconds": elapsed,
         "tokens_per_second": float(tokens) / elapsed,
     }
 
 
-def _grad_norm(engine) -> float | None:
+def _grad_norm(engine: Any) -> float | None:
     """Global gradient norm of the last optimizer step, before clipping (DeepSpeed computes it when clipping)."""
     norm = engine.get_global_grad_norm()
     return float(norm) if norm is not None else None
 
 
-def check_finite(record: dict, engine, last_saved) -> None:
+def check_finite(record: dict[str, Any], engine: Any, last_saved: Path | None) -> None:
     """Stop before anything is saved once the loss or the gradient is not finite (fp16 loss scaling skips
     overflowing steps by itself, so there only the loss counts)."""
     grad_norm = record.get("grad_norm")
@@ -141,11 +133,11 @@ def check_finite(record: dict, engine, last_saved) -> None:
             raise FloatingPointError(f"non-finite {name} ({value}) at step {record['step']}{where}")
 
 
-def validate(state, step: int) -> dict:
+def validate(state: TrainState, step: int) -> dict[str, float]:
     """Teacher-forced metrics on fixed validation batches with fixed (k, offset) draws."""
     from mtp_ds.data import validation_batches
 
-    recipe, data, packing = state["recipe"], state["data"], state["plan"].packing
+    recipe, data, packing = state.recipe, state.data, state.plan.packing
     if len(data.validation) == 0:
         return {}
     sampler = KOffsetSampler(
@@ -155,7 +147,7 @@ def validate(state, step: int) -> dict:
         per_sequence_k=True,
         seed=recipe.train.seed + 1,
     )
-    state["engine"].eval()
+    state.engine.eval()
     total = None
     for index, indices in enumerate(
         validation_batches(
@@ -165,76 +157,35 @@ def validate(state, step: int) -> dict:
         batches = pack_step(state, data.validation, indices, sampler.sample(index, len(indices)))
         metrics, _ = run_objective(state, batches, train=False)
         total = metrics if total is None else total + metrics
-    state["engine"].train()
+    state.engine.train()
     return {"step": step, **{f"val/{name}": value for name, value in total.summary().items()}}
 
 
-def save(state, step: int) -> Path:
+def save(state: TrainState, step: int) -> Path:
+    """Collective: a checkpoint of this step (engine, sampler position, RNG states; mtp_ds.checkpoint.store)."""
     from mtp_ds.checkpoint.store import save_checkpoint
 
-    recipe = state["recipe"]
+    recipe = state.recipe
     client_state = {
         "step": step,
-        "sampler": state["sampler"].state_dict(),
+        "sampler": state.sampler.state_dict(),
         "samples_consumed": step * recipe.train.global_batch_size,
     }
     return save_checkpoint(
-        state["engine"],
+        state.engine,
         recipe.checkpoint.dir,
         step,
         client_state,
         keep_last=recipe.checkpoint.keep_last,
-        effective_config=state["effective_config"],
-        hf_config=state["student"].config,
-        tokenizer=state["tokenizer"],
-        run_id=state["run_id"],
+        effective_config=state.effective_config,
+        hf_config=state.student.config,
+        tokenizer=state.tokenizer,
+        run_id=state.run_id,
     )
 
 
-def prepare(recipe, plan, rank: int, local_rank: int) -> dict:
-    """Everything before the first step: tokenizer, data (rank 0 first), models, samplers. `plan`: the
-    run's `mtp_ds.config.RunPlan`, resolved before the process group started."""
-    from mtp_ds.data import EpochShuffleSampler, build_datasets
-    from mtp_ds.models.loading import device_for_rank, load_tokenizer
-    from mtp_ds.models.student import build_models
-
-    tokenizer = load_tokenizer(recipe.model)
-    for first in (True, False):  # rank 0 tokenises and fills the cache, then the others read it
-        if (rank == 0) == first:
-            data = build_datasets(recipe, tokenizer)
-        torch.distributed.barrier()
-    device = device_for_rank(local_rank)
-    models = build_models(recipe, plan, tokenizer=tokenizer, device=device)
-    packing = plan.packing
-    return {
-        "recipe": recipe,
-        "plan": plan,
-        "data": data,
-        "engine": models.engine,
-        "student": models.student,
-        "teacher": models.teacher,
-        "mask_tokens": models.mask_tokens,
-        "tokenizer": models.tokenizer,
-        "device": device,
-        "rank": rank,
-        "world": plan.world_size,
-        "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else data.eos_token_id,
-        "objective": objective_config(recipe),
-        "sampler": EpochShuffleSampler(
-            len(data.train), global_batch_size=recipe.train.global_batch_size, seed=recipe.train.seed
-        ),
-        "k_sampler": KOffsetSampler(
-            k_min=packing.k_min,
-            k_max=packing.k_max,
-            static_k=packing.static_k,
-            per_sequence_k=packing.per_sequence_k,
-            seed=recipe.train.seed,
-        ),
-        "effective_config": plan.effective_config(recipe),
-    }
-
-
-def train(recipe, *, device_type: str) -> int:
+def train(recipe: Recipe, *, device_type: str) -> int:
+    """The whole run on this rank: plan, process group, the directory's lock, the steps; returns the exit code."""
     from mtp_ds.checkpoint.resume import start_run
     from mtp_ds.config import plan_run
 
@@ -275,27 +226,27 @@ def interrupt_while_loading() -> None:
     """Until the first step there is nothing to save: SIGTERM / SIGUSR1 abort like Ctrl-C, through `finally`
     (which releases the directory's lock) instead of killing the process where it stands."""
 
-    def abort(number, _frame):
+    def abort(number: int, _frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt(f"{signal.Signals(number).name} before the first step")
 
     for number in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(number, abort)
 
 
-def run_training(recipe, plan, start, rank: int, local_rank: int) -> int:
+def run_training(recipe: Recipe, plan: RunPlan, start: RunStart, rank: int, local_rank: int) -> int:
+    """Build the state, resume if `start` says so, then step, log, validate and save until done or stopped."""
     from tqdm import tqdm
 
     from mtp_ds.checkpoint.store import load_checkpoint
     from mtp_ds.train.tracking import MetricsWriter, StopRequest
 
-    state = prepare(recipe, plan, rank, local_rank)
-    state["run_id"] = start.run_id
+    state = TrainState.build(recipe, plan, rank, local_rank, run_id=start.run_id)
     start_step = 0
     last_saved = start.resume_from
     if start.resume_from is not None:
-        client = load_checkpoint(state["engine"], start.resume_from)
+        client = load_checkpoint(state.engine, start.resume_from)
         start_step = int(client["step"])
-        state["sampler"].load_state_dict(client["sampler"])
+        state.sampler.load_state_dict(client["sampler"])
         log.info("resumed from %s at step %d", start.resume_from, start_step)
     done_marker, stopped_marker = Path(recipe.checkpoint.dir, DONE_FILE), Path(recipe.checkpoint.dir, STOPPED_FILE)
     if rank == 0:
@@ -311,7 +262,7 @@ def run_training(recipe, plan, start, rank: int, local_rank: int) -> int:
         wandb_settings={
             "project": logging_settings.wandb_project,
             "name": logging_settings.wandb_run_name,
-            "config": state["effective_config"],
+            "config": state.effective_config,
         }
         if logging_settings.wandb
         else None,
@@ -325,7 +276,7 @@ def run_training(recipe, plan, start, rank: int, local_rank: int) -> int:
         while step < recipe.train.steps:
             record = train_step(state, step)
             step += 1
-            check_finite(record, state["engine"], last_saved)
+            check_finite(record, state.engine, last_saved)
             if step % recipe.train.log_every == 0 or step == recipe.train.steps:
                 writer.write(
                     {key: round(value, 6) if isinstance(value, float) else value for key, value in record.items()}
@@ -334,7 +285,7 @@ def run_training(recipe, plan, start, rank: int, local_rank: int) -> int:
             progress.set_postfix(loss=f"{record['loss']:.4f}", agree=f"{record['agreement']:.3f}", k=record["k"])
             if recipe.train.eval_every and step % recipe.train.eval_every == 0:
                 writer.write(validate(state, step))
-            stopping = stop.agreed(state["device"])
+            stopping = stop.agreed(state.device)
             if (
                 stopping
                 or step == recipe.train.steps
@@ -344,7 +295,7 @@ def run_training(recipe, plan, start, rank: int, local_rank: int) -> int:
             if stopping:
                 progress.close()
                 if rank == 0:
-                    stopped_marker.write_text(f"{step}\n")
+                    atomic_write_text(stopped_marker, f"{step}\n")
                     log.warning(
                         "stopped (%s): saved %s at step %d; run the same command to resume",
                         stop.signal_name or "another rank's signal",
@@ -357,11 +308,12 @@ def run_training(recipe, plan, start, rank: int, local_rank: int) -> int:
         progress.close()
         writer.close()
     if rank == 0:
-        done_marker.write_text(f"{step}\n")
+        atomic_write_text(done_marker, f"{step}\n")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m mtp_ds.train RECIPE [key=value ...]`: the exit code (2: a config error, 1: non-finite, 130: Ctrl-C)."""
     from mtp_ds.config import parse_cli
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

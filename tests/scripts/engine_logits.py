@@ -12,16 +12,16 @@ import torch
 from mtp_ds.checkpoint.store import load_checkpoint
 from mtp_ds.config import load_recipe, plan_run
 from mtp_ds.train.distributed import setup_distributed
-from mtp_ds.train.loop import prepare
+from mtp_ds.train.state import TrainState
 
 recipe_path, checkpoint, out, *overrides = sys.argv[1:]
 recipe = load_recipe(recipe_path, overrides)
 rank, world, local_rank = setup_distributed("cpu")
-state = prepare(recipe, plan_run(recipe, world, device_type="cpu"), rank, local_rank)
-load_checkpoint(state["engine"], Path(checkpoint))
+state = TrainState.build(recipe, plan_run(recipe, world, device_type="cpu"), rank, local_rank)
+load_checkpoint(state.engine, Path(checkpoint))
 probe = torch.arange(4, 36).reshape(2, 16)
 with torch.no_grad():
-    logits = state["student"](input_ids=probe).logits
+    logits = state.student(input_ids=probe).logits
 if rank == 0:
     torch.save(logits, out)
 torch.distributed.destroy_process_group()

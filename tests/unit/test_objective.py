@@ -12,10 +12,13 @@ from mtp_ds.layout import pack
 from mtp_ds.models.teacher import LocalTeacher
 from mtp_ds.objective import (
     ObjectiveConfig,
+    SupervisionCounts,
+    combine_loss,
     global_supervision_counts,
     mtp_objective,
     prefix_coordinates,
     slot_coordinates,
+    supervision_counts,
     suppress_mask_tokens,
 )
 
@@ -178,6 +181,10 @@ def test_global_normalisation_one_batch_of_8_equals_4_micro_batches_of_2(kind):
     def gradients(micro_batches):
         student.zero_grad()
         counts = global_supervision_counts(micro_batches, config)
+        assert counts == SupervisionCounts(
+            slots=sum(supervision_counts(micro, config).slots for micro in micro_batches),
+            prefix=sum(supervision_counts(micro, config).prefix for micro in micro_batches),
+        )
         total = 0.0
         for micro in micro_batches:
             out = mtp_objective(
@@ -192,6 +199,28 @@ def test_global_normalisation_one_batch_of_8_equals_4_micro_batches_of_2(kind):
     assert abs(whole_loss - split_loss) < 1e-5
     for a, b in zip(whole, split):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_combine_loss_normalises_each_term_by_its_own_count():
+    counts = SupervisionCounts(slots=4.0, prefix=2.0)
+    assert combine_loss(1.0, 2.0, 3.0, counts, ObjectiveConfig(entropy_weight=0.5)) == 0.5  # no prefix term
+    assert combine_loss(1.0, 2.0, 3.0, counts, ObjectiveConfig(prefix_ntp_weight=0.5)) == 0.25 + 0.75
+    assert combine_loss(1.0, 2.0, None, SupervisionCounts(slots=0.0, prefix=0.0), ObjectiveConfig()) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft", "ground_truth"])
+def test_combine_loss_of_the_logged_sums_is_the_objectives_loss(kind):
+    """The loss a step logs (`combine_loss` on the metric sums) is the loss it differentiates."""
+    student, teacher, tokenizer, tokens = student_and_teacher("qwen3")
+    config = ObjectiveConfig(kind=kind, prefix_ntp_weight=0.3, entropy_weight=0.05)
+    batch, _, _ = make_batch(tokenizer, tokens, eos_row=1)
+    out = mtp_objective(student, LocalTeacher(teacher), batch, config, mask_token_ids=tokens.ids)
+    counts, sums = supervision_counts(batch, config), out.metrics
+    assert counts.prefix > 0 and counts.slots == float(sums.slot_count.sum())
+    exact = combine_loss(sums.slot_loss, sums.entropy, sums.prefix_loss, counts, config)
+    assert torch.equal(out.loss.detach(), exact)
+    logged = combine_loss(float(sums.slot_loss), float(sums.entropy), float(sums.prefix_loss), counts, config)
+    assert logged == pytest.approx(float(exact), rel=1e-6)
 
 
 def test_metrics_accept_length_proxy():
