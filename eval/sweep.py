@@ -1,28 +1,12 @@
 """Sweep decoding settings of one MTP checkpoint with lm-eval: accuracy vs acceleration (docs/METHOD.md section 6).
 
 Usage:
-    python eval/sweep.py --pretrained DIR --out_dir outputs/sweep \
-        [--tasks gsm8k_cot_mtp] [--include_path eval/tasks] [--metadata '{"gsm8k_path": "test.jsonl"}'] \
-        [--settings static:1,static:3,confadapt:0.9,selfspec:4] \
-        | [--static_k 1,2,3,4,5] [--thresholds 0.9,0.8] [--selfspec_k_max 4,16] [--k_max 16] \
-        [--limit 100] [--num_fewshot 8] [--gen_kwargs max_gen_toks=256] \
-        [--batch_size 1] [--device cuda] [--dtype bfloat16] [--metric exact_match,flexible-extract]
+    python eval/sweep.py --pretrained DIR --out_dir outputs/sweep [--tasks gsm8k_cot_mtp] [--limit 100] \
+        [--settings static:1,static:3,confadapt:0.9,selfspec:4 | --static_k 1,2 --thresholds 0.9,0.8 --selfspec_k_max 4]
 
-Default settings: the paper's sweep, Static k=1..5 and ConfAdapt at 14 thresholds (k_max 16), plus selfspec
-(lossless self-verifying decoding, mtp_ds/decoding/selfspec.py) at k_max 16: its accuracy is Static k=1's,
-so its point shows how much acceleration is free. `--settings` replaces them by an explicit list (`static:K`,
-`confadapt:TAU` at --k_max, `selfspec:K` with K its k_max, `selfspec:K:per_proposal` for the other mask
-layout); `--static_k` / `--thresholds` / `--selfspec_k_max` choose subsets of each kind (an empty value drops
-that kind; --selfspec_k_max defaults to --k_max). Static k=1 is always run first (added if missing): it is
-the baseline of the wall-clock speedup, which must be measured in the same process on the same machine.
-
-Why one process and one loaded model: the checkpoint is loaded once (`MTPLM`), and each setting is one
-`lm_eval.simple_evaluate` call on it with fresh decoding statistics, so settings differ only in decoding.
-
-Writes to --out_dir: sweep.csv and sweep.json (one row per setting and task: accuracy +- stderr,
-acceleration factor +- std, forward passes, input columns per forward pass, verified proposals per pass
-(selfspec), tokens/s, wall-clock speedup = tokens/s over Static k=1's tokens/s), results_<setting>.json
-(lm-eval's full results per setting) and pareto.png (see pareto_plot.py).
+Default: the paper's sweep (Static k=1..5, ConfAdapt at 14 thresholds, k_max 16) plus selfspec at k_max 16, on one
+loaded model; Static k=1 always runs first (the wall-clock baseline). Writes sweep.csv, sweep.json,
+results_<setting>.json and pareto.png to --out_dir (eval/README.md has every flag and column).
 """
 
 import argparse
@@ -35,14 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pareto_plot import plot_pareto
 
-from mtp_ds.evaluation.pareto import DEFAULT_MASK_LAYOUT, setting_label
+from mtp_ds.decoding.spec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, DecodeSpec
 
 PAPER_STATIC_K = (1, 2, 3, 4, 5)
 PAPER_THRESHOLDS = (0.995, 0.99, 0.98, 0.97, 0.96, 0.95, 0.9, 0.87, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 DEFAULT_TASK = "gsm8k_cot_mtp"
 DEFAULT_METRIC = "exact_match,flexible-extract"
-BASELINE = ("static", 1)
-MASK_LAYOUTS = ("linear", "per_proposal")  # mtp_ds.decoding.MASK_LAYOUTS, without importing torch to parse args
+BASELINE = DecodeSpec(strategy="static", k=1)  # the wall-clock speedup's reference, always run first
 STATS_COLUMNS = (
     "acceleration_factor",
     "acceleration_factor_std",
@@ -79,21 +62,17 @@ CSV_COLUMNS = (
 )
 
 
-def selfspec_setting(k_max: int, mask_layout: str = DEFAULT_MASK_LAYOUT) -> dict:
-    return {"strategy": "selfspec", "k_max": k_max, "mask_layout": mask_layout}
-
-
-def parse_setting(text: str, k_max: int) -> dict:
-    """`static:K`, `confadapt:TAU` or `selfspec:K[:LAYOUT]` -> a setting dict; one-line error otherwise."""
+def parse_setting(text: str, k_max: int) -> DecodeSpec:
+    """`static:K`, `confadapt:TAU` or `selfspec:K[:LAYOUT]` -> a DecodeSpec; one-line error otherwise."""
     strategy, _, value = text.strip().partition(":")
     try:
-        if strategy == "static" and int(value) >= 1:
-            return {"strategy": "static", "k": int(value)}
-        if strategy == "confadapt" and 0.0 <= float(value) <= 1.0:
-            return {"strategy": "confadapt", "threshold": float(value), "k_max": k_max}
+        if strategy == "static":
+            return DecodeSpec(strategy="static", k=int(value), k_max=max(int(value), 1))
+        if strategy == "confadapt":
+            return DecodeSpec(strategy="confadapt", threshold=float(value), k_max=k_max)
         block, _, layout = value.partition(":")
-        if strategy == "selfspec" and int(block) >= 1 and (layout or DEFAULT_MASK_LAYOUT) in MASK_LAYOUTS:
-            return selfspec_setting(int(block), layout or DEFAULT_MASK_LAYOUT)
+        if strategy == "selfspec":
+            return DecodeSpec(strategy="selfspec", k_max=int(block), mask_layout=layout or DEFAULT_MASK_LAYOUT)
     except ValueError:
         pass
     raise SystemExit(
@@ -109,23 +88,19 @@ def _number_list(text: str, cast, flag: str) -> list:
         raise SystemExit(f"{flag}: expected a comma-separated list of numbers, got {text!r}") from None
 
 
-def chosen_settings(args) -> list[dict]:
+def chosen_settings(args) -> list[DecodeSpec]:
     if args.settings:
-        settings = [parse_setting(item, args.k_max) for item in args.settings.split(",") if item.strip()]
+        entries = [item for item in args.settings.split(",") if item.strip()]
     else:
-        settings = [{"strategy": "static", "k": k} for k in _number_list(args.static_k, int, "--static_k")]
-        settings += [
-            {"strategy": "confadapt", "threshold": tau, "k_max": args.k_max}
-            for tau in _number_list(args.thresholds, float, "--thresholds")
-        ]
         selfspec_k_max = str(args.k_max) if args.selfspec_k_max is None else args.selfspec_k_max
-        settings += [selfspec_setting(k) for k in _number_list(selfspec_k_max, int, "--selfspec_k_max")]
-    baseline = {"strategy": BASELINE[0], "k": BASELINE[1]}
-    settings = [s for s in settings if s != baseline]
-    return [baseline, *settings]
+        entries = [f"static:{k}" for k in _number_list(args.static_k, int, "--static_k")]
+        entries += [f"confadapt:{tau}" for tau in _number_list(args.thresholds, float, "--thresholds")]
+        entries += [f"selfspec:{k}" for k in _number_list(selfspec_k_max, int, "--selfspec_k_max")]
+    settings = [parse_setting(entry, args.k_max) for entry in entries]
+    return [BASELINE, *(spec for spec in settings if spec.label != BASELINE.label)]
 
 
-def table_rows(results: dict, setting: dict, metric: str, run_seconds: float) -> list[dict]:
+def table_rows(results: dict, spec: DecodeSpec, metric: str, run_seconds: float) -> list[dict]:
     """One row per task of one lm-eval results dict (decoding statistics from config.mtp_decoding)."""
     decoding = results["config"]["mtp_decoding"]
     metric_name, _, filter_name = metric.partition(",")
@@ -137,12 +112,8 @@ def table_rows(results: dict, setting: dict, metric: str, run_seconds: float) ->
         rows.append(
             {
                 "task": task,
-                "setting": setting_label(setting),
-                "strategy": setting["strategy"],
-                "k": setting.get("k"),
-                "k_max": setting.get("k_max"),
-                "threshold": setting.get("threshold"),
-                "mask_layout": setting.get("mask_layout"),
+                "setting": spec.label,
+                **{key: spec.settings().get(key) for key in ("strategy", "k", "k_max", "threshold", "mask_layout")},
                 "accuracy": task_results.get(metric),
                 "accuracy_stderr": stderr if isinstance(stderr, (int, float)) else None,
                 **{key: stats.get(key) for key in STATS_COLUMNS},
@@ -168,14 +139,14 @@ def write_tables(rows: list[dict], out_dir: Path, header: dict) -> None:
     (out_dir / "sweep.json").write_text(json.dumps({**header, "rows": rows}, indent=2, default=str) + "\n")
 
 
-def warm_up(lm, settings: list[dict], new_tokens: int = 8) -> None:
+def warm_up(lm, settings: list[DecodeSpec], new_tokens: int = 8) -> None:
     """Run each strategy (and selfspec mask layout: they take different attention paths) once on a short prompt,
     so the baseline's tokens/s does not pay first-call costs."""
     import torch
 
     context = torch.tensor([lm.tok_encode("Q: What is 2 + 3?\nA: Let's think step by step.")], device=lm.device)
-    for setting in {(setting["strategy"], setting.get("mask_layout")): setting for setting in settings}.values():
-        lm.set_decoding(**setting)
+    for spec in {(spec.strategy, spec.settings().get("mask_layout")): spec for spec in settings}.values():
+        lm.set_decoding(spec)
         lm._model_generate(context, max_length=context.shape[1] + new_tokens, stop=[])
     lm.reset_stats()
 
@@ -239,9 +210,9 @@ def main(argv=None) -> int:
     }
     rows: list[dict] = []
     progress = tqdm(settings, desc="sweep settings", unit="setting")
-    for setting in progress:
-        progress.set_postfix_str(setting_label(setting))
-        lm.set_decoding(**setting)
+    for spec in progress:
+        progress.set_postfix_str(spec.label)
+        lm.set_decoding(spec)
         lm.reset_stats()
         started = time.perf_counter()
         results = lm_eval.simple_evaluate(
@@ -254,10 +225,8 @@ def main(argv=None) -> int:
             log_samples=False,
         )
         run_seconds = time.perf_counter() - started
-        (args.out_dir / f"results_{setting_label(setting)}.json").write_text(
-            json.dumps(results, indent=2, default=str) + "\n"
-        )
-        rows.extend(table_rows(results, setting, args.metric, run_seconds))
+        (args.out_dir / f"results_{spec.label}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        rows.extend(table_rows(results, spec, args.metric, run_seconds))
         add_speedups(rows)
         write_tables(rows, args.out_dir, header)  # after every setting, so a killed sweep keeps its rows
     plot = plot_pareto(rows, args.out_dir / "pareto.png", title=Path(args.pretrained).name, metric_label=args.metric)

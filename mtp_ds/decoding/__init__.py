@@ -1,25 +1,25 @@
-"""Multi-token decoding of an MTP checkpoint: `generate(model, input_ids, strategy=..., ...)`.
+"""Multi-token decoding of an MTP checkpoint: `generate`, `generate_many` and the `DecodeSpec` they take.
 
-`decoder.py` (`generate`; Static k and ConfAdapt, batched with ragged acceptance), `stream.py` (`generate_many`:
-a request stream with continuous batching), `selfspec.py` (lossless self-verifying decoding: the model checks its
-own proposals), `passes.py` (one batched forward: inputs, positions,
-4D mask), `readout.py` (logits -> tokens), `result.py` (per-row state, stop rules, `GenerationResult`),
-`ragged_cache.py` (which cached keys are real, compaction), `kv_cache.py` (an HF cache whose layers append in
-place), `attention.py` (sdpa over grouped KV heads without the per-pass `repeat_kv` copy), `cli.py`
-(`mtp-ds generate`). Pure torch + transformers: no DeepSpeed, no recipe.
+Pure torch + transformers (no DeepSpeed, no recipe). Names load on first use, so `mtp_ds.decoding.spec`
+imports without torch. The module map is in ARCHITECTURE.md; the design in docs/DECODING.md.
 """
 
-from mtp_ds.decoding.decoder import STRATEGIES, generate
-from mtp_ds.decoding.result import GenerationResult
-from mtp_ds.decoding.selfspec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS
-from mtp_ds.decoding.stream import StreamResult, generate_many
+import importlib
 
-__all__ = [
-    "DEFAULT_MASK_LAYOUT",
-    "MASK_LAYOUTS",
-    "STRATEGIES",
-    "GenerationResult",
-    "StreamResult",
-    "generate",
-    "generate_many",
-]
+_EXPORTS = {
+    "DEFAULT_MASK_LAYOUT": "spec",
+    "MASK_LAYOUTS": "spec",
+    "STRATEGIES": "spec",
+    "DecodeSpec": "spec",
+    "GenerationResult": "result",
+    "StreamResult": "stream",
+    "generate": "decoder",
+    "generate_many": "stream",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mtp_ds.decoding' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mtp_ds.decoding.{_EXPORTS[name]}"), name)

@@ -1,21 +1,9 @@
 """Grouped-query attention for MTP passes without copying the KV cache: the `sdpa_gqa` attention implementation.
 
-Why: an MTP pass feeds q > 1 new tokens over a cached context and (ragged rows, holes) needs an explicit mask.
-With a mask and q > 1, transformers' `sdpa` attention expands every layer's cached keys and values from the KV
-heads to all query heads (`repeat_kv`) before calling the kernel: a copy of num_heads x context x head_dim per
-layer per pass. A k=1 step never pays it (transformers folds the heads of a single query instead), so the copy
-is exactly the part of a pass's cost that grows with k and with the context: on the demo's model (4 query / 2 KV
-heads, 512 cached tokens, CPU) it was ~45% of a q=8 forward at batch 1 (docs/PERFORMANCE.md).
-
-The fix folds the query heads instead (the same trick transformers uses for q = 1, generalised): the queries of
-the n_rep heads that share a KV head become n_rep x q rows of one head, attention runs on the KV heads as they are
-cached, and the mask (no head dimension, so cheap) is repeated n_rep times along the query rows. Each output row
-is the same softmax over the same keys as before, so the result equals `sdpa` up to float rounding; any call this
-does not apply to (no mask, q = 1, no grouping, per-head masks) goes to transformers' own `sdpa` unchanged.
-
-`decoding_attention(model)` switches a model that runs `sdpa` to `sdpa_gqa` for the duration of a decode (the
-MTP decoder does it for every `generate`) and restores it after; training and other users of the model keep
-whatever they loaded. Nothing here imports DeepSpeed; transformers is imported when first used.
+With a mask and q > 1 new tokens, transformers' `sdpa` copies every layer's cached keys and values to all query
+heads (`repeat_kv`) on every pass. `sdpa_gqa` folds the query heads that share a KV head into rows instead: the
+same softmax over the same keys, no copy. `decoding_attention(model)` switches a model to it for one decode and
+restores it after. docs/DECODING.md has the why and the measurement.
 """
 
 from __future__ import annotations

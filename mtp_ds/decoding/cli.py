@@ -4,17 +4,8 @@ Usage:
     mtp-ds generate MODEL_DIR --prompt TEXT [--strategy static|confadapt|selfspec] [--k K] [--k-max K]
                     [--threshold T] [--mask-layout linear|per_proposal] [--max-new-tokens N] [--chat] [--no-color]
 
-Strategies: `static` keeps --k tokens per pass; `confadapt` the confident run of --k-max predictions at
---threshold; `selfspec` (lossless) lets the model verify its own --k-max - 1 proposals in the next pass, so the
-output is exactly the model's own k=1 greedy output (--mask-layout: where the proposing mask tokens sit).
-
-Each pass's chunk is printed in alternating colours followed by a superscript count of its tokens (like the
-paper's Figure 1), so one sees where the model emitted many tokens at once; then the acceleration factor
-(mean tokens per forward pass) and the throughput. With selfspec the chunk's verified proposals are in the
-chunk's colour and the pass's last token, the model's own next token (the correction of a refused proposal, or
-the bonus after all were accepted), is underlined; a legend line says so. --no-color (or NO_COLOR) prints
-the same text without escape codes. MODEL_DIR is a local Hugging Face checkpoint whose config records
-`mtp_token_id` (as written by `mtp_ds.tokens.add_mtp_tokens` and the exporter).
+Each pass's chunk is printed in its own colour with a superscript count of its tokens (selfspec: the model's
+own next token underlined), then tokens per pass and tokens/s. MODEL_DIR: an exported checkpoint (docs/DECODING.md).
 """
 
 from __future__ import annotations
@@ -24,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from mtp_ds.decoding.selfspec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS
+from mtp_ds.decoding.spec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, DecodeSpec
 
 CHUNK_COLOURS = ("\033[36m", "\033[33m", "\033[32m", "\033[35m")  # cyan, yellow, green, magenta
 RESET = "\033[0m"
@@ -44,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp-ds generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="local Hugging Face checkpoint directory")
     parser.add_argument("--prompt", required=True, help="prompt text")
-    parser.add_argument("--strategy", choices=("static", "confadapt", "selfspec"), default="confadapt")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="confadapt")
     parser.add_argument("--k", type=int, default=1, help="tokens per pass for --strategy static")
     parser.add_argument(
         "--k-max",
@@ -128,22 +119,29 @@ def render_chunks(tokenizer, chunks: list[list[int]], colour: bool, verified: li
     return "".join(pieces)
 
 
-def settings_text(args) -> str:
+def settings_text(spec: DecodeSpec) -> str:
     """The footer's name of the decoding settings, e.g. "selfspec, k_max=4, linear; lossless: equals k=1"."""
-    if args.strategy == "static":
-        return f"static, k={args.k}"
-    if args.strategy == "confadapt":
-        return f"confadapt, k_max={args.k_max}, tau={args.threshold}"
-    return (
-        f"selfspec, k_max={args.k_max}, {args.mask_layout or DEFAULT_MASK_LAYOUT}; "
-        "lossless: equals k=1 greedy decoding token for token"
-    )
+    if spec.strategy == "static":
+        return f"static, k={spec.k}"
+    if spec.strategy == "confadapt":
+        return f"confadapt, k_max={spec.k_max}, tau={spec.threshold}"
+    return f"selfspec, k_max={spec.k_max}, {spec.mask_layout}; lossless: equals k=1 greedy decoding token for token"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mask_layout is not None and args.strategy != "selfspec":
         return _error(f"--mask-layout applies to --strategy selfspec only (got --strategy {args.strategy})")
+    try:  # before any model is loaded
+        spec = DecodeSpec(
+            strategy=args.strategy,
+            k=args.k,
+            k_max=max(args.k_max, args.k) if args.strategy == "static" else args.k_max,
+            threshold=args.threshold,
+            mask_layout=args.mask_layout or DEFAULT_MASK_LAYOUT,
+        )
+    except ValueError as error:
+        return _error(str(error))
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").is_file():
         return _error(f"MODEL_DIR {str(model_dir)!r} is not a Hugging Face model directory (no config.json)")
@@ -170,20 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         result = generate(
             model,
             torch.tensor([prompt_ids], device=device),
-            mtp_token_id=None,
-            strategy=args.strategy,
-            k=args.k,
-            k_max=max(args.k_max, args.k) if args.strategy == "static" else args.k_max,
-            threshold=args.threshold,
+            spec,
             max_new_tokens=args.max_new_tokens,
             eos_token_id=_stop_ids(tokenizer, model),
-            mask_layout=args.mask_layout or DEFAULT_MASK_LAYOUT,
         )
     except ValueError as error:
         return _error(str(error))
 
     colour = not args.no_color and not os.environ.get("NO_COLOR")
-    selfspec = args.strategy == "selfspec"
+    selfspec = spec.strategy == "selfspec"
     verified = result.verified_per_pass[0] if selfspec else None
     print(render_chunks(tokenizer, result.chunks(0), colour, verified))
     if selfspec and colour:
@@ -192,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{result.num_new_tokens} tokens in {result.num_forward_passes} forward passes | "
         f"acceleration factor {result.acceleration_factor:.2f} tokens/pass{proposals} | "
-        f"{result.tokens_per_second:.1f} tokens/s ({settings_text(args)})"
+        f"{result.tokens_per_second:.1f} tokens/s ({settings_text(spec)})"
     )
     return 0
 

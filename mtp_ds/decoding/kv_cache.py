@@ -1,15 +1,8 @@
 """A KV cache that appends in place: the decoder's cache, instead of transformers' `DynamicCache` layers.
 
-Why: `DynamicLayer.update` concatenates (`torch.cat`) the new keys/values onto the cached ones, which copies the
-whole cache of every layer on every forward pass: O(context) memory traffic per pass on top of the attention
-itself, paid once per pass whatever the number of new tokens. Here each layer keeps a buffer with spare capacity;
-a pass writes its q new entries into the buffer and attention reads a view of the first `length` entries.
-Capacity doubles when it runs out, so the copies are amortised to O(1) per entry. Cropping (what the decoder
-does with the mask tokens' entries after every pass) only moves `length` back.
-
-The layer keeps `DynamicLayer`'s interface (`keys`/`values` read as the cached tensors, assigning them replaces
-the cache, `crop`, `batch_select_indices`, `get_seq_length`), so the decoder's ragged-cache bookkeeping
-(`mtp_ds.decoding.ragged_cache.RaggedCache`) and the models' mask code work unchanged. Nothing here imports DeepSpeed.
+`DynamicLayer.update` concatenates (copies) every layer's whole cache on every pass. Here each layer keeps a
+buffer with spare capacity (doubled when it runs out) and cropping only moves `length` back. The layer keeps
+`DynamicLayer`'s interface, so `RaggedCache` and the models' mask code work unchanged (docs/DECODING.md).
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """One batched forward pass of the decoder: each row's inputs, position ids and 4D mask, the model call, the cache.
 
 Why apart from the strategies: Static k, ConfAdapt and selfspec differ in what they feed and keep, not in how a
-ragged batch goes through the model. Here rows of different lengths share one forward (right-padded, explicit
-positions, holes hidden by `RaggedCache`'s mask), and after the pass the cache keeps, per row, exactly the
-entries of the tokens the strategy kept.
+ragged batch goes through the model. A strategy builds a pass's `PassInputs` here (`prompt_inputs`,
+`pending_inputs`, or its own), and `BatchDecoder.forward` runs it: the one place the model is called.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 
@@ -16,6 +16,31 @@ from mtp_ds.decoding.kv_cache import cache_argument
 from mtp_ds.decoding.ragged_cache import RaggedCache
 from mtp_ds.decoding.result import RowState
 from mtp_ds.tokens import MaskTokens
+
+Prompt = tuple[torch.Tensor, torch.Tensor]  # (input_ids, attention_mask) of a first pass, left-padded
+
+
+@dataclass
+class PassInputs:
+    """One pass, (B, width): what to feed, where each row's predictions are read, what the cache keeps."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    # None: every new entry is real, the cache has no hole and attention among the new tokens is causal, so the
+    # model builds its own mask (what HF generate does; no (B, 1, q, cache+q) mask to allocate)
+    new_valid: torch.Tensor | None
+    # per row, the column of its first read prediction (num_predictions read from there); None: read every column
+    anchors: list[int] | None = None
+    num_predictions: int = 0
+    new_allowed: torch.Tensor | None = None  # (B, q, q) bool: which new tokens each new token sees, if not causal
+    # committed right after the forward: (B, kept width) bool of the new entries kept, and per-row counts; None:
+    # the strategy commits later (selfspec knows what it keeps only after reading the pass)
+    kept: torch.Tensor | None = None
+    kept_counts: list[int] | None = None
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
 
 
 class BatchDecoder:
@@ -33,51 +58,35 @@ class BatchDecoder:
         self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.cache_argument = cache_argument(model)
 
-    def forward(
-        self,
-        ids: torch.Tensor,
-        positions: torch.Tensor,
-        new_valid: torch.Tensor | None,
-        keep: int,
-        new_allowed: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Run one pass; return the logits of the last `keep` input columns, (B, keep, V).
-
-        `new_valid` None: every new entry is real, the cache has no hole and attention among the new tokens is
-        causal, so the model builds its own mask (what HF generate does; no (B, 1, q, cache+q) mask to allocate).
-        `new_allowed` (B, q, q) bool: which new tokens each new token sees, when that is not causal (selfspec).
-        """
-        mask = None if new_valid is None else self.kv.attention_mask(new_valid, self.dtype, new_allowed)
+    def forward(self, inputs: PassInputs) -> torch.Tensor:
+        """Run one pass: (B, num_predictions, V) logits from each row's anchor, or (B, width, V) without anchors."""
+        width = inputs.width
+        keep = width if inputs.anchors is None else width - min(inputs.anchors)
+        mask = (
+            None
+            if inputs.new_valid is None
+            else self.kv.attention_mask(inputs.new_valid, self.dtype, inputs.new_allowed)
+        )
         extra = {"logits_to_keep": keep} if self.takes_logits_to_keep else {}
         out = self.model(
-            input_ids=ids,
+            input_ids=inputs.ids,
             attention_mask=mask,
-            position_ids=positions,
+            position_ids=inputs.positions,
             **{self.cache_argument: self.kv.cache},
             use_cache=True,
             **extra,
         )
         self.num_forward_passes += 1
-        self.num_query_tokens += ids.numel()
-        return out.logits[:, -keep:]
+        self.num_query_tokens += inputs.ids.numel()
+        logits = out.logits[:, -keep:]
+        if inputs.kept is not None:
+            self.kv.commit(width, inputs.kept, inputs.kept_counts)
+        if inputs.anchors is None:
+            return logits
+        return _read_from_anchors(logits, width, inputs.anchors, inputs.num_predictions)
 
-    def _anchored(self, ids, positions, new_valid, anchors: list[int], num_predictions: int) -> torch.Tensor:
-        """A pass whose logits are read at anchor .. anchor+num_predictions-1 per row: (B, num_predictions, V)."""
-        width = ids.shape[1]
-        logits = self.forward(ids, positions, new_valid, width - min(anchors))
-        offset = width - logits.shape[1]  # logits[:, j] is the prediction at input column offset + j
-        if len(set(anchors)) == 1:  # same anchor in every row: a slice, no gather
-            start = anchors[0] - offset
-            return logits[:, start : start + num_predictions]
-        index = (
-            torch.tensor(anchors, device=logits.device)[:, None]
-            - offset
-            + torch.arange(num_predictions, device=logits.device)
-        )
-        return logits[torch.arange(logits.shape[0], device=logits.device)[:, None], index]
-
-    def first_pass(self, input_ids, attention_mask, num_masks: int):
-        """Prompt (left-padded) + masks; every row's anchor is the last prompt column."""
+    def prompt_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_masks: int) -> PassInputs:
+        """Prompt (left-padded) + masks; every row's anchor is the last prompt column; the prompt is kept."""
         batch, prompt_len = input_ids.shape
         masks = torch.tensor(
             self.mask_tokens.ids_for_masks(num_masks), dtype=input_ids.dtype, device=self.device
@@ -89,12 +98,19 @@ class BatchDecoder:
         real_counts = lengths.flatten().tolist()
         padded = any(count != prompt_len for count in real_counts)
         new_valid = torch.cat([attention_mask, torch.ones_like(masks, dtype=torch.bool)], dim=1) if padded else None
-        logits = self._anchored(ids, positions, new_valid, [prompt_len - 1] * batch, num_masks + 1)
-        self.kv.commit(ids.shape[1], attention_mask, real_counts)
-        return logits
+        return PassInputs(
+            ids,
+            positions,
+            new_valid,
+            anchors=[prompt_len - 1] * batch,
+            num_predictions=num_masks + 1,
+            kept=attention_mask,
+            kept_counts=real_counts,
+        )
 
-    def step(self, rows: list[RowState], num_masks: int):
-        """Each row's pending tokens + masks, right-padded to the longest row; all pending tokens are kept."""
+    def pending_inputs(self, rows: list[RowState], num_masks: int) -> PassInputs:
+        """Each row's pending tokens + masks, right-padded to the longest row; all pending tokens are kept
+        (and the rows' positions advance past them)."""
         pending = [len(row.pending) for row in rows]
         kept_width = max(pending)
         width = kept_width + num_masks
@@ -107,6 +123,7 @@ class BatchDecoder:
             positions.append(list(range(row.next_position, row.next_position + real)) + [0] * (width - real))
             new_valid.append([1] * real + [0] * (width - real))
             kept_valid.append([1] * n + [0] * (width - n))
+            row.next_position += n
         ragged = kept_width != min(pending)  # rows accepted different counts last pass: padding, then holes
         needs_mask = ragged or not self.kv.dense
         # one host-to-device copy for everything the pass needs
@@ -114,19 +131,20 @@ class BatchDecoder:
             [ids, positions] + ([new_valid] if needs_mask else []) + ([kept_valid] if ragged else []),
             device=self.device,
         )
-        ids, positions = planes[0], planes[1]
-        logits = self._anchored(
-            ids, positions, planes[2].bool() if needs_mask else None, [n - 1 for n in pending], num_masks + 1
-        )
         kept = (
             planes[-1, :, :kept_width].bool()
             if ragged
             else torch.ones((len(rows), kept_width), dtype=torch.bool, device=self.device)
         )
-        self.kv.commit(width, kept, pending)
-        for row, n in zip(rows, pending):
-            row.next_position += n
-        return logits
+        return PassInputs(
+            planes[0],
+            planes[1],
+            planes[2].bool() if needs_mask else None,
+            anchors=[n - 1 for n in pending],
+            num_predictions=num_masks + 1,
+            kept=kept,
+            kept_counts=pending,
+        )
 
     def keep_prefixes(self, width: int, kept_counts: list[int]) -> None:
         """After a pass over `width` new columns, keep each row's first kept_counts[b] of them (selfspec)."""
@@ -136,3 +154,17 @@ class BatchDecoder:
             < torch.tensor(kept_counts, device=self.device)[:, None]
         )
         self.kv.commit(width, kept, kept_counts)
+
+
+def _read_from_anchors(logits: torch.Tensor, width: int, anchors: list[int], num_predictions: int) -> torch.Tensor:
+    """(B, num_predictions, V): each row's logits at its anchor .. anchor + num_predictions - 1."""
+    offset = width - logits.shape[1]  # logits[:, j] is the prediction at input column offset + j
+    if len(set(anchors)) == 1:  # same anchor in every row: a slice, no gather
+        start = anchors[0] - offset
+        return logits[:, start : start + num_predictions]
+    index = (
+        torch.tensor(anchors, device=logits.device)[:, None]
+        - offset
+        + torch.arange(num_predictions, device=logits.device)
+    )
+    return logits[torch.arange(logits.shape[0], device=logits.device)[:, None], index]

@@ -26,6 +26,20 @@ class GenerationResult:
     # (the rest of the pass's tokens is its correction or bonus token); empty for the other strategies
     verified_per_pass: list[list[int]] = field(default_factory=list)
 
+    @classmethod
+    def from_rows(cls, rows: list[RowState], *, passes: int, query_tokens: int, seconds: float, strategy: str, **extra):
+        """The result of decoding `rows` (every strategy's rows end the same way; `extra`: a subclass's fields)."""
+        return cls(
+            sequences=[row.generated for row in rows],
+            tokens_per_pass=[row.tokens_per_pass for row in rows],
+            num_forward_passes=passes,
+            wall_time_s=seconds,
+            stop_reasons=[row.stop_reason for row in rows],
+            num_query_tokens=query_tokens,
+            verified_per_pass=[row.verified_per_pass for row in rows] if strategy == "selfspec" else [],
+            **extra,
+        )
+
     @property
     def acceleration_factor(self) -> float:
         """Mean tokens per pass over all passes of all rows (the paper's "effective k")."""
@@ -65,6 +79,25 @@ class RowState:
     verified_per_pass: list[int] = field(default_factory=list)
     stop_reason: str = ""
     draft_probs: torch.Tensor | None = None  # selfspec sampling: (proposals, V) distributions they were drawn from
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Where a row ends: the first stop id, the token completing a stop string, or its length budget."""
+
+    stop_ids: frozenset[int] = frozenset()
+    tokenizer: object = None
+    stop_strings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, eos_token_id=None, tokenizer=None, stop_strings=None) -> StopRule:
+        if stop_strings and tokenizer is None:
+            raise ValueError("stop_strings needs tokenizer= to decode the generated text")
+        return cls(frozenset(as_stop_ids(eos_token_id)), tokenizer, tuple(stop_strings or ()))
+
+    def finish(self, row: RowState, block: list[int], budget: int) -> list[int]:
+        """The pass's kept tokens trimmed at the row's end (sets its stop_reason)."""
+        return finish_block(row, block, self.stop_ids, budget, self.tokenizer, list(self.stop_strings) or None)
 
 
 def as_stop_ids(eos_token_id) -> set[int]:

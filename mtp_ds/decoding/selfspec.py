@@ -1,21 +1,9 @@
 """Self-speculative ("selfspec") decoding: the MTP model verifies its own proposals in the pass that makes the next.
 
-Why: Static k and ConfAdapt keep mask-slot predictions unchecked and lose accuracy (the paper: -1.9 to -5.5
-points at ConfAdapt 0.9). Here the mask slots only PROPOSE; the next pass feeds the proposals as ordinary tokens,
-and the model's next-token prediction at each fed token checks the proposal after it. Every kept token is the
-model's own causal prediction given the kept prefix, so greedy selfspec equals the same model's k=1 greedy
-decoding token for token (and speculative sampling makes sampled output distributed exactly as k=1 sampling).
-No draft model, no extra weights: one checkpoint, one forward per pass.
-
-One pass per row feeds `ground` = [last kept token, q_1 .. q_m] (the proposals; read by the model like the
-ground-truth stream in training) and groups of mask tokens; a group anchored at ground column j proposes what
-follows the token the model predicts at column j. The layouts (`MASK_LAYOUTS`):
-- "linear": one group, after the last proposal; a rejection leaves the next pass with no proposals.
-- "per_proposal": a group after every ground column (the packed training layout with an anchor at every
-  proposal), so whichever prefix is accepted, its continuation's proposals are already computed.
-Attention among the new tokens is `mtp_ds.layout`'s rule (ground causal; a group sees ground up to its anchor
-and its own earlier masks), through the decoder's 4D mask. Kept: the longest verified prefix plus the model's
-correction (or bonus) token; the cache keeps the entries of the verified prefix only (`BatchDecoder.keep_prefixes`).
+The mask slots only propose; the next pass feeds the proposals as ordinary tokens and the model's own next-token
+prediction at each one checks the proposal after it. Greedy it equals the model's k=1 decoding token for token;
+sampled (speculative sampling) it is distributed exactly as k=1 sampling. One pass feeds `ground` = [last kept
+token, proposals] plus mask groups (`MASK_LAYOUTS`: "linear" or "per_proposal"); docs/DECODING.md says more.
 """
 
 from __future__ import annotations
@@ -24,13 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from mtp_ds.decoding.passes import BatchDecoder
+from mtp_ds.decoding.passes import BatchDecoder, PassInputs, Prompt
 from mtp_ds.decoding.readout import draw, sampling_probs, without_mask_ids
-from mtp_ds.decoding.result import RowState, finish_block, keep_block
+from mtp_ds.decoding.result import RowState, StopRule, keep_block
+from mtp_ds.decoding.spec import DecodeSpec
 from mtp_ds.layout import dense_attention_mask
-
-MASK_LAYOUTS = ("linear", "per_proposal")
-DEFAULT_MASK_LAYOUT = "linear"
 
 
 @dataclass
@@ -84,18 +70,17 @@ def build_verify_pass(
     return planes
 
 
-def run_verify_pass(decoder: BatchDecoder, plan: VerifyPass, causal: bool) -> torch.Tensor:
-    """One forward over the pass's columns; (B, width, V) logits. The cache keeps nothing new until
+def verify_inputs(plan: VerifyPass, device, causal: bool) -> PassInputs:
+    """The pass's columns as `PassInputs`, every column's logits read. The cache keeps nothing new until
     `decoder.keep_prefixes` says how much of each row was verified."""
     tensors = torch.tensor(
-        [plan.input_ids, plan.positions, plan.valid, plan.anchor_of, plan.region_of, plan.mask_slot],
-        device=decoder.device,
+        [plan.input_ids, plan.positions, plan.valid, plan.anchor_of, plan.region_of, plan.mask_slot], device=device
     )
     ids, positions, valid = tensors[0], tensors[1], tensors[2].bool()
     if causal:  # ground then one group, same length in every row, cache without holes: the model's causal mask
-        return decoder.forward(ids, positions, None, plan.width)
+        return PassInputs(ids, positions, None)
     allowed = dense_attention_mask(tensors[3], tensors[4], tensors[5], valid, bidirectional=False)
-    return decoder.forward(ids, positions, valid, plan.width, new_allowed=allowed)
+    return PassInputs(ids, positions, valid, new_allowed=allowed)
 
 
 def accepted_greedy(ground: list[int], predicted: list[int]) -> int:
@@ -129,68 +114,61 @@ def _device(generator):
     return generator.device if generator is not None else None
 
 
-def selfspec_pass(
-    decoder: BatchDecoder,
-    live: list[RowState],
-    budgets: list[int],
-    prompt=None,
-    *,
-    k_max: int,
-    mask_layout: str,
-    stop_ids: set[int],
-    tokenizer,
-    stop_strings,
-    temperature: float | None,
-    generator,
-) -> None:
-    """One pass over `live` (in cache order, `budgets` their max_new_tokens): with `prompt` = (input_ids,
-    attention_mask) the first pass (prompt + masks), otherwise a verify-and-propose pass."""
-    mask_tokens = decoder.mask_tokens
-    first = prompt is not None
-    # a pass keeps >= 1 token, so proposals past room-2 (for after the next kept token) cannot be kept
-    room = max(budget - len(row.generated) for row, budget in zip(live, budgets))
-    num_masks = max(0, min(k_max - 1, room - 2))
-    if first:
-        logits = decoder.first_pass(*prompt, num_masks)
-        group_column = [{0: 1} if num_masks else {} for _ in live]
-        grounds = [[None] for _ in live]  # the last prompt token: nothing to verify
-    else:
-        plan = build_verify_pass(
-            live, num_masks, mask_layout, mask_tokens.ids_for_masks(num_masks), pad_id=mask_tokens.ids[0]
-        )
-        uniform = len(set(plan.ground_counts)) == 1
-        logits = run_verify_pass(decoder, plan, causal=mask_layout == "linear" and uniform and decoder.kv.dense)
-        group_column, grounds = plan.group_column, [r.pending for r in live]
-    if temperature:
-        outcomes = [
-            _sample_row(
-                logits[slot],
-                grounds[slot],
-                row.draft_probs,
-                group_column[slot],
-                num_masks,
-                temperature,
-                mask_tokens,
-                generator,
+class SelfSpecStrategy:
+    """The `Strategy` of selfspec: each pass verifies the row's proposals and proposes the next k_max - 1."""
+
+    def __init__(self, spec: DecodeSpec, stop: StopRule, generator: torch.Generator | None = None):
+        self.spec, self.stop, self.generator = spec, stop, generator
+        self.cache_headroom = spec.k_max * spec.k_max  # per_proposal feeds up to k_max groups of k_max - 1 masks
+
+    def step(self, decoder: BatchDecoder, rows: list[RowState], budgets: list[int], prompt: Prompt | None = None):
+        """With `prompt` the first pass (prompt + masks), otherwise a verify-and-propose pass."""
+        mask_tokens, layout, temperature = decoder.mask_tokens, self.spec.mask_layout, self.spec.temperature
+        first = prompt is not None
+        # a pass keeps >= 1 token, so proposals past room-2 (for after the next kept token) cannot be kept
+        room = max(budget - len(row.generated) for row, budget in zip(rows, budgets))
+        num_masks = max(0, min(self.spec.k_max - 1, room - 2))
+        if first:
+            logits = decoder.forward(decoder.prompt_inputs(*prompt, num_masks))
+            group_column = [{0: 1} if num_masks else {} for _ in rows]
+            grounds = [[None] for _ in rows]  # the last prompt token: nothing to verify
+        else:
+            plan = build_verify_pass(
+                rows, num_masks, layout, mask_tokens.ids_for_masks(num_masks), pad_id=mask_tokens.ids[0]
             )
-            for slot, row in enumerate(live)
-        ]
-    else:
-        predicted = without_mask_ids(logits, mask_tokens).argmax(dim=-1).tolist()
-        outcomes = [
-            _greedy_row(predicted[slot], grounds[slot], group_column[slot], num_masks) for slot in range(len(live))
-        ]
-    if not first:
-        decoder.keep_prefixes(plan.width, [accepted + 1 for accepted, _, _, _ in outcomes])
-    for row, budget, (accepted, block, proposals, draft) in zip(live, budgets, outcomes):
-        block = finish_block(row, block, stop_ids, budget, tokenizer, stop_strings)
-        keep_block(row, block, verified=accepted)
-        room = budget - len(row.generated)
-        useful = max(0, min(len(proposals), room - 1))  # the next pass keeps at most `room` tokens
+            causal = layout == "linear" and len(set(plan.ground_counts)) == 1 and decoder.kv.dense
+            logits = decoder.forward(verify_inputs(plan, decoder.device, causal))
+            group_column, grounds = plan.group_column, [row.pending for row in rows]
+        if temperature:
+            outcomes = [
+                _sample_row(
+                    logits[slot],
+                    grounds[slot],
+                    row.draft_probs,
+                    group_column[slot],
+                    num_masks,
+                    temperature,
+                    mask_tokens,
+                    self.generator,
+                )
+                for slot, row in enumerate(rows)
+            ]
+        else:
+            predicted = without_mask_ids(logits, mask_tokens).argmax(dim=-1).tolist()
+            outcomes = [
+                _greedy_row(predicted[slot], grounds[slot], group_column[slot], num_masks) for slot in range(len(rows))
+            ]
         if not first:
-            row.next_position += accepted + 1
-        row.pending = [block[-1]] + proposals[:useful] if block else []
-        row.draft_probs = draft[:useful] if draft is not None else None
+            decoder.keep_prefixes(plan.width, [accepted + 1 for accepted, _, _, _ in outcomes])
+        for row, budget, (accepted, block, proposals, draft) in zip(rows, budgets, outcomes):
+            block = self.stop.finish(row, block, budget)
+            keep_block(row, block, verified=accepted)
+            row_room = budget - len(row.generated)
+            useful = max(0, min(len(proposals), row_room - 1))  # the next pass keeps at most `row_room` tokens
+            if not first:
+                row.next_position += accepted + 1
+            row.pending = [block[-1]] + proposals[:useful] if block else []
+            row.draft_probs = draft[:useful] if draft is not None else None
 
 
 def _greedy_row(predicted: list[int], ground: list, group_column: dict[int, int], num_masks: int):

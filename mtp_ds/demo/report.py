@@ -3,18 +3,18 @@
 Why separate from `mtp_ds.demo.run`: these are pure functions of plain dicts (no torch, no subprocesses), so the
 numbers that decide PASS/MISS are tested directly.
 
-A row: {"model": "teacher" | "mtp", "strategy": "static" | "confadapt" | "selfspec", "k" (Static k; ConfAdapt and
-selfspec: their k_max), "threshold" (null for static and selfspec), "accuracy" (0-1), "acceleration" (tokens per
-forward pass of a sequence), "tokens_per_second", "wall_clock_speedup" (tokens/s over the MTP model's Static k=1),
-"accuracy_stderr", "samples"}; the selfspec row also has "outputs_differing_from_k1" (how many of lm-eval's
-per-sample outputs differ from the MTP model's Static k=1 outputs; null when either run kept none).
+A row (`summary_row`): model, strategy, k (the spec's block: Static k, else k_max), threshold, accuracy,
+acceleration (tokens per pass), tokens/s, wall-clock speedup over the MTP model's k=1, and for selfspec
+`outputs_differing_from_k1`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from mtp_ds.decoding.spec import DecodeSpec
+from mtp_ds.fileio import atomic_write_json
 
 METRIC = "exact_match,flexible-extract"
 TARGET_THRESHOLD = 0.9
@@ -25,42 +25,37 @@ TIME_GOAL_SECONDS = 1200  # the demo's goal on 2 CPU cores; reported beside the 
 
 @dataclass(frozen=True)
 class Setting:
-    """One lm-eval run of the demo: which checkpoint and how it decodes."""
+    """One lm-eval run of the demo: which checkpoint ("teacher" or "mtp") and how it decodes."""
 
-    model: str  # "teacher" or "mtp"
-    strategy: str  # "static", "confadapt" or "selfspec"
-    k: int  # Static k, or ConfAdapt's / selfspec's k_max
-    threshold: float | None = None
+    model: str
+    spec: DecodeSpec
 
     @property
     def label(self) -> str:
-        if self.strategy == "static":
-            return f"{self.model}_static_k{self.k}"
-        if self.strategy == "selfspec":
-            return f"{self.model}_selfspec_kmax{self.k}"
-        return f"{self.model}_confadapt_t{self.threshold:g}_kmax{self.k}"
+        return f"{self.model}_{self.spec.label}"
 
     @property
     def compared_sample_for_sample(self) -> bool:
         """The runs whose per-sample outputs the lossless target compares: selfspec and the MTP model's k=1."""
-        return self.model == "mtp" and (self.strategy == "selfspec" or (self.strategy == "static" and self.k == 1))
+        return self.model == "mtp" and self.spec.lossless
 
     def model_args(self, pretrained: str) -> str:
-        args = f"pretrained={pretrained},strategy={self.strategy},dtype=float32"
-        if self.strategy == "static":
-            return f"{args},k={self.k}"
-        if self.strategy == "selfspec":
-            return f"{args},k_max={self.k}"  # mask_layout: the decoder's default (linear)
-        return f"{args},k_max={self.k},threshold={self.threshold}"
+        return f"pretrained={pretrained},{self.spec.model_args()},dtype=float32"
+
+
+MTP_K1 = Setting("mtp", DecodeSpec(strategy="static", k=1))  # the reference of speedups and of selfspec's outputs
 
 
 def demo_settings(static_k: list[int], thresholds: list[float], k_max: int) -> list[Setting]:
     """The teacher at k=1, then the MTP model at Static k (k=1 always included), ConfAdapt per threshold and
     selfspec at the recipe's k_max (lossless: must give the k=1 outputs, `check_targets`)."""
-    settings = [Setting("teacher", "static", 1)]
-    settings += [Setting("mtp", "static", k) for k in sorted({1, *static_k})]
-    settings += [Setting("mtp", "confadapt", k_max, tau) for tau in sorted(set(thresholds), reverse=True)]
-    settings.append(Setting("mtp", "selfspec", k_max))
+    settings = [Setting("teacher", DecodeSpec(strategy="static", k=1))]
+    settings += [Setting("mtp", DecodeSpec(strategy="static", k=k, k_max=max(k, 1))) for k in sorted({1, *static_k})]
+    settings += [
+        Setting("mtp", DecodeSpec(strategy="confadapt", k_max=k_max, threshold=tau))
+        for tau in sorted(set(thresholds), reverse=True)
+    ]
+    settings.append(Setting("mtp", DecodeSpec(strategy="selfspec", k_max=k_max)))
     return settings
 
 
@@ -78,9 +73,9 @@ def summary_row(setting: Setting, results: dict, stats: dict) -> dict:
     stderr = task_results.get(METRIC.replace(",", "_stderr,", 1))
     return {
         "model": setting.model,
-        "strategy": setting.strategy,
-        "k": setting.k,
-        "threshold": setting.threshold,
+        "strategy": setting.spec.strategy,
+        "k": setting.spec.block,
+        "threshold": setting.spec.threshold if setting.spec.strategy == "confadapt" else None,
         "accuracy": task_results[METRIC],
         "acceleration": stats["acceleration_factor"],
         "tokens_per_second": stats["tokens_per_second"],
@@ -231,7 +226,7 @@ def plot_rows(rows: list[dict]) -> list[dict]:
 def write_summary(out_dir: Path, rows: list[dict], targets: list[dict], timings: dict) -> Path:
     """summary.json (the rows) and targets.json (targets, stage seconds and the time beside its goal)."""
     path = out_dir / "summary.json"
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_json(path, rows, indent=2)
     record = {"targets": targets, "timings": timings, "time": time_report(sum(timings.values()))}
-    (out_dir / "targets.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(out_dir / "targets.json", record, indent=2)
     return path

@@ -1,20 +1,8 @@
 """Make `lm_eval --model mtp` work with the stock lm-eval console script, without importing lm-eval early.
 
-Why a post-import hook: lm-eval 0.4.x has no model plugin discovery (no entry points are read), so a model
-from another package has to be put into `lm_eval.api.registry.model_registry` by code that runs inside the
-`lm_eval` process. The wheel ships `mtp_ds_lm_eval.pth` (from packaging/), whose one import line runs this module at every
-Python start. It must stay stdlib-only and cheap: importing lm_eval (or torch) here would cost ~100 ms+ on
-every interpreter start.
-
-So this module only puts a tiny finder on `sys.meta_path`. When `lm_eval.models` is first imported, the
-finder wraps its loader; right after the real module has run (and registered the built-in models), we add a
-lazy `"mtp" -> "mtp_ds.evaluation.lm_eval_model:MTPLM"` entry. Registering any earlier would make the registry
-non-empty before `lm_eval.models` ran, and `get_model` then never imports it: every built-in model (`hf`)
-would disappear.
-
-Guards: installing twice (this module imported under two names, or re-imported) is a no-op, because the
-finder is recognised by a marker attribute rather than by identity; and while looking up the real spec the
-finder skips every finder carrying that marker, so two copies can never call each other in a loop.
+lm-eval 0.4.x reads no model plugins, so the wheel's `mtp_ds_lm_eval.pth` runs this stdlib-only module at every
+Python start. It puts a finder on `sys.meta_path` that registers `mtp` right AFTER `lm_eval.models` has run
+(any earlier and the built-in models would vanish). docs/DECODING.md explains the guards against running twice.
 """
 
 import sys

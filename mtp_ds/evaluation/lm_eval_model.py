@@ -1,40 +1,14 @@
 """`lm_eval --model mtp`: lm-eval's HFLM with generation replaced by multi-token decoding.
 
-Why a subclass of HFLM that overrides only `_model_generate`: tokenisation, batching, chat templates,
-left padding, stop sequences and answer post-processing then stay exactly lm-eval's, so an `mtp` run differs
-from an `hf` run of the same checkpoint only in how tokens are decoded (`mtp_ds.decoding.generate`).
-Log-likelihood requests are untouched (plain next-token scoring).
-
-Model args (besides HFLM's own: pretrained, batch_size, device, dtype, ...):
-  strategy=static|confadapt|selfspec, k (Static k), k_max and threshold (ConfAdapt), k_max and mask_layout
-  (selfspec: its block, k_max-1 proposals per pass; mask_layout=linear|per_proposal, default linear; lossless:
-  greedy selfspec gives exactly the Static k=1 output), stats_path (JSON file to write the decoding statistics
-  to), continuous_batching (default true: all requests of a task go through one
-  `mtp_ds.decoding.generate_many` stream with batch_size rows in flight, a finished row's slot taken by the next
-  request at the next pass; false: lm-eval's fixed batches, each decoded until its slowest row is done; the
-  texts are the same either way, greedy). The mask token id is read from the loaded model's config
-  (`mtp_token_id`); a checkpoint without one (a base model, e.g. the teacher) is accepted for strategy=static,k=1
-  only (selfspec, whose proposals come from mask tokens, is refused like any other MTP setting).
-
-Bad model args (`ModelArgError`, a ValueError naming the arg) are found in the constructor before HFLM loads
-anything: a local `pretrained` path that does not exist (a hub id, name or owner/name, is left to Hugging Face),
-k > k_max, an unknown strategy or mask_layout... lm-eval's CLI has no error handling of its own (an exception from the
-constructor reaches the interpreter: a traceback, exit 1), so when lm-eval builds the model from `--model_args`
-(`create_from_arg_obj` / `create_from_arg_string`) the error is reported the way argparse reports a bad flag:
-one stderr line `lm_eval --model mtp: ...` and exit 2. Constructing `MTPLM(...)` directly still raises.
-
-Statistics (docs/METHOD.md section 6: report the effective k): per task and for the whole run, the acceleration factor
-(mean and std of tokens accepted per forward pass of a sequence), forward passes, generated tokens and
-tokens/s; also the input columns per batched forward pass (`query_tokens_per_forward_pass`: a selfspec pass
-feeds its proposals and masks, so it costs more than a k=1 pass) and, for selfspec, the mean of verified proposals
-kept per pass (`verified_tokens_per_pass`; null for the other strategies). They go into `get_model_info()` (so into
-the results JSON under `config.mtp_decoding`, with the setting's name, e.g. `setting: selfspec_kmax4`), into one
-log line per task, and into `stats_path` if given.
+Only `_model_generate` is replaced, so an `mtp` run differs from an `hf` run of the same checkpoint only in how
+tokens are decoded. Model args besides HFLM's: strategy, k, k_max, threshold, mask_layout (a `DecodeSpec`),
+stats_path, continuous_batching (default true: a task's requests are one `generate_many` stream with batch_size
+rows in flight). A bad model arg is one stderr line and exit 2 in the CLI. Decoding statistics land in the
+results JSON under `config.mtp_decoding`. docs/DECODING.md has the details.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -42,15 +16,16 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from mtp_ds.decoding import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, generate, generate_many
-from mtp_ds.evaluation.pareto import setting_label
+from mtp_ds.decoding import generate, generate_many
+from mtp_ds.decoding.spec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, DecodeSpec
+from mtp_ds.fileio import atomic_write_json
 from mtp_ds.tokens import has_mask_tokens, mask_tokens_from_config
 
 logger = logging.getLogger("lm_eval.mtp_ds")
@@ -194,7 +169,7 @@ class MTPLM(HFLM):
         self.continuous_batching = _model_arg(
             "continuous_batching", continuous_batching, _as_bool, lambda v: True, "true or false"
         )
-        self._rows_in_flight = None  # set while generate_until streams a task's requests
+        self._streaming = False  # True while generate_until streams a task's requests (`batch_size`)
         self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
         _check_pretrained(pretrained)
         self.stats_path = Path(stats_path) if stats_path else None
@@ -230,14 +205,24 @@ class MTPLM(HFLM):
 
     def set_decoding(
         self,
+        spec: DecodeSpec | None = None,
         *,
-        strategy: str,
+        strategy: str = "static",
         k: int = 1,
         k_max: int = 16,
         threshold: float = 0.9,
         mask_layout: str = DEFAULT_MASK_LAYOUT,
     ) -> None:
-        """Validate and set the decoding strategy (the sweep reuses one loaded model for many settings)."""
+        """Validate and set the decoding setting: a `DecodeSpec`, or its fields as (possibly string) model args
+        (the sweep reuses one loaded model for many settings)."""
+        if spec is not None:
+            strategy, k, k_max, threshold, mask_layout = (
+                spec.strategy,
+                spec.k,
+                spec.k_max,
+                spec.threshold,
+                spec.mask_layout,
+            )
         strategy = _model_arg(
             "strategy",
             strategy,
@@ -257,21 +242,20 @@ class MTPLM(HFLM):
         )
         if k > k_max:  # the decoder refuses it too, but only at the first request
             raise ModelArgError(f"model args k={k} and k_max={k_max}: k must be <= k_max")
-        previous = {name: getattr(self, name, None) for name in ("strategy", "k", "k_max", "threshold", "mask_layout")}
-        self.strategy, self.k, self.k_max, self.threshold = strategy, k, k_max, threshold
-        self.mask_layout = mask_layout
+        previous = getattr(self, "spec", None)
+        self.spec = DecodeSpec(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
         if hasattr(self, "_pretrained_name"):  # the model is loaded: check it can decode this setting
             try:
                 self._check_model_fits_setting()
             except ModelArgError:
-                self.__dict__.update(previous)  # a refused setting leaves the model as it was
+                self.spec = previous  # a refused setting leaves the model as it was
                 raise
 
     def _check_model_fits_setting(self) -> None:
         """A base model (no mask tokens) decodes only at Static k=1; distinct slot tokens must cover the block."""
         name = f"model arg pretrained={self._pretrained_name!r}"
         if self.mask_tokens is None:
-            if self.strategy == "static" and self.k == 1:
+            if self.spec.strategy == "static" and self.spec.k == 1:
                 return  # a plain causal LM (e.g. the teacher) decoded greedily by the same loop
             try:
                 mask_tokens_from_config(self.model.config)
@@ -279,12 +263,12 @@ class MTPLM(HFLM):
                 raise ModelArgError(
                     f"{name}: {err}; only strategy=static,k=1 runs without one, not {self._settings_label()}"
                 ) from None
-        block_arg, block = ("k", self.k) if self.strategy == "static" else ("k_max", self.k_max)
+        block_arg = "k" if self.spec.strategy == "static" else "k_max"
         try:
-            self.mask_tokens.ids_for_masks(block - 1)
+            self.mask_tokens.ids_for_masks(self.spec.block - 1)
         except ValueError as err:
             raise ModelArgError(
-                f"model arg {block_arg}={block}: {err} in the config of {self._pretrained_name!r}"
+                f"model arg {block_arg}={self.spec.block}: {err} in the config of {self._pretrained_name!r}"
             ) from None
 
     def reset_stats(self) -> None:
@@ -294,14 +278,7 @@ class MTPLM(HFLM):
 
     def decoding_settings(self) -> dict:
         """The args the strategy uses (threshold is ConfAdapt's, mask_layout selfspec's; k is Static k's)."""
-        settings = {"strategy": self.strategy}
-        if self.strategy == "static":
-            settings["k"] = self.k
-        elif self.strategy == "confadapt":
-            settings.update(k_max=self.k_max, threshold=self.threshold)
-        else:
-            settings.update(k_max=self.k_max, mask_layout=self.mask_layout)
-        return settings
+        return self.spec.settings()
 
     def run_stats(self) -> DecodingStats:
         total = DecodingStats()
@@ -313,7 +290,7 @@ class MTPLM(HFLM):
         """Settings plus run-wide and per-task statistics (what lands in the results JSON)."""
         return {
             **self.decoding_settings(),
-            "setting": setting_label(self.decoding_settings()),
+            "setting": self.spec.label,
             **self.run_stats().summary(),
             "per_task": {task: stats.summary() for task, stats in self.task_stats.items()},
         }
@@ -325,7 +302,7 @@ class MTPLM(HFLM):
         if self.stats_path is None:
             return
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-        self.stats_path.write_text(json.dumps(self.decoding_report(), indent=2) + "\n")
+        atomic_write_json(self.stats_path, self.decoding_report(), indent=2)
 
     # --- generation ---------------------------------------------------------------------------------------
 
@@ -348,16 +325,20 @@ class MTPLM(HFLM):
         return outputs
 
     def _generate_until_task(self, requests, disable_tqdm: bool) -> list[str]:
-        """lm-eval's generate_until; with continuous batching, as one chunk per generation-kwargs group (so one
-        `generate_many` stream, batch_size rows in flight) instead of fixed batches of batch_size."""
+        """lm-eval's generate_until; with continuous batching every generation-kwargs group is one chunk (lm-eval's
+        chunk size 0, `batch_size` below), decoded by one `generate_many` stream with batch_size rows in flight."""
         rows = self.batch_size_per_gpu
-        if not self.continuous_batching or not isinstance(rows, int) or rows < 1:
-            return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        self.batch_size_per_gpu, self._rows_in_flight = max(len(requests), 1), rows
+        self._streaming = self.continuous_batching and isinstance(rows, int) and rows >= 1
         try:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         finally:
-            self.batch_size_per_gpu, self._rows_in_flight = rows, None
+            self._streaming = False
+
+    @property
+    def batch_size(self):
+        """lm-eval's chunk size for `generate_until`: 0 (no chunking) while a task streams; `batch_size_per_gpu`,
+        the rows in flight, is left as the user set it."""
+        return 0 if self._streaming else super().batch_size
 
     def _settings_label(self) -> str:
         return ", ".join(f"{key}={value}" for key, value in self.decoding_settings().items())
@@ -381,29 +362,24 @@ class MTPLM(HFLM):
             dtype=self.mixed_precision_dtype,
             enabled=self.mixed_precision_dtype is not None,
         ):
+            spec = replace(self.spec, temperature=temperature)
             settings = dict(
                 mtp_token_id=self.mask_tokens,
-                strategy=self.strategy,
-                k=self.k,
-                k_max=self.k_max,
-                threshold=self.threshold,
                 max_new_tokens=max(0, max_length - context.shape[1]),
                 eos_token_id=self.stop_token_ids,
                 tokenizer=self.tokenizer,
                 stop_strings=list(stop or []),
-                temperature=temperature,
-                mask_layout=self.mask_layout,
             )
-            if self._rows_in_flight:  # the task's requests as one stream (`_generate_until_task`)
+            if self._streaming:  # the task's requests as one stream (`_generate_until_task`)
                 real = (
                     torch.ones_like(context, dtype=torch.bool)
                     if attention_mask is None
                     else attention_mask.to(torch.bool)
                 )
                 prompts = [row[keep].tolist() for row, keep in zip(context, real)]
-                result = generate_many(self.model, prompts, max_rows=self._rows_in_flight, **settings)
+                result = generate_many(self.model, prompts, spec, max_rows=self.batch_size_per_gpu, **settings)
             else:
-                result = generate(self.model, context, attention_mask=attention_mask, **settings)
+                result = generate(self.model, context, spec, attention_mask=attention_mask, **settings)
         seconds = time.perf_counter() - started
         if self._active_stats is None:  # called outside generate_until (e.g. directly): count it anyway
             self._active_stats = self.task_stats.setdefault("unknown", DecodingStats())

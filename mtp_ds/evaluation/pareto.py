@@ -1,17 +1,14 @@
 """Accuracy vs acceleration factor (the paper's Figure 5 Pareto plot) from table rows.
 
-Why in the package: the sweep (eval/sweep.py, eval/pareto_plot.py) and the demo (`mtp-ds demo`) draw the same
-plot from their tables. One series per (task, strategy): Static k points labelled k=..., ConfAdapt points
-labelled with tau, selfspec points labelled k_max=... (lossless: greedy selfspec has Static k=1's accuracy, so
-its series is level with k=1, further right); rows with `model == "teacher"` are drawn as their own series (the
-starting checkpoint). `setting_label` names a setting the same way in the sweep's table, its file names and
-the `mtp` model's statistics (static_k3, confadapt_t0.9_kmax16, selfspec_kmax4).
-Vertical bars: accuracy stderr; horizontal bars: std of tokens per forward pass. The dashed line joins the
-points no other point beats on both axes (the Pareto frontier) over all settings of a task.
+The sweep (eval/sweep.py, eval/pareto_plot.py) and the demo draw the same plot: one series per (task, strategy),
+the teacher as its own series, accuracy stderr and tokens-per-pass std as error bars, and the Pareto frontier
+dashed. `setting_label` names a setting as `DecodeSpec.label` does (static_k3, confadapt_t0.9_kmax16, ...).
 """
 
 import math
 from pathlib import Path
+
+from mtp_ds.decoding.spec import DEFAULT_MASK_LAYOUT, DecodeSpec
 
 STRATEGY_STYLE = {
     "static": ("Static k", "o", "tab:blue"),
@@ -19,17 +16,11 @@ STRATEGY_STYLE = {
     "selfspec": ("selfspec (lossless)", "D", "tab:red"),
 }
 TEACHER_STYLE = ("teacher", "*", "tab:green")
-DEFAULT_MASK_LAYOUT = "linear"  # mtp_ds.decoding.DEFAULT_MASK_LAYOUT (not imported: this module stays torch-free)
 
 
 def setting_label(setting: dict) -> str:
     """static_k3, confadapt_t0.9_kmax16, selfspec_kmax4 (selfspec_kmax4_per_proposal for the other layout)."""
-    if setting["strategy"] == "static":
-        return f"static_k{setting['k']}"
-    if setting["strategy"] == "selfspec":
-        layout = setting.get("mask_layout") or DEFAULT_MASK_LAYOUT
-        return f"selfspec_kmax{setting['k_max']}" + ("" if layout == DEFAULT_MASK_LAYOUT else f"_{layout}")
-    return f"confadapt_t{setting['threshold']:g}_kmax{setting['k_max']}"
+    return DecodeSpec.from_settings(setting).label
 
 
 def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

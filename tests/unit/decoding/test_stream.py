@@ -189,7 +189,7 @@ def _prefilled_cache(model, mask_tokens, prompts, append_layers):
         model, mask_tokens, make_cache(reserve=40) if append_layers else DynamicCache(), len(prompts), ids.device
     )
     with torch.inference_mode():
-        decoder.first_pass(ids, mask, 0)
+        decoder.forward(decoder.prompt_inputs(ids, mask, 0))
     return decoder.kv
 
 

@@ -264,9 +264,9 @@ def test_settings_and_summary_rows():
         "mtp_confadapt_t0.8_kmax8",
         "mtp_selfspec_kmax8",
     ]
-    assert settings[-2].model_args("m") == "pretrained=m,strategy=confadapt,dtype=float32,k_max=8,threshold=0.8"
+    assert settings[-2].model_args("m") == "pretrained=m,strategy=confadapt,k_max=8,threshold=0.8,dtype=float32"
     # the spelling lm-eval's mtp model reads (mtp_ds/evaluation/lm_eval_model.py)
-    assert settings[-1].model_args("m") == "pretrained=m,strategy=selfspec,dtype=float32,k_max=8"
+    assert settings[-1].model_args("m") == "pretrained=m,strategy=selfspec,k_max=8,mask_layout=linear,dtype=float32"
     assert [s.label for s in settings if s.compared_sample_for_sample] == ["mtp_static_k1", "mtp_selfspec_kmax8"]
     results = {
         "results": {"gsm8k_cot_mtp": {"exact_match,flexible-extract": 0.5, "exact_match_stderr,flexible-extract": 0.03}}

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import GSM8K_FIXTURE, REPO, TASK, TASKS_DIR, drawn_series, make_mtp_model
 
-from mtp_ds.decoding import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, generate
+from mtp_ds.decoding import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, DecodeSpec, generate
 
 
 def _load_task_utils():
@@ -218,9 +218,10 @@ def test_continuous_batching_generate_until_equals_fixed_batches(drifting_mtp_di
     streams = []
     real_generate_many = lm_eval_model.generate_many
 
-    def spy(model, prompts, **kwargs):
-        streams.append((len(prompts), kwargs["max_rows"]))
-        return real_generate_many(model, prompts, **kwargs)
+    def spy(model, prompts, spec, **kwargs):
+        # lm-eval's own field keeps the user's batch size while the task streams (nothing is overwritten)
+        streams.append((len(prompts), kwargs["max_rows"], lm.batch_size_per_gpu))
+        return real_generate_many(model, prompts, spec, **kwargs)
 
     monkeypatch.setattr(lm_eval_model, "generate_many", spy)
     requests = _generate_requests()
@@ -237,7 +238,7 @@ def test_continuous_batching_generate_until_equals_fixed_batches(drifting_mtp_di
         lm.continuous_batching = True
         lm.reset_stats()
         assert lm.generate_until(requests, disable_tqdm=True) == expected, setting
-        assert streams == [(3, 2)] and lm.batch_size == 2, streams
+        assert streams == [(3, 2, 2)] and lm.batch_size == 2, streams
         assert lm.run_stats().sequences == 3
         streams.clear()
 
@@ -288,7 +289,6 @@ def test_pareto_plot_draws_selfspec_as_its_own_series():
     """Sweep rows (k_max) and demo rows (k_max carried as k, no mask_layout) both label their points k_max=K."""
     from mtp_ds.evaluation import pareto
 
-    assert pareto.DEFAULT_MASK_LAYOUT == DEFAULT_MASK_LAYOUT
     base = {"task": "t", "accuracy_stderr": 0.01, "acceleration_factor_std": 0.1}
     rows = [
         {**base, "strategy": "static", "k": 1, "accuracy": 0.5, "acceleration_factor": 1.0},
@@ -333,12 +333,11 @@ def _load_sweep():
 def test_sweep_settings_parse_selfspec_and_refuse_bad_entries_in_one_line():
     sweep = _load_sweep()
     assert sweep.MASK_LAYOUTS == MASK_LAYOUTS
-    assert sweep.parse_setting("selfspec:4", 16) == {"strategy": "selfspec", "k_max": 4, "mask_layout": "linear"}
-    assert sweep.parse_setting(" selfspec:8:per_proposal", 16) == {
-        "strategy": "selfspec",
-        "k_max": 8,
-        "mask_layout": "per_proposal",
-    }
+    assert sweep.parse_setting("selfspec:4", 16) == DecodeSpec(strategy="selfspec", k_max=4, mask_layout="linear")
+    assert sweep.parse_setting(" selfspec:8:per_proposal", 16) == DecodeSpec(
+        strategy="selfspec", k_max=8, mask_layout="per_proposal"
+    )
+    assert sweep.parse_setting("confadapt:0.85", 8) == DecodeSpec(strategy="confadapt", k_max=8, threshold=0.85)
     for bad in (
         "selfspec",
         "selfspec:",
@@ -357,8 +356,8 @@ def test_sweep_settings_parse_selfspec_and_refuse_bad_entries_in_one_line():
 
     def labels(argv):
         return [
-            sweep.setting_label(s)
-            for s in sweep.chosen_settings(sweep.parse_args(["--pretrained", "x", "--out_dir", "y", *argv]))
+            spec.label
+            for spec in sweep.chosen_settings(sweep.parse_args(["--pretrained", "x", "--out_dir", "y", *argv]))
         ]
 
     default = labels([])
@@ -395,11 +394,11 @@ def test_sweep_warm_up_runs_each_strategy_and_selfspec_layout_once():
         def tok_encode(self, text):
             return [1, 2, 3]
 
-        def set_decoding(self, **setting):
-            self.current = setting
+        def set_decoding(self, spec):
+            self.current = spec
 
         def _model_generate(self, context, max_length, stop):
-            self.calls.append(sweep.setting_label(self.current))
+            self.calls.append(self.current.label)
 
         def reset_stats(self):
             self.calls.append("reset")

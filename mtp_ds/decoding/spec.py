@@ -1,0 +1,102 @@
+"""One decoding setting as a value: strategy, tokens per pass, ConfAdapt's threshold, selfspec's layout, sampling.
+
+`generate`, `generate_many`, `lm_eval --model mtp`, the sweep, the demo report and `mtp-ds generate` all build
+or take a `DecodeSpec`, so a setting is validated, sized (`block`) and named (`label`) in one place.
+Pure Python: importing it loads no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+STRATEGIES = ("static", "confadapt", "selfspec")
+MASK_LAYOUTS = ("linear", "per_proposal")
+DEFAULT_MASK_LAYOUT = "linear"
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """`static` keeps k tokens per pass; `confadapt` the confident run of k_max predictions at `threshold`;
+    `selfspec` verifies its k_max-1 proposals in the next pass (`mask_layout`), so greedy it equals k=1.
+    `temperature` 0 or None: greedy."""
+
+    strategy: str = "static"
+    k: int = 1
+    k_max: int = 16
+    threshold: float = 0.9
+    mask_layout: str = DEFAULT_MASK_LAYOUT
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not isinstance(self.k_max, int) or self.k_max < 1:
+            raise ValueError(f"k_max must be an int >= 1, got {self.k_max!r}")
+        if not isinstance(self.k, int) or not 1 <= self.k <= self.k_max:
+            raise ValueError(f"k must be an int with 1 <= k <= k_max={self.k_max}, got {self.k!r}")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 or None = greedy), got {self.temperature!r}")
+        if self.mask_layout not in MASK_LAYOUTS:
+            raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {self.mask_layout!r}")
+
+    @classmethod
+    def of(cls, spec: DecodeSpec | None = None, caller: str = "generate", **settings) -> DecodeSpec:
+        """`spec`, or one built from keyword settings (the thin keyword layer of `generate` and friends)."""
+        unknown = sorted(set(settings) - {field.name for field in fields(cls)})
+        if unknown:
+            raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
+        if spec is None:
+            return cls(**settings)
+        if settings:
+            raise TypeError(f"{caller}(): pass spec= or its fields ({', '.join(sorted(settings))}), not both")
+        return spec
+
+    @property
+    def block(self) -> int:
+        """Most tokens one pass keeps (k for Static k, else k_max): one pass feeds block - 1 mask tokens."""
+        return self.k if self.strategy == "static" else self.k_max
+
+    @property
+    def sampling(self) -> bool:
+        return bool(self.temperature)
+
+    @property
+    def lossless(self) -> bool:
+        """Greedy output equals the model's own k=1 decoding (selfspec verifies; Static k=1 is k=1)."""
+        return self.strategy == "selfspec" or (self.strategy == "static" and self.k == 1)
+
+    def settings(self) -> dict:
+        """The fields the strategy reads (k is Static k's, threshold ConfAdapt's, mask_layout selfspec's)."""
+        if self.strategy == "static":
+            return {"strategy": "static", "k": self.k}
+        if self.strategy == "confadapt":
+            return {"strategy": "confadapt", "k_max": self.k_max, "threshold": self.threshold}
+        return {"strategy": "selfspec", "k_max": self.k_max, "mask_layout": self.mask_layout}
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> DecodeSpec:
+        """Inverse of `settings()` (extra keys such as a table row's are ignored; missing ones take defaults)."""
+        names = {field.name for field in fields(cls)}
+        given = {key: value for key, value in settings.items() if key in names and value is not None}
+        if "k_max" not in given and isinstance(given.get("k"), int):
+            given["k_max"] = max(cls.k_max, given["k"])  # a Static k row names no k_max
+        return cls(**given)
+
+    @property
+    def label(self) -> str:
+        """static_k3, confadapt_t0.9_kmax16, selfspec_kmax4 (selfspec_kmax4_per_proposal for the other layout)."""
+        if self.strategy == "static":
+            return f"static_k{self.k}"
+        if self.strategy == "confadapt":
+            return f"confadapt_t{self.threshold:g}_kmax{self.k_max}"
+        suffix = "" if self.mask_layout == DEFAULT_MASK_LAYOUT else f"_{self.mask_layout}"
+        return f"selfspec_kmax{self.k_max}{suffix}"
+
+    def model_args(self) -> str:
+        """`lm_eval --model mtp --model_args` for this setting (the strategy's own fields only)."""
+        return ",".join(f"{key}={value}" for key, value in self.settings().items())
+
+    def as_dict(self) -> dict:
+        return asdict(self)
