@@ -1,46 +1,10 @@
 """Decoding benchmark: plain HF greedy vs our MTP decoder (k=1, Static k, ConfAdapt, selfspec), side by side.
 
-Usage (CPU, random-weight model built from config; a few minutes on 2 cores):
+Usage (what it measures, the columns, the targets and more examples: bench/README.md):
     HF_HUB_OFFLINE=1 .venv/bin/python bench/decode.py                          # --size small --arch qwen3
-    .venv/bin/python bench/decode.py --size medium --arch llama --out /tmp/decode.json
-    .venv/bin/python bench/decode.py --model outputs/tiny_cpu-mtp --sharpen 1    # a saved/exported checkpoint
-    .venv/bin/python bench/decode.py --batch-sizes 1 --repeats 5 --curve-batches 1 --skip-curve
     .venv/bin/python bench/decode.py --model outputs/demo/mtp --prompts outputs/demo/data/test.jsonl \
         --prompt-template "Q: {prompt}\nA: Let's think step by step." --k-max 4 --new-tokens 64   # demo's model
-GPU (H200; real hyperparameters, random weights, bf16):
     python bench/decode.py --device cuda --dtype bfloat16 --size qwen3-4b --out qwen3-4b.json
-    python bench/decode.py --device cuda --dtype bfloat16 --size llama31-8b --out llama31-8b.json
-
-What it measures, all in one process, the settings interleaved round-robin per repeat (median of repeats):
-- per batch size (default 1, 4, 16), on the same model and the same left-padded random prompts, a fixed
-  number of new tokens (no EOS, so every setting decodes the same tokens count): plain Hugging Face
-  `model.generate(do_sample=False)`; `mtp_ds.decoding.generate` at k=1; Static k=2,3,4,8; ConfAdapt k_max 16
-  at tau 0.9 and 0.8 (k_max: --k-max); selfspec (lossless self-verifying decoding) with the "linear" and the
-  "per_proposal" mask layout (k_max: --selfspec-k-max, default --k-max up to 4). Columns: tokens/s, forward
-  passes (counted by a forward hook), acceleration factor (mean accepted tokens per pass), query tokens per
-  pass (input columns, padding included: over all passes, and over the passes after the prompt's), ms per
-  pass, wall-clock speedup vs HF and vs our k=1 at the same batch, and the forward-only bound of the latter
-  (the same ratio from time inside forward calls alone). Every timed selfspec run must decode exactly our
-  k=1's tokens on every row: the benchmark stops with exit status 1 (TokensDiffer) otherwise. Also Static k=4
-  and ConfAdapt 0.9 of the same decoder on transformers' stock parts ("... stock" rows: DynamicCache, stock
-  sdpa) against the append-in-place cache (mtp_ds/decoding/kv_cache.py) and sdpa_gqa attention
-  (mtp_ds/decoding/attention.py) the decoder runs. At the end, all decode rows as one markdown table.
-- the cost of one forward pass with q new query tokens (1, 2, 4, 8, 16, 32) on a cache prefilled with a fixed
-  context (512), cropped back after each pass: ms and the ratio to q=1 (why MTP pays off where a decode step
-  is memory-bound: the curve is nearly flat), for the stock cache + attention, DynamicCache + sdpa_gqa, and ours.
-- targets, each printed PASS/MISS with its measured value: our k=1 within 5% of HF greedy (each batch size);
-  at batch 1 each MTP setting's wall-clock speedup vs HF >= 0.85 x its acceleration factor; at batch 16
-  ConfAdapt's speedup over batched k=1 >= 0.7 x its acceleration factor.
-
-Random weights give near-uniform next-token distributions, so ConfAdapt would accept ~1 token per pass. The
-benchmark therefore SHARPENS the model: the final RMSNorm weight is multiplied by --sharpen (this scales all
-logits by exactly that factor, also with tied embeddings), and says so in its output. Use --sharpen 1 for a
-trained checkpoint (--model). Acceptance on a sharpened random model is a stand-in, not a quality claim.
-With a trained checkpoint, --prompts gives real prompts (a JSONL file, e.g. the demo's held-out problems, each
-record's --prompt-field put through --prompt-template and the checkpoint's own tokenizer), so that acceptance is
-what the model really does on its task; --k-max sets ConfAdapt's k_max (and selfspec's, unless
---selfspec-k-max) to what the model was trained for. On a random model selfspec's proposals are seldom what the
-model then predicts, so its rows there show the cost of verifying, not a speed-up.
 """
 
 from __future__ import annotations

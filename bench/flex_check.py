@@ -1,15 +1,8 @@
 """sdpa + dense mask vs FlexAttention + BlockMask: the same MTP loss on one packed micro-batch of a model shape.
 
-Usage (repo root):
+Usage (repo root; why and what it checks: bench/README.md):
     python bench/flex_check.py --device cuda --size qwen3-4b --dtype bfloat16 --out flex.json   # the GPU check
     python bench/flex_check.py --device cpu --size small --dtype float32                        # forward only
-
-Why: FlexAttention is the opt-in kernel for long packed sequences (recipes/llama31_8b_magpie_ablation.yaml).
-It reads the attention rule through `layout.flex_mask_mod` while sdpa reads the dense mask; both must give the
-objective the same loss, and on CUDA the same gradient (torch has no FlexAttention backward on CPU, so there the
-check is forward only). The batch is packed the way the trainer packs it: mixed k, random offsets, one sample
-cut by EOS, padded to the plan's one length so the flex kernel compiles once. Random weights (the real
-hyperparameters of the preset), a frozen copy as the teacher, as at step 0 of training.
 """
 
 from __future__ import annotations

@@ -1,35 +1,9 @@
 """Serving benchmark: a stream of requests at concurrency c, plain HF vs our decoder (k=1, Static k, ConfAdapt, selfspec).
 
-Usage (CPU, the demo's trained model; ~25 minutes on 2 cores, most of it at c=1):
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/serve.py --model outputs/demo/mtp --out serve.json
+Usage (CPU, the demo's trained model; what it measures, the columns and the targets: bench/README.md):
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/serve.py --model outputs/demo/mtp --out serve.json   # ~23 min on 2 cores
     .venv/bin/python bench/serve.py --model outputs/demo/mtp --requests 64 --concurrency 1,16   # a quick look
 GPU: add --device cuda --dtype bfloat16 (never run on one yet).
-
-What it measures, in one process, on the same requests for every setting (the table of the authors' SGLang fork,
-which falls to 0.26x of plain decoding at 16 concurrent ConfAdapt requests):
-- requests: --requests (512) of the demo's held-out GSM8K-style problems through the demo's prompt template (the
-  demo's test.jsonl is the first 200 of them; more come from the same held-out generator stream, none of them in
-  the training split), each decoded until EOS or --max-new-tokens (256), greedy.
-- per concurrency c (--concurrency 1,16,64) and setting: plain Hugging Face `model.generate` over static
-  batches of c requests (each batch runs until its longest row is done), and `mtp_ds.decoding.generate_many` with
-  c rows in flight (continuous batching: a finished row's slot is taken by the next request) at k=1, Static
-  k=2 and 3, ConfAdapt 0.9 and selfspec (--k-max 4, the demo's training k_max). Columns: wall seconds,
-  tokens/s, forward passes (a forward hook counts them), the ideal pass count (sum over requests of their own
-  passes / c: every pass full), measured / ideal, acceleration factor (mean tokens per pass per request),
-  throughput relative to our k=1 at the same c (`x k=1`) and its forward-cost bound (`fwd bound`: the same
-  ratio from the time inside forward calls alone, i.e. what `x k=1` would be if the loop around the model cost
-  nothing: on a compute-bound CPU a wider MTP forward costs more, which no scheduler can win back), query
-  tokens per pass, and the KV memory counters (most rows holding cache at once, most rows x allocated
-  columns, and the batch cache's widest allocation in the first and in the second half of the stream).
-- where a joining request's prefill should run (the decode step's forward, or a pass of its own): the cost of
-  a forward of c rows at the decode width, of c rows padded to a prompt (what a prefill fused into the decode
-  step makes every row pay), and of a prefill pass of 1 and of c prompts, on a cache of the stream's width.
-- exactness, asserted (exit 1 with a one-line message, no JSON): every request's tokens at the largest c equal
-  its tokens at c=1 for each of our settings, and selfspec's equal our k=1's at every c.
-- targets, PASS/MISS: at c=16 measured passes within 5% of ideal (each of our settings); at c=16 and 64 ConfAdapt
-  and selfspec never slower than our k=1 and within 10% of the forward bound (x k=1 >= 0.9 x fwd bound).
-One timed run per cell (the c=1 column alone decodes every request once per setting); take numbers on a quiet
-machine. A request's prefill pass counts as one of its passes, as in `generate`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """ConfAdapt's acceptance rule, in one function: the decoder keeps what it says, the training metric reports it.
 
-Why one place: the paper's rule (the authors' released decoding code; docs/METHOD.md section 2) is easy to
-get subtly wrong, and a decoder and a metric that disagree make the logged `accept_length@tau` promise an
-acceleration the decoder never delivers. The rule: run with k_max predictions; keep the leading run of
-predictions whose top-1 probability is at least tau, the run starting at slot 0 (the anchor's own next-token
+Why one place: a decoder and a metric that disagree make `accept_length@tau` promise an acceleration the decoder
+never delivers. The paper's rule (its released decoding code; docs/METHOD.md section 2): of k_max predictions keep
+the leading run whose top-1 probability is at least tau, starting at slot 0 (the anchor's own next-token
 prediction); keep at least one token. Confidences [0.5, 0.95, 0.95, 0.2] at tau 0.9 keep 1 token;
 [0.95, 0.92, 0.85, 0.97] keep 2.
 """

@@ -1,15 +1,8 @@
 """`mtp-ds` console entry point: one subcommand per stage, each implemented by the module that owns it.
 
-Usage:
-    mtp-ds train RECIPE [key=value ...]        # launched by torchrun / srun (see slurm/)
-    mtp-ds pretrain RECIPE [key=value ...]     # single-process NTP pretraining (recipes/tiny_cpu_pretrain.yaml)
-    mtp-ds demo [--check]                      # the whole method end to end on a tiny model on CPU
-    mtp-ds export CHECKPOINT_DIR OUT_DIR       # ZeRO-3 checkpoint -> 16-bit Hugging Face checkpoint
-    mtp-ds generate MODEL_DIR --prompt TEXT    # MTP decoding with each pass's chunk coloured
-    mtp-ds show-layout [--k K ...]             # render a packed sequence and its attention mask
-
-Subcommand modules are imported only when chosen, so `mtp-ds --help` is fast and a missing optional
-dependency of one stage does not break the others.
+`mtp-ds --help` lists them (SUBCOMMANDS below), `mtp-ds VERB --help` gives each one's usage. Subcommand modules
+are imported only when chosen, so `mtp-ds --help` is fast and a missing optional dependency of one stage does
+not break the others.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""Packing many MTP problems into one training sequence (docs/METHOD.md section 4).
+"""Packing many MTP problems into one training sequence (docs/METHOD.md section 4), so one forward trains R of them.
 
-Why: one forward pass over a packed sequence trains R multi-token-prediction problems at once. Ground-truth
-tokens stay in order at their original positions; after each anchor x_i we insert k-1 mask tokens with
-positions i+1..i+k-1; a blocked-causal attention mask keeps every region blind to the others and keeps the
-ground-truth stream blind to all masks, so every slot sees exactly what it would see in an ordinary causal
-forward over `x_1..x_i + [MTP]*(k-1)`.
-
-The attention rule is written once (`_attention_rule`) over per-token descriptors and evaluated two ways:
-densely (a (T, T) bool mask for eager/SDPA attention on CPU) and as a FlexAttention `mask_mod` (block-sparse
-on GPU). Pure torch, no DeepSpeed, so all of it is tested directly on CPU.
+Ground-truth tokens stay in order at their positions; after each anchor x_i come k-1 mask tokens at positions
+i+1..i+k-1; a blocked-causal mask keeps regions blind to each other and the ground truth blind to all masks, so
+every slot sees what an ordinary causal forward over `x_1..x_i + [MTP]*(k-1)` would. The rule is written once
+(`_attention_rule`) and evaluated as a dense (T, T) bool mask (eager/SDPA, CPU) and as a FlexAttention `mask_mod`
+(block-sparse, GPU). Pure torch, no DeepSpeed: all of it is tested on CPU.
 """
 
 from __future__ import annotations

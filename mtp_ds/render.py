@@ -3,9 +3,8 @@
 Usage:
     mtp-ds show-layout                                  # a demo sequence of 24 tokens, k=3, k_max=4
     mtp-ds show-layout --length 40 --k 4 --k-max 4 --offset 2 --bidirectional --png layout.png
-
-From Python, `render_text(packed, tokenizer)` and `render_png(packed, path, tokenizer)` take any
-`PackedSequence` from `mtp_ds.layout.pack` (like the paper's Figures 2-4).
+From Python, `render_text(packed, tokenizer)` and `render_png(packed, path, tokenizer)` take any `PackedSequence`
+from `mtp_ds.layout.pack` (like the paper's Figures 2-4).
 """
 
 from __future__ import annotations

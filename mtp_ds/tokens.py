@@ -1,12 +1,9 @@
 """The `<MTP>` mask token: adding it to a tokenizer + causal LM and finding it again later.
 
-Why a module of its own: every later stage (trainer, export, decoder, lm-eval) must agree on which ids are
-mask tokens without being told. We record them in the model config (`mtp_token_id`, and `mtp_token_ids`
-for the distinct-slot-token variant), which survives `save_pretrained` / `from_pretrained` with no custom
-code, so an exported checkpoint carries its own answer.
-
-New embedding rows are drawn with the mean and per-dimension variance of the existing rows (docs/METHOD.md section 2),
-seeded, for the input embedding and, when untied, for the output embedding too.
+Why: every later stage (trainer, export, decoder, lm-eval) must agree on which ids are mask tokens without being
+told. They are recorded in the model config (`mtp_token_id`; `mtp_token_ids` for distinct slot tokens), which
+survives `save_pretrained` / `from_pretrained` with no custom code. New embedding rows are drawn, seeded, with the
+existing rows' mean and per-dimension variance (docs/METHOD.md section 2), also for an untied output embedding.
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
 """From a recipe's data section to per-step micro-batches of packed token ids.
 
-    raw = load_raw_dataset(recipe.data)                      # sources.py: MetaMathQA / Magpie / JSONL / Parquet
-    data = build_datasets(recipe, tokenizer)                 # tokenize.py: format, tokenise (cached), split
-    sampler = EpochShuffleSampler(len(data.train), global_batch_size=..., seed=recipe.train.seed)  # samplers.py
-    micro = step_micro_batches(data.train, sampler.next_batch(), rank=, world_size=, micro_batch_size=, draws=)
-    batches = pack_micro_batches(micro, plan.packing, mask_tokens=, eos_token_id=, pad_token_id=, device=)
-
 Rank 0 tokenises first and fills the cache; the other ranks then read it.
 """
 

@@ -1,11 +1,8 @@
 """Raw training data: MetaMathQA, Magpie, or local JSONL/Parquet, normalised to (prompt, response, group).
 
-Why a module of its own: each source names its fields differently (MetaMathQA `query`/`response` grouped by
-`original_question`; Magpie `conversations` turns or `instruction`/`response`), and everything downstream
-(formatting, tokenisation, the split) should see one shape. Also holds the seed-question-stratified split:
-a pure function of (group text, split seed), so it never depends on row order or on which rows survive
-tokenisation.
-
+Why: each source names its fields differently (MetaMathQA `query`/`response` grouped by `original_question`;
+Magpie `conversations` turns or `instruction`/`response`); downstream sees one shape. Also the seed-question split,
+a pure function of (group text, split seed): independent of row order and of which rows survive tokenisation.
 `datasets` is imported inside functions; nothing here downloads unless a recipe names a hub id.
 """
 

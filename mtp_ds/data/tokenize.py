@@ -1,13 +1,9 @@
 """From raw (prompt, response, group) rows to fixed-length token ids: formatting, cached tokenisation, split.
 
-Why: every training sequence must be exactly `data.seq_len` tokens, end with the recipe's EOS (then EOS
-padding, which `layout.pack` treats as padding, docs/METHOD.md section 4), and carry the index of its first
-response token so that anchors can be kept out of the prompt (`first_anchor`). Tokenising 395k rows takes
-minutes, so it runs once through `datasets.map` and is cached on disk under a fingerprint of (raw data,
-tokenizer, formatting); later runs and the other ranks reuse it.
-
-Dropped samples: a sample whose formatted prompt fills the whole window (first response token at or past
-seq_len) has nothing to supervise in the response and is dropped; so is a sample with an empty response.
+Every sequence is exactly `data.seq_len` tokens, ends with the recipe's EOS (then EOS padding, docs/METHOD.md
+section 4) and carries the index of its first response token (`first_anchor` keeps anchors out of the prompt).
+Tokenising (395k rows: minutes) runs once through `datasets.map`, cached under a fingerprint of (raw data,
+tokenizer, formatting). Dropped: a sample whose prompt fills the window (no response left) or with an empty response.
 """
 
 from __future__ import annotations

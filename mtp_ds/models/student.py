@@ -1,11 +1,9 @@
 """The student: the initial checkpoint with the `<MTP>` token(s), ZeRO-3 partitioned in a DeepSpeed engine.
 
-Order matters, and is why this module exists:
-1. the teacher is built FIRST, as a plain model: while transformers' `HfDeepSpeedConfig` is alive every model
-   created is ZeRO-3 partitioned, and the teacher must not be;
-2. the student is then loaded under `HfDeepSpeedConfig` (weights land partitioned, never whole on one rank),
-   gets the `<MTP>` token (rows gathered for the write), and is wrapped by `deepspeed.initialize` with the
-   optimizer and LR schedule of the user's DeepSpeed JSON.
+Order matters, and is why this module exists: the teacher is built FIRST, as a plain model (while transformers'
+`HfDeepSpeedConfig` is alive every model created is ZeRO-3 partitioned, and the teacher must not be); the student
+is then loaded under it (weights land partitioned, never whole on one rank), gets the `<MTP>` token (rows gathered
+for the write) and is wrapped by `deepspeed.initialize` with the optimizer and LR schedule of the DeepSpeed JSON.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
-"""The frozen teacher: every way of running it, behind one call.
+"""The frozen teacher (the paper: a frozen copy of the initial checkpoint): every way of running it, behind one call.
 
-Why one module: the objective asks a teacher one question (`teacher(batch, input_ids, rows, cols, want=...)`:
-the argmax ids or log-probs at the given slots of a student-forced packed batch) and must not care where the
-weights live. `teacher.mode` decides (docs/METHOD.md section 3; the paper: a frozen copy of the initial
-checkpoint):
-- `replica`: a plain copy on every rank (`LocalTeacher`);
-- `inference`: `deepspeed.init_inference`, tensor parallel over `tp_size` consecutive ranks via AutoTP, whose
-  forward is collective: the TP group gathers its ranks' compact packed inputs, runs once, and each rank keeps
-  only its own slots' results (`TensorParallelTeacher`);
-- `zero3`: an optimizer-less ZeRO-3 engine, optionally offloading parameters to CPU.
-The teacher is always causal: the chain rule needs slot j blind to later proposals.
+The objective asks one question (`teacher(batch, input_ids, rows, cols, want=...)`: argmax ids or log-probs at
+given slots of a student-forced packed batch), whatever `teacher.mode` (docs/METHOD.md section 3): `replica`
+(`LocalTeacher`, a plain copy per rank), `inference` (`TensorParallelTeacher`: `deepspeed.init_inference`, AutoTP
+over `tp_size` consecutive ranks; its TP group gathers the ranks' packed inputs, runs once, each keeps its slots)
+or `zero3` (optimizer-less ZeRO-3, optionally offloading to CPU). Always causal: slot j is blind to later proposals.
 """
 
 from __future__ import annotations

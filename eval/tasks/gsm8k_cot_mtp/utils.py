@@ -1,16 +1,9 @@
 """Data loading for the `gsm8k_cot_mtp` task: a local GSM8K JSONL when given one, else the Hub copy.
 
-Why a `custom_dataset` function instead of `dataset_path: json` + `dataset_kwargs.data_files`: a yaml path is
-fixed when the file is written (lm-eval does no environment-variable substitution in task yaml), and the
-build and cluster machines are offline, so the file must be choosable per run. lm-eval 0.4.x calls this
-function with the task metadata merged with `--metadata` (and the model args), so the path can come from:
-
+The test split comes from, in order (why a `custom_dataset` function, and the file format: eval/README.md):
   1. `--metadata '{"gsm8k_path": "/data/gsm8k/test.jsonl"}'`  (simple_evaluate(metadata=...) likewise)
   2. the environment variable MTP_DS_GSM8K_PATH
   3. otherwise `datasets.load_dataset("openai/gsm8k", "main")` (needs the Hub or a warm HF cache).
-
-A local file is JSONL in the GSM8K schema: one object per line with `question` and `answer`, the answer
-ending in `#### <number>`. It becomes the `test` split.
 """
 
 import json
