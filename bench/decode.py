@@ -272,8 +272,12 @@ def bench_decode(model, mask_id, base_vocab, args, settings, prompt_texts=None, 
                             batch, name, run["seqs"], runs[K1][-1]["seqs"]
                         )
                 except TokensDiffer as error:
-                    by[name]["rows_identical_to_k1"] = "DIFFERS"
-                    failures.append(error)
+                    same = sum(a == b for a, b in zip(runs[name][-1]["seqs"], runs[K1][-1]["seqs"]))
+                    by[name]["rows_identical_to_k1"] = f"DIFFERS ({same}/{batch} same)"
+                    if args.dtype == "float32":  # the contract: exact in fp32 (docs/METHOD.md, decoding in bf16)
+                        failures.append(error)
+                    else:  # bf16 / fp16: a row's logits change with the query width; reported, not a failure
+                        print(f"{args.dtype}, not exact there (reported, not checked): {error}", flush=True)
             rows += batch_rows
             print_decode_table(batch_rows, flush=True)
             if failures:  # after the table, so that the numbers of the failing batch are still on screen

@@ -269,21 +269,27 @@ def main(argv=None) -> int:
         same = [f"c={r['concurrency']} {r['rows_identical_to_k1']}" for r in rows if r["setting"] == HF]
         print(f"{HF} == {K1}, requests with identical tokens: {', '.join(same)}")
     largest, smallest = args.concurrency[-1], args.concurrency[0]
-    for name, setting in settings:  # exactness: the stream gives each request what it gets alone
-        if setting is not None and largest != smallest:
-            same_tokens(f"{name}: c={largest} vs c={smallest}", tokens[(largest, name)], tokens[(smallest, name)])
+    checks = [  # exactness: the stream gives each request what it gets alone; selfspec gives k=1's tokens
+        (f"{name}: c={largest} vs c={smallest}", (largest, name), (smallest, name))
+        for name, setting in settings
+        if setting is not None and largest != smallest
+    ]
     if SELFSPEC in args.settings:
-        for concurrency in args.concurrency:
-            same_tokens(
-                f"c={concurrency}: {SELFSPEC} vs {K1} (lossless)",
-                tokens[(concurrency, SELFSPEC)],
-                tokens[(concurrency, K1)],
+        checks += [(f"c={c}: {SELFSPEC} vs {K1} (lossless)", (c, SELFSPEC), (c, K1)) for c in args.concurrency]
+    for label, got, want in checks:
+        if args.dtype == "float32":  # the contract: exact in fp32 (docs/METHOD.md section 2)
+            same_tokens(label, tokens[got], tokens[want])
+        else:  # bf16 / fp16: a row's logits change with its batch and query width; measured, not checked
+            differ = sum(a != b for a, b in zip(tokens[got], tokens[want], strict=True))
+            print(
+                f"{args.dtype}, not exact there (reported, not checked): {label}: {differ} of {len(tokens[got])} differ"
             )
-    print(
-        f"exactness: every request's tokens at c={largest} == at c={smallest} for each of our settings"
-        + (", and selfspec's == our k=1's at every c" if SELFSPEC in args.settings else "")
-        + ": PASS"
-    )
+    if args.dtype == "float32":
+        print(
+            f"exactness: every request's tokens at c={largest} == at c={smallest} for each of our settings"
+            + (", and selfspec's == our k=1's at every c" if SELFSPEC in args.settings else "")
+            + ": PASS"
+        )
     width = round(sum(map(len, prompts)) / len(prompts) + sum(r["tokens"] for r in rows[:1]) / len(prompts))
     costs = [prefill_costs(model, prompts, c, args, width) for c in args.concurrency if c > 1]
     print_prefill_costs(costs)

@@ -346,9 +346,12 @@ def time_steps(
             if shapes(batches) not in seen:
                 seen.add(shapes(batches))
                 warmup.append(batches)
+    started = time.perf_counter()
     for batches in warmup:
         for kind in order:
             KINDS[kind](bench, batches)
+    if bench.state.rank == 0:
+        print(f"{len(warmup)} warm-up steps of each kind in {time.perf_counter() - started:.1f} s", flush=True)
     seconds = {kind: [] for kind in order}
     peaks = {kind: 0 for kind in order}
     compiles_before = compile_count()  # kernels compiled inside the clock: a recompile per new shape shows here
@@ -363,6 +366,11 @@ def time_steps(
             synchronize(device)
             seconds[kind].append(time.perf_counter() - started)
             peaks[kind] = max(peaks[kind], memory.peak_bytes())
+        if bench.state.rank == 0:  # progress, so a step limit shows how far the run got
+            print(
+                f"timed step {index + 1}/{args.steps}: " + ", ".join(f"{k} {seconds[k][-1]:.3f} s" for k in order),
+                flush=True,
+            )
     return seconds, peaks, memory.kind, compile_count() - compiles_before
 
 
@@ -572,12 +580,14 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     setup_started = time.perf_counter()
+    built = time.perf_counter()
     bench = build_bench(args)
     state = bench.state
     is_main = state.rank == 0
     say = print if is_main else (lambda *a, **k: None)
     device = state.device
     say("== bench/train_step.py: MTP step vs NTP step, same ZeRO-3 engine, same packed batches ==")
+    say(f"models and engines built in {time.perf_counter() - built:.1f} s", flush=True)  # a timeout shows where it was
     for line in machine_lines(device) + [load_line()]:
         say(line)
     recipe = state.recipe

@@ -12,6 +12,7 @@ import sys
 
 SUBCOMMANDS = {
     "train": ("mtp_ds.train", "Train an MTP student from a recipe (run under torchrun)."),
+    "prepare-data": ("mtp_ds.train.prepare_data", "Tokenise the recipe's data into the cache (before a launch)."),
     "pretrain": ("mtp_ds.demo.pretrain", "Pretrain a small model as a plain next-token model (the demo's teacher)."),
     "export": ("mtp_ds.checkpoint.export", "Export a DeepSpeed checkpoint to a Hugging Face checkpoint."),
     "generate": ("mtp_ds.decoding.cli", "Generate with Static k / ConfAdapt and show each pass's chunk."),
@@ -22,7 +23,7 @@ SUBCOMMANDS = {
 
 def _usage() -> str:
     lines = ["usage: mtp-ds {" + ",".join(SUBCOMMANDS) + "} ...", ""]
-    lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<13} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 

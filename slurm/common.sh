@@ -12,7 +12,10 @@
 #                    on CPU-only nodes, the number of CPU ranks
 #   HF_CACHE         Hugging Face cache directory (sets HF_HOME)
 #   MTP_DS_VENV      virtualenv to activate (default: the repo's .venv); MTP_DS_ACTIVATE: any setup line instead
-#   MTP_DS_SHUTDOWN_TIMEOUT  seconds ranks get to checkpoint after a signal (default 240)
+#   MTP_DS_SHUTDOWN_TIMEOUT  seconds ranks get to checkpoint after a signal (default 240; torchrun's --shutdown-timeout,
+#                    which older torch lacks: then 30 s, said on stderr)
+#   MTP_DS_TORCHRUN_FLAGS  torchrun's signal flags (default: those of mtp_ds/config/launch.py this torch's torchrun
+#                    defines); set it, "" included, where the torchrun on PATH is not the environment's torch
 #   MTP_DS_DRY_RUN=1 validate the recipe + overrides, then print the srun / torchrun command lines for every node
 #                    instead of running; needs the environment (mtp_ds importable) but no GPU, torch or Slurm
 #                    (without scontrol it reads the first host of SLURM_JOB_NODELIST itself and says so)
@@ -131,8 +134,8 @@ mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
     shift
     [ -f "$RECIPE" ] || { echo "error: RECIPE=$RECIPE does not exist (a recipes/*.yaml file)" >&2; exit 2; }
     OUTPUT_DIR=${OUTPUT_DIR:-outputs/$(basename "$RECIPE" .yaml)}
-    # What Slurm sets, checked before the port arithmetic and srun use it (a job id of "abc" would otherwise be
-    # read by $((...)) as an unset variable name, and --nodes=0 would pass a dry run).
+    # What Slurm sets, checked before the port and srun use it (one line naming the variable, not a usage error
+    # from the port helper; --nodes=0 would pass a dry run).
     if [ -n "${SLURM_JOB_ID:-}" ] && ! [[ "$SLURM_JOB_ID" =~ ^[1-9][0-9]*$ ]]; then
         echo "error: SLURM_JOB_ID=$SLURM_JOB_ID is not a positive integer" >&2; exit 2
     fi
@@ -143,18 +146,27 @@ mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
     export RECIPE OUTPUT_DIR
     export MTP_DS_NNODES=$nnodes MTP_DS_GPUS_PER_NODE
     MTP_DS_GPUS_PER_NODE=$(mtp_gpus_per_node)
-    export MASTER_ADDR MASTER_PORT MTP_DS_RDZV_ID=${SLURM_JOB_ID:-local}
+    export MASTER_ADDR MASTER_PORT MTP_DS_RDZV_ID=${SLURM_JOB_ID:-local} MTP_DS_TORCHRUN_FLAGS
     MASTER_ADDR=$(mtp_master_addr)
-    MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}  # per job: two jobs on a node never clash
-    export MTP_DS_SHUTDOWN_TIMEOUT=${MTP_DS_SHUTDOWN_TIMEOUT:-240}
+    local shutdown_timeout=${MTP_DS_SHUTDOWN_TIMEOUT:-240}
     [[ "$MTP_DS_GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] || { echo "error: GPUS_PER_NODE=$MTP_DS_GPUS_PER_NODE is not a positive integer" >&2; exit 2; }
+    [[ "$shutdown_timeout" =~ ^[0-9]+$ ]] || { echo "error: MTP_DS_SHUTDOWN_TIMEOUT=$shutdown_timeout is not a number of seconds" >&2; exit 2; }
 
     local launcher=(bash "$MTP_DS_REPO/slurm/node_launch.sh")
     if [ -n "${SLURM_JOB_ID:-}" ]; then
-        launcher=(srun --nodes="$nnodes" --ntasks-per-node=1 --kill-on-bad-exit=1 "${launcher[@]}")
+        # --cpus-per-task: srun of Slurm 22.05-23.02 does not inherit the job's, and would bind each node's
+        # torchrun and all its ranks to one CPU
+        launcher=(srun --nodes="$nnodes" --ntasks-per-node=1 --kill-on-bad-exit=1
+            ${SLURM_CPUS_PER_TASK:+"--cpus-per-task=$SLURM_CPUS_PER_TASK"} "${launcher[@]}")
     fi
     mtp_python_env
     mtp_check_recipe "$@"
+    # mtp_ds/config/launch.py: the job's port below the ephemeral range (every node computes the same), and the
+    # signal flags this torch's torchrun defines (one line on stderr for each it lacks)
+    if [ -z "${MASTER_PORT:-}" ]; then MASTER_PORT=$(python -m mtp_ds.config.launch port "${SLURM_JOB_ID:-0}") || exit $?; fi
+    if [ -z "${MTP_DS_TORCHRUN_FLAGS+set}" ]; then
+        MTP_DS_TORCHRUN_FLAGS=$(python -m mtp_ds.config.launch torchrun-flags "$shutdown_timeout") || exit $?
+    fi
     if [ "${MTP_DS_DRY_RUN:-0}" = 1 ]; then
         echo "launch:$(printf ' %q' "${launcher[@]}" "$@")"
         local node
@@ -165,6 +177,9 @@ mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
     fi
     mtp_accelerator
     echo "mtp-ds: $nnodes node(s) x $MTP_DS_GPUS_PER_NODE rank(s), recipe $RECIPE, output $OUTPUT_DIR, rendezvous $MASTER_ADDR:$MASTER_PORT"
+    # Tokenise once, here, into the datasets cache (mtp-ds prepare-data): the ranks then only load it, and no rank
+    # waits out the process group's timeout while rank 0 tokenises
+    python -m mtp_ds.cli prepare-data "$RECIPE" "checkpoint.dir=$OUTPUT_DIR" "$@" || exit $?
 
     # Bash runs a trap only between commands, so the launch runs in the background and we `wait` for it.
     # USR1 (Slurm's warning before the time limit), TERM (preemption, kill) and INT (Ctrl-C) make the ranks
@@ -175,9 +190,11 @@ mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
     # and SIGTERM with SIGKILL to its tasks, and passes USR1 on. HUP and QUIT (terminal closed, Ctrl-\) used
     # to reach the launch through the group: they are passed on as they are, and ask for no checkpoint.
     MTP_DS_SIGNALLED=""
-    local launch_pid="" term_as=TERM int_as=INT
-    if [ "${launcher[0]}" = srun ]; then term_as=USR1 int_as=USR1; fi
-    trap 'MTP_DS_SIGNALLED=USR1; kill -USR1 "$launch_pid" 2>/dev/null || true' USR1
+    # A torchrun without --signals-to-handle ignores USR1 (slurm/node_launch.sh): here it gets TERM instead.
+    local launch_pid="" term_as=TERM int_as=INT usr1_as=USR1
+    if [[ " $MTP_DS_TORCHRUN_FLAGS" != *" --signals-to-handle="* ]]; then usr1_as=TERM; fi
+    if [ "${launcher[0]}" = srun ]; then term_as=USR1 int_as=USR1 usr1_as=USR1; fi
+    trap 'MTP_DS_SIGNALLED=USR1; kill -"$usr1_as" "$launch_pid" 2>/dev/null || true' USR1
     trap 'MTP_DS_SIGNALLED=TERM; kill -"$term_as" "$launch_pid" 2>/dev/null || true' TERM
     trap 'MTP_DS_SIGNALLED=INT; kill -"$int_as" "$launch_pid" 2>/dev/null || true' INT
     trap 'kill -HUP "$launch_pid" 2>/dev/null || true' HUP

@@ -5,18 +5,16 @@
 # Ranks come from torchrun's c10d rendezvous on MASTER_ADDR:MASTER_PORT (unique per job), never from a guess.
 #
 # Set by slurm/common.sh: RECIPE OUTPUT_DIR MTP_DS_NNODES MTP_DS_GPUS_PER_NODE MASTER_ADDR MASTER_PORT
-#                         MTP_DS_RDZV_ID MTP_DS_SHUTDOWN_TIMEOUT; MTP_DS_DRY_RUN=1 prints instead of running.
+#                         MTP_DS_RDZV_ID MTP_DS_TORCHRUN_FLAGS; MTP_DS_DRY_RUN=1 prints instead of running.
 set -euo pipefail
 
-# shellcheck disable=SC2054  # the commas below are torchrun's list syntax, not array separators
-launch=(torchrun
-    --nnodes="$MTP_DS_NNODES"
-    --nproc_per_node="$MTP_DS_GPUS_PER_NODE"
-    # SIGUSR1 (Slurm's warning signal), SIGTERM and SIGINT (Ctrl-C, passed on by slurm/common.sh) reach the
-    # ranks, which checkpoint at the next step boundary and exit; torchrun waits MTP_DS_SHUTDOWN_TIMEOUT seconds
-    # for that before SIGKILL. SIGHUP / SIGQUIT: torchrun's defaults, passed on as well.
-    --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
-    --shutdown-timeout="$MTP_DS_SHUTDOWN_TIMEOUT")
+# MTP_DS_TORCHRUN_FLAGS (mtp_ds/config/launch.py, as far as this torch's torchrun defines them):
+# --signals-to-handle=...,SIGUSR1 makes torchrun forward SIGUSR1 (Slurm's warning signal), SIGTERM and SIGINT
+# (Ctrl-C, passed on by slurm/common.sh) to the ranks, which checkpoint at the next step boundary and exit;
+# --shutdown-timeout=MTP_DS_SHUTDOWN_TIMEOUT is how long torchrun waits for that before SIGKILL.
+read -r -a signal_flags <<<"$MTP_DS_TORCHRUN_FLAGS"
+# (the +-form: an empty array is "unbound" to set -u in bash < 4.4)
+launch=(torchrun --nnodes="$MTP_DS_NNODES" --nproc_per_node="$MTP_DS_GPUS_PER_NODE" ${signal_flags[@]+"${signal_flags[@]}"})
 if [ "$MTP_DS_NNODES" -gt 1 ] || [ -n "${SLURM_JOB_ID:-}" ]; then
     launch+=(--rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="$MTP_DS_RDZV_ID")
 else
@@ -28,4 +26,7 @@ if [ "${MTP_DS_DRY_RUN:-0}" = 1 ]; then
     echo "node ${SLURM_NODEID:-0} ($(hostname -s)):$(printf ' %q' "${launch[@]}")"
     exit 0
 fi
+# A torchrun that cannot forward SIGUSR1 would die of it and leave its ranks mid-step: it ignores SIGUSR1 instead
+# (the ranks set their own handler); under srun Slurm signals every process of the step, the ranks included.
+if [[ " $MTP_DS_TORCHRUN_FLAGS" != *" --signals-to-handle="* ]]; then trap '' USR1; fi
 exec "${launch[@]}"

@@ -11,7 +11,7 @@
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@300
 #
-# Llama-3.1-8B-MagpieAlign-SFT -> MTP on MetaMathQA (recipes/llama31_8b_magpie_metamath.yaml): 1 node x 4 GPUs (>= 80 GB).
+# Llama-3.1-8B-Magpie-Align-SFT-v0.1 -> MTP on MetaMathQA (recipes/llama31_8b_magpie_metamath.yaml): 1 node x 4 GPUs (>= 80 GB).
 #
 #   sbatch slurm/train_llama31.sh [key=value ...]                       # recipe overrides, e.g. train.steps=1000
 #   OUTPUT_DIR=/scratch/$USER/run1 HF_CACHE=/scratch/hf sbatch slurm/train_llama31.sh

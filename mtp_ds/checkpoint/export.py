@@ -23,13 +23,20 @@ log = logging.getLogger("mtp_ds")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def consolidated_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """zero_to_fp32's fp32 state dict of the checkpoint, every pickle in it read with weights_only=True."""
+def consolidated_state_dict(checkpoint: Path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """zero_to_fp32's state dict of the checkpoint in `dtype`, every pickle in it read with weights_only=True.
+
+    Host memory: zero_to_fp32's lazy mode maps the shards' fp32 partitions from disk (page cache, not process
+    memory) and gathers one tensor at a time; each is converted to `dtype` before the next is gathered, so its
+    fp32 copy is freed at once. The peak is the result (2 bytes per parameter in bf16, 4 in fp32) plus one fp32
+    tensor, instead of the whole fp32 state dict plus its converted copy (6 bytes per parameter in bf16).
+    """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     with weights_only_loads():
         try:
-            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+            lazy = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name, lazy_mode=True)
+            return _gathered(lazy, dtype)
         except (pickle.UnpicklingError, RuntimeError):  # RuntimeError: torch cannot mmap a non-zip pickle
             refused = refused_shard(checkpoint)
             if refused is None:
@@ -40,6 +47,19 @@ def consolidated_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
         f"{shard}: refusing to unpickle it ({reason}): export reads DeepSpeed's shards with "
         f"torch.load(weights_only=True), which allows tensors, plain containers and {allowed} only"
     )
+
+
+def _gathered(lazy: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Each (lazy) tensor gathered once (names sharing one, e.g. tied weights, share the result), floating ones
+    converted to `dtype` while only that tensor's fp32 copy is alive; integer buffers keep their dtype."""
+    out, done = {}, {}
+    for name, source in lazy.items():
+        if id(source) not in done:
+            tensor = source.contiguous()
+            done[id(source)] = (source, tensor.to(dtype) if tensor.is_floating_point() else tensor)
+            del tensor
+        out[name] = done[id(source)][1]
+    return out
 
 
 def _check_arguments(checkpoint: Path, out_dir: Path, dtype: str) -> None:
@@ -75,10 +95,13 @@ def export_checkpoint(
     if getattr(config, "mtp_token_id", None) is None:
         raise ValueError(f"{checkpoint / 'hf' / 'config.json'} has no mtp_token_id")
     prefix = HiddenStatesModel.PREFIX  # the trainer's engine wraps the HF model
-    state_dict = {name.removeprefix(prefix): value for name, value in consolidated_state_dict(checkpoint).items()}
+    state_dict = {
+        name.removeprefix(prefix): value for name, value in consolidated_state_dict(checkpoint, DTYPES[dtype]).items()
+    }
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    del state_dict  # the model holds the tensors now
     model.tie_weights()
     # A tied output embedding is stored once (as the input embedding); nothing else may be missing.
     output_key = (

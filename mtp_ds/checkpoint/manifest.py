@@ -2,8 +2,9 @@
 
 The marker lists every file with its size and SHA-256, the run id and the number of ranks, so resume names what
 is damaged and falls back past it, and rotation deletes only its own run's checkpoints. Hashing (and fsyncing)
-is split over the ranks, so each byte is read once; stdlib only, the collective parts take `all_gather` as a
-function. Why and the format: docs/CHECKPOINTS.md, "Verifying one".
+is split over the ranks by size (`share`: largest file first to the least-loaded rank), so each byte is read once
+and no rank reads much more than its 1/world; stdlib only, the collective parts take `all_gather` as a function.
+Why and the format: docs/CHECKPOINTS.md, "Verifying one".
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from mtp_ds.fileio import atomic_write_json, fsync_file, fsync_tree
 
 COMPLETE = "COMPLETE"
 FORMAT = 1
+_WRITER = re.compile(r"rank_?(\d+)")  # zero_pp_rank_3_..., bf16_zero_pp_rank_3_..., mp_rank_00_..., rng_rank3.pt
 
 
 class CheckpointDamaged(Exception):
@@ -44,13 +47,31 @@ def describe(path: Path, names: list[str]) -> dict[str, dict]:
     return {name: {"size": (path / name).stat().st_size, "sha256": file_sha256(path / name)} for name in names}
 
 
-def _mine(names: list[str], rank: int, world: int) -> list[str]:
-    return names[rank::world]
+def share(sizes: dict[str, int], world: int) -> list[list[str]]:
+    """Which files each of `world` ranks hashes: every file exactly once, the bytes balanced (largest file first,
+    to the rank with the fewest bytes so far; on a tie the rank that wrote it, as its name says, then the lowest).
+
+    A pure function of the names and sizes, so every rank computes the same split. Why not `names[rank::world]`:
+    DeepSpeed's per-rank files sort as model, optim, model, optim, ..., so with an even world every optimizer
+    shard (the bulk of the bytes) fell to half of the ranks.
+    """
+    loads, shares = [0] * world, [[] for _ in range(world)]
+    for name in sorted(sizes, key=lambda name: (-sizes[name], name)):
+        match = _WRITER.search(os.path.basename(name))
+        writer = int(match.group(1)) if match else -1
+        rank = min(range(world), key=lambda r: (loads[r], r != writer, r))
+        loads[rank] += sizes[name]
+        shares[rank].append(name)
+    return [sorted(names) for names in shares]
 
 
 def gather_file_table(path: Path, rank: int, world: int, all_gather: Callable[[object], list]) -> dict[str, dict]:
-    """Collective: sizes and digests of every file of `path`, each file hashed by one rank."""
-    mine = _mine(checkpoint_files(path), rank, world)
+    """Collective: sizes and digests of every file of `path`, each file hashed by one rank.
+
+    The split is made from rank 0's listing and sizes (one small gather), so that every rank splits the same
+    list even where a shared file system shows a rank stale sizes."""
+    sizes = all_gather({name: (path / name).stat().st_size for name in checkpoint_files(path)} if rank == 0 else None)
+    mine = share(sizes[0], world)[rank]
     for name in mine:  # on disk before the marker that vouches for it (a power loss keeps the older checkpoint)
         fsync_file(path / name)
     table: dict[str, dict] = {}
@@ -96,7 +117,7 @@ def verify(path: Path, rank: int, world: int, all_gather: Callable[[object], lis
     except CheckpointDamaged as error:
         files, problems = None, [str(error)]
     if checksums and files and not problems:
-        mine = _mine(sorted(files), rank, world)
+        mine = share({name: entry["size"] for name, entry in files.items()}, world)[rank]
         problems = [
             f"{name} does not match its SHA-256 in {COMPLETE}"
             for name in mine

@@ -8,6 +8,7 @@ size (batch arithmetic, DeepSpeed JSON) run in `run.py`'s `plan_run`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tempfile
@@ -27,6 +28,11 @@ from mtp_ds.config.values import ConfigError, yaml_load
 from mtp_ds.fileio import atomic_write_text
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name": never checked, never downloaded here
+# recipe switch -> (the module it imports, pyproject's extra that installs it); none is in the default install
+OPTIONAL_DEPENDENCIES = {
+    "logging.tensorboard": ("tensorboard", "tensorboard"),  # torch.utils.tensorboard imports it
+    "logging.wandb": ("wandb", "wandb"),
+}
 
 
 # ---------------------------------------------------------------- loading
@@ -164,6 +170,17 @@ def _check_objective(objective: ObjectiveConfig) -> None:
             raise ConfigError(f"objective.accept_thresholds: every threshold must be in (0, 1], got {tau}")
 
 
+def _check_optional_dependencies(recipe: Recipe) -> None:
+    """A switched-on extra that is not installed stops here, not on rank 0 after the models have loaded."""
+    for key, (module, extra) in OPTIONAL_DEPENDENCIES.items():
+        section, name = key.split(".")
+        if getattr(getattr(recipe, section), name) and importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"{key}=true needs the {module} package, which this environment lacks: "
+                f"pip install -e '.[{extra}]' (in the repository), or set {key}=false"
+            )
+
+
 def _check_existing_file(key: str, path: str) -> None:
     if not resolve_path(path).is_file():
         raise ConfigError(f"{key}: file {path!r} does not exist")
@@ -184,6 +201,8 @@ def validate_recipe(recipe: Recipe) -> Recipe:
         _at_least(f"train.{name}", getattr(train, name), 1)
     _at_least("train.eval_every", train.eval_every, 0)
     _at_least("train.eval_batches", train.eval_batches, 1)
+    if not 0 < train.distributed_timeout_minutes < float("inf"):
+        raise ConfigError(f"train.distributed_timeout_minutes: must be > 0, got {train.distributed_timeout_minutes}")
     if train.micro_batch_size > train.global_batch_size:
         raise ConfigError(
             f"train.micro_batch_size={train.micro_batch_size} is larger than train.global_batch_size={train.global_batch_size}"
@@ -192,6 +211,7 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     _at_least("checkpoint.every", checkpoint.every, 0)
     _at_least("checkpoint.keep_last", checkpoint.keep_last, 0)
     _check_checkpoint(checkpoint)
+    _check_optional_dependencies(recipe)
     return recipe
 
 

@@ -111,6 +111,7 @@ class TrainConfig:
     eval_every: int = 1000  # 0 = never
     eval_batches: int = 8  # global batches of the validation split per evaluation
     log_every: int = 10
+    distributed_timeout_minutes: float = 30.0  # how long a rank waits in a collective (rank 0 tokenising, a save) before the job fails; DeepSpeed's default is 10
 
 
 @dataclass

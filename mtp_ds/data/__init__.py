@@ -1,6 +1,6 @@
 """From a recipe's data section to per-step micro-batches of packed token ids.
 
-Rank 0 tokenises first and fills the cache; the other ranks then read it.
+`mtp-ds prepare-data` (or, without it, rank 0 first) tokenises and fills the cache; the ranks then read it.
 """
 
 from mtp_ds.data.micro_batches import (
@@ -14,18 +14,23 @@ from mtp_ds.data.micro_batches import (
 from mtp_ds.data.samplers import EpochShuffleSampler, validation_batches
 from mtp_ds.data.sources import group_hash, load_raw_dataset, source_paths, split_indices
 from mtp_ds.data.tokenize import (
+    SkippedRow,
+    SkippedRows,
     TokenizedData,
     build_datasets,
     encode_example,
     eos_token_id,
     format_text,
     tokenize_dataset,
+    tokenize_with_skips,
     tokenizer_fingerprint,
 )
 
 __all__ = [
     "EpochShuffleSampler",
     "SampleBatch",
+    "SkippedRow",
+    "SkippedRows",
     "TokenizedData",
     "build_datasets",
     "encode_example",
@@ -41,6 +46,7 @@ __all__ = [
     "split_micro",
     "step_micro_batches",
     "tokenize_dataset",
+    "tokenize_with_skips",
     "tokenizer_fingerprint",
     "validation_batches",
 ]

@@ -36,7 +36,34 @@ def _validate(input_ids, attention_mask, max_new_tokens) -> None:
             raise ValueError("attention_mask must describe LEFT-padded prompts (every row's last position is real)")
 
 
-def resolve_mask_tokens(model, mtp_token_id, block: int) -> MaskTokens:
+FLASH_ATTENTION = ("flash_attention", "flash-attn", "flash_attn")  # in transformers' kernel names (2, 3, hub ones)
+
+
+def check_model(model, *, ragged: bool = True) -> None:
+    """A one-line ValueError, before any pass, for a model the decoder cannot run a `ragged` batch on (several rows,
+    left padding, selfspec's mask groups, a stream whose rows join): one whose parameters live on more than one
+    device (`device_map` / lm-eval's `parallelize=True`: the ragged cache's bookkeeping indexes every layer's KV
+    on the decoder's device), or one that runs flash attention (it takes a 2-D padding mask, not the 4-D mask
+    that hides a ragged batch's holes)."""
+    if not ragged:
+        return
+    device_map = getattr(model, "hf_device_map", None) or {}
+    devices = {str(value) for value in device_map.values()} or {str(p.device) for p in model.parameters()}
+    if len(devices) > 1:
+        raise ValueError(
+            f"the model is spread over {len(devices)} devices ({', '.join(sorted(devices))}): MTP decoding runs a "
+            "model on one device; load it without device_map (lm-eval: without parallelize=True)"
+        )
+    kernel = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "")
+    if any(name in kernel for name in FLASH_ATTENTION):
+        raise ValueError(
+            f"attn_implementation={kernel!r} cannot take the 4-D attention mask that batched MTP decoding needs "
+            "(ragged rows, padding, mask groups): load the model with attn_implementation='sdpa'"
+        )
+
+
+def resolve_mask_tokens(model, mtp_token_id, block: int, *, ragged: bool = True) -> MaskTokens:
+    check_model(model, ragged=ragged)
     if mtp_token_id is None and block == 1 and not has_mask_tokens(model.config):
         mtp_token_id = 0  # plain greedy decoding of any causal LM (a teacher): k=1 never places a mask token
     mask_tokens: MaskTokens = (
@@ -70,7 +97,9 @@ def generate(
     spec = DecodeSpec.of(spec, "generate", **settings)
     stop = StopRule.of(eos_token_id, tokenizer, stop_strings)
     _validate(input_ids, attention_mask, max_new_tokens)
-    mask_tokens = resolve_mask_tokens(model, mtp_token_id, spec.block)
+    single_row = input_ids.shape[0] == 1 and (attention_mask is None or bool(attention_mask.all()))
+    ragged = not single_row or (spec.strategy == "selfspec" and spec.mask_layout != "linear")
+    mask_tokens = resolve_mask_tokens(model, mtp_token_id, spec.block, ragged=ragged)
     strategy: Strategy = make_strategy(spec, stop, generator)
     started = time.perf_counter()
     batch = input_ids.shape[0]

@@ -37,6 +37,9 @@ class PassInputs:
     # the strategy commits later (selfspec knows what it keeps only after reading the pass)
     kept: torch.Tensor | None = None
     kept_counts: list[int] | None = None
+    # (B,) the anchors as a device tensor when they differ, made from what the pass copied to the device anyway:
+    # a copy of the host list after the forward would wait for the forward before the read could be queued
+    anchor_index: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
@@ -83,7 +86,7 @@ class BatchDecoder:
             self.kv.commit(width, inputs.kept, inputs.kept_counts)
         if inputs.anchors is None:
             return logits
-        return _read_from_anchors(logits, width, inputs.anchors, inputs.num_predictions)
+        return _read_from_anchors(logits, width, inputs.anchors, inputs.num_predictions, inputs.anchor_index)
 
     def prompt_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_masks: int) -> PassInputs:
         """Prompt (left-padded) + masks; every row's anchor is the last prompt column; the prompt is kept."""
@@ -144,6 +147,7 @@ class BatchDecoder:
             num_predictions=num_masks + 1,
             kept=kept,
             kept_counts=pending,
+            anchor_index=kept.sum(dim=1) - 1 if ragged else None,
         )
 
     def keep_prefixes(self, width: int, kept_counts: list[int]) -> None:
@@ -156,14 +160,17 @@ class BatchDecoder:
         self.kv.commit(width, kept, kept_counts)
 
 
-def _read_from_anchors(logits: torch.Tensor, width: int, anchors: list[int], num_predictions: int) -> torch.Tensor:
-    """(B, num_predictions, V): each row's logits at its anchor .. anchor + num_predictions - 1."""
+def _read_from_anchors(
+    logits: torch.Tensor, width: int, anchors: list[int], num_predictions: int, anchor_index=None
+) -> torch.Tensor:
+    """(B, num_predictions, V): each row's logits at its anchor .. anchor + num_predictions - 1 (`anchor_index`:
+    the anchors already on the device, if the pass has them)."""
     offset = width - logits.shape[1]  # logits[:, j] is the prediction at input column offset + j
     if len(set(anchors)) == 1:  # same anchor in every row: a slice, no gather
         start = anchors[0] - offset
         return logits[:, start : start + num_predictions]
     index = (
-        torch.tensor(anchors, device=logits.device)[:, None]
+        (torch.tensor(anchors, device=logits.device) if anchor_index is None else anchor_index)[:, None]
         - offset
         + torch.arange(num_predictions, device=logits.device)
     )

@@ -110,14 +110,56 @@ def as_stop_ids(eos_token_id) -> set[int]:
     return {int(i) for i in eos_token_id}
 
 
+STOP_STRING_MARGIN = 8  # characters of text kept before the longest stop string (see `_stop_string_cut`)
+
+
 def _stop_string_cut(tokenizer, generated: list[int], block: list[int], stop_strings) -> int | None:
-    """Index in `block` of the token that completes a stop string, or None. Earlier text had none."""
-    if stop_strings is None or not any(s in tokenizer.decode(generated + block) for s in stop_strings):
+    """Index in `block` of the token that completes a stop string, or None. Earlier text had none.
+
+    The rule is "the first prefix of the block after which decode(generated + prefix) contains a stop string".
+    Earlier text had none, so a stop string that appears must end in the text the block adds: only a tail window
+    is decoded, `generated`'s last tokens whose text is longer than the longest stop string plus a margin (the
+    first token of a window may decode differently alone: a leading space, a split multi-byte character). An
+    occurrence counts when it ends past the text the window already had without the block (the block's first
+    token may complete a character the window ended with). The work per pass is bounded by the window, not the
+    output's length.
+    """
+    if stop_strings is None:
+        return None
+    window, before = _tail_window(tokenizer, generated, max(map(len, stop_strings)) + STOP_STRING_MARGIN)
+
+    def completes(tokens: list[int]) -> bool:
+        text = tokenizer.decode(window + tokens)
+        added_from = _shared_prefix_length(before, text)
+        return any(s in text[max(0, added_from - len(s) + 1) :] for s in stop_strings)
+
+    if not completes(block):
         return None
     for end in range(1, len(block) + 1):
-        if any(s in tokenizer.decode(generated + block[:end]) for s in stop_strings):
+        if completes(block[:end]):
             return end - 1
     return len(block) - 1
+
+
+def _shared_prefix_length(a: str, b: str) -> int:
+    if b.startswith(a):
+        return len(a)
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
+
+
+def _tail_window(tokenizer, generated: list[int], chars: int) -> tuple[list[int], str]:
+    """The last tokens of `generated` whose decoded text has at least `chars` characters (all of it when shorter),
+    and that text. Starts from `chars` tokens and doubles, so a few decodes of about that many tokens."""
+    count = max(chars, 1)
+    while True:
+        window = generated[-count:] if count < len(generated) else generated
+        text = tokenizer.decode(window)
+        if len(text) >= chars or len(window) == len(generated):
+            return window, text
+        count *= 2
 
 
 def finish_block(

@@ -3,8 +3,8 @@
 Only `_model_generate` is replaced, so an `mtp` run differs from an `hf` run of the same checkpoint only in how
 tokens are decoded. Model args besides HFLM's: strategy, k, k_max, threshold, mask_layout (a `DecodeSpec`),
 stats_path, continuous_batching (default true: a task's requests are one `generate_many` stream with batch_size
-rows in flight). A bad model arg is one stderr line and exit 2 in the CLI. Decoding statistics land in the
-results JSON under `config.mtp_decoding`. docs/DECODING.md has the details.
+rows in flight). A bad model arg is one stderr line and exit 2 in the CLI. Decoding statistics, summed over the
+data-parallel ranks, land in the results JSON under `config.mtp_decoding`. docs/DECODING.md has the details.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from mtp_ds.decoding import generate, generate_many
+from mtp_ds.decoding.decoder import check_model
 from mtp_ds.decoding.spec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, DecodeSpec
 from mtp_ds.fileio import atomic_write_json
 from mtp_ds.tokens import has_mask_tokens, mask_tokens_from_config
@@ -170,6 +171,7 @@ class MTPLM(HFLM):
             "continuous_batching", continuous_batching, _as_bool, lambda v: True, "true or false"
         )
         self._streaming = False  # True while generate_until streams a task's requests (`batch_size`)
+        self._warned_unstreamed = False  # batch_size=auto with continuous batching: said once
         self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
         _check_pretrained(pretrained)
         self.stats_path = Path(stats_path) if stats_path else None
@@ -177,6 +179,10 @@ class MTPLM(HFLM):
         self._pretrained_name = getattr(pretrained, "name_or_path", pretrained)
         if has_mask_tokens(self.model.config):
             self.mask_tokens = mask_tokens_from_config(self.model.config)
+        try:  # parallelize=True / device_map, flash attention: refused here, not at the first generation request
+            check_model(self.model)
+        except ValueError as error:
+            raise ModelArgError(f"model args of pretrained={self._pretrained_name!r}: {error}") from None
         self._check_model_fits_setting()
         self.stop_token_ids = self._stop_token_ids()
         self.reset_stats()
@@ -272,7 +278,9 @@ class MTPLM(HFLM):
             ) from None
 
     def reset_stats(self) -> None:
-        self.task_stats: dict[str, DecodingStats] = {}
+        self.task_stats: dict[str, DecodingStats] = {}  # this rank's
+        # rank 0 of a data-parallel run: the other ranks' task_stats, gathered at the end of each generate_until
+        self._other_ranks_stats: list[dict[str, DecodingStats]] = []
         self._active_stats: DecodingStats | None = None
         self._warned_kwargs: set[str] = set()
 
@@ -280,19 +288,30 @@ class MTPLM(HFLM):
         """The args the strategy uses (threshold is ConfAdapt's, mask_layout selfspec's; k is Static k's)."""
         return self.spec.settings()
 
+    def ranks_task_stats(self) -> dict[str, DecodingStats]:
+        """Per task, the statistics of every rank whose statistics this process holds (rank 0: all of them, after
+        a generate_until; the other ranks: their own)."""
+        merged: dict[str, DecodingStats] = {}
+        for part in (self.task_stats, *self._other_ranks_stats):
+            for task, stats in part.items():
+                merged.setdefault(task, DecodingStats()).merge(stats)
+        return merged
+
     def run_stats(self) -> DecodingStats:
         total = DecodingStats()
-        for stats in self.task_stats.values():
+        for stats in self.ranks_task_stats().values():
             total.merge(stats)
         return total
 
     def decoding_report(self) -> dict:
-        """Settings plus run-wide and per-task statistics (what lands in the results JSON)."""
+        """Settings plus run-wide and per-task statistics (what lands in the results JSON), summed over `ranks`
+        data-parallel ranks (tokens_per_second is then per rank: tokens over the ranks' summed decoding time)."""
         return {
             **self.decoding_settings(),
             "setting": self.spec.label,
+            "ranks": 1 + len(self._other_ranks_stats),
             **self.run_stats().summary(),
-            "per_task": {task: stats.summary() for task, stats in self.task_stats.items()},
+            "per_task": {task: stats.summary() for task, stats in self.ranks_task_stats().items()},
         }
 
     def get_model_info(self) -> dict:
@@ -317,18 +336,35 @@ class MTPLM(HFLM):
             texts = self._generate_until_task([requests[i] for i in indices], disable_tqdm)
             for index, text in zip(indices, texts, strict=True):
                 outputs[index] = text
-            if self.rank == 0:
-                logger.info(self._active_stats.log_line(f"{task}, {self._settings_label()}"))
         self._active_stats = None
+        self._gather_ranks_stats()
         if self.rank == 0:
+            merged = self.ranks_task_stats()
+            for task in indices_by_task:
+                logger.info(merged[task].log_line(f"{task}, {self._settings_label()}"))
             self._write_stats()
         return outputs
+
+    def _gather_ranks_stats(self) -> None:
+        """Collective in a data-parallel run (lm-eval calls generate_until on every rank alike): rank 0 receives
+        every other rank's statistics, so the report covers all requests, not rank 0's share."""
+        if self.world_size <= 1:
+            return
+        gathered = self.gather_object(self.task_stats)
+        if self.rank == 0:
+            self._other_ranks_stats = [stats for rank, stats in enumerate(gathered) if rank != self.rank]
 
     def _generate_until_task(self, requests, disable_tqdm: bool) -> list[str]:
         """lm-eval's generate_until; with continuous batching every generation-kwargs group is one chunk (lm-eval's
         chunk size 0, `batch_size` below), decoded by one `generate_many` stream with batch_size rows in flight."""
         rows = self.batch_size_per_gpu
         self._streaming = self.continuous_batching and isinstance(rows, int) and rows >= 1
+        if self.continuous_batching and not self._streaming and not self._warned_unstreamed:
+            self._warned_unstreamed = True
+            logger.warning(
+                f"batch_size={rows}: continuous batching is off (a stream keeps a fixed number of rows in flight: "
+                "set batch_size=N for N rows); lm-eval's batches are each decoded until their slowest row"
+            )
         try:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         finally:

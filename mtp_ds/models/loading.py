@@ -6,6 +6,7 @@ and weights (or the same seeded random tiny model), in the dtype and attention k
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,8 +31,12 @@ def device_for_rank(local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_base_model(model_config, *, dtype: torch.dtype, attn_implementation: str, vocab_size: int, seed: int):
-    """The initial checkpoint as a plain HF model: from a hub id / local dir, or random from `tiny_config`."""
+def load_base_model(
+    model_config, *, dtype: torch.dtype, attn_implementation: str, vocab_size: int, seed: int, device=None
+):
+    """The initial checkpoint as a plain HF model: from a hub id / local dir, or random from `tiny_config`.
+    A random model is initialised on `device` when that is a GPU: initialising billions of weights on the host
+    takes minutes (the bench's 4B/8B shapes); on CPU nothing changes."""
     from transformers import AutoModelForCausalLM
 
     if model_config.tiny_config:
@@ -42,7 +47,9 @@ def load_base_model(model_config, *, dtype: torch.dtype, attn_implementation: st
         fields.setdefault("vocab_size", vocab_size)
         torch.manual_seed(seed)  # identical random weights on every rank
         config = tiny_model_config(arch, **fields)
-        return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+        on_gpu = device is not None and torch.device(device).type == "cuda"
+        with torch.device(device) if on_gpu else contextlib.nullcontext():
+            return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(
         model_config.name_or_path, dtype=dtype, attn_implementation=attn_implementation
     )

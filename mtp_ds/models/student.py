@@ -75,6 +75,7 @@ def build_models(recipe, plan, *, tokenizer, device: torch.device) -> Models:
         attn_implementation=plan.attn_implementation,
         vocab_size=base_vocab_size,
         seed=recipe.train.seed,
+        device=device,
     )
     # random-init (tiny) models are built whole and partitioned by deepspeed.initialize: transformers 5
     # cannot run weight init under zero.Init, and a copy keeps teacher == student at step 0 exactly

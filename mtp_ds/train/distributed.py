@@ -7,6 +7,7 @@ the backend per device type, a DeepSpeed CPU kernel that must be switched off) s
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 
@@ -25,11 +26,13 @@ def _single_process_environment() -> None:
     )
 
 
-def setup_distributed(device_type: str) -> tuple[int, int, int]:
+def setup_distributed(device_type: str, timeout_minutes: float | None = None) -> tuple[int, int, int]:
     """Start the process group; returns (rank, world size, local rank).
 
     On CUDA the rank's device is selected BEFORE the process group starts: NCCL binds its communicator to the
     current device, and ranks that all start on cuda:0 would share one GPU (or hang in the first collective).
+    `timeout_minutes` (the recipe's `train.distributed_timeout_minutes`) bounds every collective's wait, e.g.
+    the other ranks' barrier while rank 0 tokenises; None keeps DeepSpeed's default (10, or $DEEPSPEED_TIMEOUT).
     """
     import deepspeed
 
@@ -37,7 +40,11 @@ def setup_distributed(device_type: str) -> tuple[int, int, int]:
     local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if timeout_minutes is None:
+        deepspeed.init_distributed(dist_backend=backend)
+    else:
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
     if device_type == "cpu":
         # DeepSpeed's shared-memory all-reduce kernel crashes (SIGSEGV) under AutoTP on CPU; plain gloo is exact.
         import deepspeed.comm.comm as ds_comm

@@ -192,7 +192,7 @@ def train(recipe: Recipe, *, device_type: str) -> int:
     # resolved once, before any process group: batch / TP / precision conflicts stop here with one line
     plan = plan_run(recipe, int(os.environ.get("WORLD_SIZE", "1")), device_type=device_type)
     check_optimizer(plan.deepspeed, recipe.train.deepspeed_config)
-    rank, world, local_rank = setup_distributed(device_type)
+    rank, world, local_rank = setup_distributed(device_type, recipe.train.distributed_timeout_minutes)
     if world != plan.world_size:
         raise RuntimeError(f"WORLD_SIZE={plan.world_size} but the process group has {world} ranks")
     interrupt_while_loading()

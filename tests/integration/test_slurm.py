@@ -4,6 +4,7 @@ The real-Slurm tests need a running cluster (CI starts one with `.ci/slurm_clust
 MTP_DS_REQUIRE_SLURM=1, which turns a missing cluster into a failure instead of a skip).
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -91,14 +92,18 @@ def test_multinode_command_lines(nodes):
         SLURM_JOB_ID="4242",
         SLURM_NNODES=str(nodes),
         SLURM_JOB_NODELIST=f"gpu[01-{nodes:02d}]",
+        SLURM_CPUS_PER_TASK="32",
         GPUS_PER_NODE="8",
         OUTPUT_DIR="/scratch/run",
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     launch, node_lines = lines[0], lines[1:]
-    # one srun task per node, the job dies with any node, the overrides reach the trainer
-    assert launch.startswith(f"launch: srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash ")
+    # one srun task per node with the job's CPUs (srun of Slurm 22.05-23.02 does not inherit them), the job dies
+    # with any node, the overrides reach the trainer
+    assert launch.startswith(
+        f"launch: srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 --cpus-per-task=32 bash "
+    )
     assert launch.endswith("slurm/node_launch.sh train.steps=10")
     assert [re.match(r"node (\d+) ", line).group(1) for line in node_lines] == [str(n) for n in range(nodes)]
     torchrun = {line.split(": ", 1)[1] for line in node_lines}
@@ -182,6 +187,16 @@ def test_misspelt_override_fails_before_the_launch(dry_run, tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
     assert result.stderr.startswith("error: unknown recipe key 'train.stepz'"), result.stderr
     assert "launch:" not in result.stdout and not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed here")
+def test_dry_run_stops_at_a_switched_on_extra_that_is_not_installed(tmp_path):
+    # before: the job launched, loaded both models, and rank 0 died importing tensorboard (no requeue)
+    result = run_script("train_qwen3.sh", "logging.tensorboard=true", MTP_DS_DRY_RUN="1", OUTPUT_DIR=str(tmp_path))
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith("error: logging.tensorboard=true needs the tensorboard package"), result.stderr
+    assert "pip install -e '.[tensorboard]'" in result.stderr and "launch:" not in result.stdout
 
 
 def readme_dry_run_example() -> str:
@@ -350,6 +365,48 @@ def test_signal_reaches_the_launch_once_and_the_script_stops_cleanly(sent, how, 
         )
         argv = " ".join(json.loads((log_dir / "argv.json").read_text()))
         assert re.search(r"--signals-to-handle=\S*SIGINT", argv) and "--shutdown-timeout=240" in argv, argv
+
+
+def fake_old_torch(root: Path) -> Path:
+    """A `torch` for PYTHONPATH whose torchrun table (torch/distributed/run.py) has neither --signals-to-handle
+    nor --shutdown-timeout, as torch < 2.9; mtp_ds/config/launch.py reads that table as text."""
+    (root / "torch" / "distributed").mkdir(parents=True)
+    (root / "torch" / "__init__.py").write_text("")
+    (root / "torch" / "distributed" / "__init__.py").write_text("")
+    (root / "torch" / "distributed" / "run.py").write_text('parser.add_argument("--nnodes")\n')
+    return root
+
+
+def test_an_old_torchrun_gets_no_flags_it_lacks_and_usr1_reaches_it_as_term(tmp_path):
+    result = run_script("train_tiny.sh", MTP_DS_DRY_RUN="1", PYTHONPATH=str(fake_old_torch(tmp_path / "dry")))
+    assert result.returncode == 0, result.stderr
+    assert "--signals-to-handle" not in result.stdout and "--shutdown-timeout" not in result.stdout
+    assert "torchrun --nnodes=1 --nproc_per_node=2 --standalone -m mtp_ds.train" in result.stdout, result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("mtp-ds: this torchrun has no")]
+    assert len(warnings) == 2, result.stderr
+    # without Slurm, USR1 to the script reaches such a torchrun (started with USR1 ignored) as TERM, once; the
+    # launch itself needs the real torch (the data step), so the old torchrun's flags are given: none
+    bin_dir, log_dir = tmp_path / "bin", tmp_path / "log"
+    log_dir.mkdir()
+    fake_command(bin_dir, "torchrun", RECORDING_LAUNCHER)
+    env = script_env(
+        OUTPUT_DIR=str(tmp_path / "run"),
+        FAKE_LAUNCH_LOG=str(log_dir),
+        MTP_DS_TORCHRUN_FLAGS="",
+        MTP_DS_ACTIVATE=f"source {REPO}/.venv/bin/activate; PATH={bin_dir}:$PATH",
+    )
+    process = start_in_a_terminal(["bash", "slurm/train_tiny.sh", "train.steps=200"], env)
+    try:
+        wait_for(lambda: (log_dir / "argv.json").exists() or process.poll() is not None, 120, "the launch")
+        os.kill(process.pid, signal.SIGUSR1)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, (process.returncode, stdout, stderr)
+    assert json.loads((log_dir / "signals.json").read_text()) == ["SIGTERM"]
+    assert "stopped (SIGUSR1): checkpoint saved at step 7" in stdout, stdout
+    assert "--signals-to-handle" not in " ".join(json.loads((log_dir / "argv.json").read_text()))
 
 
 def test_without_slurm_ctrl_c_saves_and_the_same_command_resumes_to_the_end(tmp_path):

@@ -6,6 +6,8 @@ The scripts end to end, as users run them (`python bench/decode.py`, `python ben
 tests/integration/test_decode_bench.py and tests/integration/test_serve_bench.py.
 """
 
+import json
+
 import pytest
 from helpers import (
     DECODE_BENCH_ARGS,
@@ -35,22 +37,27 @@ def serve_checkpoint(tmp_path_factory):
 # --- bench/decode.py ------------------------------------------------------------------------------------------
 
 
-def test_decode_bench_fails_loudly_when_selfspec_differs_from_k1(decode_checkpoint, tmp_path, monkeypatch):
-    """A selfspec run whose tokens differ from our k=1's stops the benchmark (exit 1, the row named, no JSON)."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    import decode
-
+def _change_one_per_proposal_token(monkeypatch) -> None:
+    """`mtp_ds.decoding.generate` with selfspec "per_proposal" changing row 1's 6th token."""
     import mtp_ds.decoding
 
     real = mtp_ds.decoding.generate
 
-    def off_by_one(model, input_ids, **kwargs):  # selfspec "per_proposal" changes row 1's 6th token
+    def off_by_one(model, input_ids, **kwargs):
         result = real(model, input_ids, **kwargs)
         if kwargs.get("mask_layout") == "per_proposal" and len(result.sequences) > 1:
             result.sequences[1][5] += 1
         return result
 
     monkeypatch.setattr(mtp_ds.decoding, "generate", off_by_one)
+
+
+def test_decode_bench_fails_loudly_when_selfspec_differs_from_k1(decode_checkpoint, tmp_path, monkeypatch):
+    """A selfspec run whose tokens differ from our k=1's stops the benchmark (exit 1, the row named, no JSON)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import decode
+
+    _change_one_per_proposal_token(monkeypatch)
     out = tmp_path / "decode.json"
     with pytest.raises(SystemExit) as failed:  # --settings without ours k=1: the bench adds its reference
         decode.main(
@@ -87,23 +94,28 @@ def test_check_same_tokens(monkeypatch):
 # --- bench/serve.py -------------------------------------------------------------------------------------------
 
 
-def test_serve_bench_stops_when_the_stream_changes_a_request(serve_checkpoint, tmp_path, monkeypatch):
-    """A request decoded differently at c=3 than at c=1 stops the benchmark (the request named, no JSON)."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    import decode
-    import serve
-
+def _change_one_streamed_token(monkeypatch) -> None:
+    """`mtp_ds.decoding.generate_many` with Static k=2 at 3 rows in flight changing request 2's 3rd token."""
     import mtp_ds.decoding
 
     real = mtp_ds.decoding.generate_many
 
-    def off_by_one(model, prompts, **kwargs):  # Static k=2 at 3 rows in flight changes request 2's 3rd token
+    def off_by_one(model, prompts, **kwargs):
         result = real(model, prompts, **kwargs)
         if kwargs.get("k") == 2 and kwargs["max_rows"] == 3:
             result.sequences[2][2] += 1
         return result
 
     monkeypatch.setattr(mtp_ds.decoding, "generate_many", off_by_one)
+
+
+def test_serve_bench_stops_when_the_stream_changes_a_request(serve_checkpoint, tmp_path, monkeypatch):
+    """A request decoded differently at c=3 than at c=1 stops the benchmark (the request named, no JSON)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import decode
+    import serve
+
+    _change_one_streamed_token(monkeypatch)
     out = tmp_path / "serve.json"
     with pytest.raises(decode.TokensDiffer) as failed:
         serve.main(
@@ -119,3 +131,55 @@ def test_serve_bench_stops_when_the_stream_changes_a_request(serve_checkpoint, t
         )
     assert str(failed.value).startswith("static k=2: c=3 vs c=1: request 2 differs first at new token 2: ")
     assert not out.exists()
+
+
+def test_decode_bench_reports_but_does_not_fail_a_bf16_difference(decode_checkpoint, tmp_path, monkeypatch, capsys):
+    """In bf16 a row's logits change with the pass's query width, so selfspec vs k=1 is reported (how many rows
+    are the same), not failed: the bench of the first H200 run exited 1 on exactly that (docs/METHOD.md)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import decode
+
+    _change_one_per_proposal_token(monkeypatch)
+    out = tmp_path / "decode.json"
+    decode.main(
+        [
+            "--model",
+            str(decode_checkpoint),
+            *map(str, DECODE_BENCH_ARGS),
+            "--dtype",
+            "bfloat16",
+            "--settings",
+            ",".join(SELFSPEC_SETTINGS),
+            "--out",
+            str(out),
+        ]
+    )
+    rows = {(row["batch"], row["setting"]): row for row in json.loads(out.read_text())["decode"]}
+    assert rows[(3, "selfspec per_proposal")]["rows_identical_to_k1"] == "DIFFERS (2/3 same)"
+    assert (
+        "bfloat16, not exact there (reported, not checked): batch 3: selfspec per_proposal" in capsys.readouterr().out
+    )
+
+
+def test_serve_bench_reports_but_does_not_fail_a_bf16_difference(serve_checkpoint, tmp_path, monkeypatch, capsys):
+    """bf16 (the default on CUDA): a request that the stream changes is counted, not failed (docs/METHOD.md)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import serve
+
+    _change_one_streamed_token(monkeypatch)
+    out = tmp_path / "serve.json"
+    serve.main(
+        [
+            "--model",
+            str(serve_checkpoint),
+            *map(str, SERVE_BENCH_ARGS),
+            "--dtype",
+            "bfloat16",
+            "--settings",
+            "static k=2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert out.exists()
+    assert "bfloat16, not exact there (reported, not checked): static k=2: c=3 vs c=1: 1 of " in capsys.readouterr().out

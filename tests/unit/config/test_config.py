@@ -333,7 +333,72 @@ def test_paper_recipes_use_adamw_at_pytorch_defaults_without_clipping(name):
     assert resolved.get("gradient_clipping", 0.0) == 0.0
     optimizer = resolved["optimizer"]
     assert optimizer["type"] == "AdamW"
-    assert optimizer["params"] == {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
+    hyperparameters = {key: optimizer["params"][key] for key in ("lr", "betas", "eps", "weight_decay")}
+    assert hyperparameters == {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
     scheduler = resolved["scheduler"]
     assert scheduler["type"] == "WarmupLR" and scheduler["params"]["warmup_num_steps"] == 2000
     assert scheduler["params"]["warmup_max_lr"] == 1e-5 and scheduler["params"]["warmup_type"] == "linear"
+
+
+def deepspeed_optimizer_class(resolved: dict) -> type:
+    """The optimizer class DeepSpeed's own selection code picks for a resolved config's Adam / AdamW block
+    (`DeepSpeedEngine.get_optimizer_configuration`, on a stand-in engine: nothing is built or initialised)."""
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    offload = (resolved["zero_optimization"].get("offload_optimizer") or {}).get("device", "none")
+    engine = SimpleNamespace(
+        zero_use_cpu_optimizer=lambda: offload in ("cpu", "nvme"), zenflow=False, bf16_optimizer_states=lambda: False
+    )
+    params = dict(resolved["optimizer"]["params"])
+    chosen, _ = DeepSpeedEngine.get_optimizer_configuration(engine, params, resolved["optimizer"]["type"] == "AdamW")
+    return chosen
+
+
+TRAINING_DS_CONFIGS = [path for path in DS_CONFIGS if "optimizer" in json.loads(path.read_text())]
+
+
+@pytest.mark.parametrize("path", [*RECIPES, *TRAINING_DS_CONFIGS], ids=lambda p: p.name)
+def test_gpu_optimizer_needs_no_build_on_the_compute_node(path):
+    """Adam / AdamW without `torch_adam` is DeepSpeed's FusedAdam (DeepSpeedCPUAdam with optimizer offload),
+    JIT-compiled at deepspeed.initialize with nvcc + ninja, which compute nodes often lack. Every recipe and every
+    shipped training JSON, resolved for a GPU, must select torch's AdamW instead (fused: its prebuilt kernel), and
+    torch must accept the JSON's parameters."""
+    import torch
+
+    if path.suffix == ".json":
+        recipe = load_recipe(TINY, [f"train.deepspeed_config={path}"])
+    else:
+        recipe = load_recipe(path, STAGE_INPUTS.get(path.name, []), validate=False)
+    resolved = resolve_deepspeed_config(recipe, 1, device_type="cuda")
+    chosen = deepspeed_optimizer_class(resolved)
+    assert chosen.__module__.startswith("torch.optim"), f"{path.name}: DeepSpeed would build {chosen.__name__}"
+    params = {k: v for k, v in resolved["optimizer"]["params"].items() if k != "torch_adam"}
+    chosen([torch.nn.Parameter(torch.zeros(2))], **params)  # CPU here: the fused kernel exists on both
+
+
+def without_packages(monkeypatch, *names: str) -> None:
+    """importlib.util.find_spec as in an environment where `names` are not installed."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a))
+
+
+@pytest.mark.parametrize("key, package", [("logging.tensorboard", "tensorboard"), ("logging.wandb", "wandb")])
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_an_optional_dependency_switched_on_but_missing_stops_the_recipe_with_the_pip_command(
+    name, key, package, monkeypatch
+):
+    """Not after the models have loaded (rank 0 died in train/tracking.py); the Slurm scripts and their dry run
+    parse the recipe with the same code (slurm/common.sh, mtp_check_recipe), so they stop there too."""
+    without_packages(monkeypatch, package)
+    load_recipe(REPO / "recipes" / name)  # off by default: the default install runs every recipe
+    for load in (
+        lambda: load_recipe(REPO / "recipes" / name, [f"{key}=true"]),
+        lambda: parse_cli([str(REPO / "recipes" / name), f"{key}=true"]),
+    ):
+        with pytest.raises(ConfigError) as error:
+            load()
+        assert_one_line(error, f"{key}=true", package, f"pip install -e '.[{package}]'", f"{key}=false")

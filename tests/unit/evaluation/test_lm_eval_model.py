@@ -243,6 +243,68 @@ def test_continuous_batching_generate_until_equals_fixed_batches(drifting_mtp_di
         streams.clear()
 
 
+def test_batch_size_auto_says_once_that_continuous_batching_is_off(drifting_mtp_dir, caplog, monkeypatch):
+    """lm-eval's batch_size=auto has no fixed number of rows to stream: its batches are decoded as they come (the
+    texts of continuous_batching=false), and one warning says so, not one per task or call."""
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
+
+    lm = MTPLM(pretrained=str(drifting_mtp_dir), device="cpu", dtype="float32", batch_size="auto")
+    monkeypatch.setattr(lm, "_detect_batch_size", lambda *args, **kwargs: 2)  # lm-eval's probe, not ours to test
+    requests = _generate_requests(max_gen_toks=8)
+    with caplog.at_level("WARNING", logger="lm_eval.mtp_ds"):
+        texts = [lm.generate_until(requests, disable_tqdm=True), lm.generate_until(requests[:1], disable_tqdm=True)]
+    lm.continuous_batching = False
+    assert texts == [lm.generate_until(requests, disable_tqdm=True), lm.generate_until(requests[:1], disable_tqdm=True)]
+    warnings = [r.getMessage() for r in caplog.records if "continuous batching is off" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("batch_size=auto: "), warnings
+
+
+def test_data_parallel_statistics_cover_every_rank(tiny_mtp_dir, tmp_path, monkeypatch):
+    """With 2 data-parallel ranks, rank 0's report (results JSON, stats file, log line) sums both ranks' decoding
+    statistics, gathered at the end of generate_until (every rank calls it); another rank writes nothing."""
+    import copy
+
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
+
+    stats_path = tmp_path / "stats.json"
+    lm = MTPLM(pretrained=str(tiny_mtp_dir), device="cpu", dtype="float32", batch_size=2, stats_path=str(stats_path))
+    requests = _generate_requests(max_gen_toks=6)
+    lm.generate_until(requests, disable_tqdm=True)
+    alone = lm.decoding_report()
+    assert alone["ranks"] == 1 and alone["sequences"] == 3
+    other_rank = copy.deepcopy(lm.task_stats)  # what rank 1 decoded: here the same requests again
+    lm.reset_stats()
+    gathers = []
+    monkeypatch.setattr(lm, "_world_size", 2)
+    monkeypatch.setattr(lm, "gather_object", lambda obj, dst=0: gathers.append(obj) or [obj, other_rank])
+    lm.generate_until(requests, disable_tqdm=True)
+    report = json.loads(stats_path.read_text())
+    assert len(gathers) == 1 and report == lm.decoding_report()
+    assert report["ranks"] == 2 and report["sequences"] == 6
+    assert report["generated_tokens"] == 2 * alone["generated_tokens"]
+    assert report["per_task"][TASK]["forward_passes"] == 2 * alone["per_task"][TASK]["forward_passes"]
+    assert report["acceleration_factor"] == alone["acceleration_factor"]
+    stats_path.unlink()
+    monkeypatch.setattr(lm, "_rank", 1)
+    monkeypatch.setattr(lm, "gather_object", lambda obj, dst=0: gathers.append(obj))  # None on ranks other than 0
+    lm.reset_stats()
+    lm.generate_until(requests, disable_tqdm=True)
+    assert len(gathers) == 2 and not stats_path.exists() and lm.decoding_report()["sequences"] == 3
+
+
+def test_a_model_spread_over_devices_is_refused_as_a_model_arg(tiny_mtp_dir, monkeypatch):
+    """parallelize=True (a device_map over several GPUs) is refused when the model is built, in one line."""
+    from transformers import AutoModelForCausalLM
+
+    from mtp_ds.evaluation.lm_eval_model import MTPLM, ModelArgError
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_mtp_dir)
+    model.hf_device_map = {"model": 0, "lm_head": 1}
+    with pytest.raises(ModelArgError, match="spread over 2 devices") as error:
+        MTPLM(pretrained=model, tokenizer=str(tiny_mtp_dir), device="cpu", batch_size=2)
+    assert "\n" not in str(error.value)
+
+
 def test_decoding_stats_count_query_tokens_and_verified_proposals(tiny_mtp_dir):
     from mtp_ds.evaluation.lm_eval_model import MTPLM
 
