@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 DTYPES = ("float32", "bfloat16", "float16")
@@ -35,6 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--k-max", type=int, default=4, help="selfspec's k_max")
     parser.add_argument("--chat", action="store_true", help="each question in the model's chat template")
     parser.add_argument("--problems", default=str(REPO / "outputs" / "demo" / "data" / "test.jsonl"))
+    parser.add_argument(
+        "--fp32-head", action="store_true", help="the LM head in float32 (hidden states stay in --dtype): a diagnosis"
+    )
+    parser.add_argument("--runs", default="k1_alone,k1_batched,selfspec_alone,selfspec_batched", help="a subset")
     parser.add_argument("--out", default=None, help="JSON file for the counts")
     return parser.parse_args(argv)
 
@@ -58,6 +64,19 @@ def prompts(args, tokenizer) -> list[list[int]]:
     return [tokenizer(PROMPT_TEMPLATE.replace("{prompt}", q), add_special_tokens=False)["input_ids"] for q in questions]
 
 
+class Float32Head(torch.nn.Module):
+    """The model's LM head with a float32 copy of its weight: logits from the same hidden states without the
+    bf16 rounding of the logits themselves (8 mantissa bits: 0.125 apart at a logit of 20)."""
+
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.weight32 = head.weight.detach().float()
+        self.bias32 = None if getattr(head, "bias", None) is None else head.bias.detach().float()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden.float(), self.weight32, self.bias32)
+
+
 def first_difference(a: list[int], b: list[int]) -> int | None:
     if a == b:
         return None
@@ -76,7 +95,7 @@ def compare(got: list[list[int]], want: list[list[int]]) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
+    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mtp_ds.decoding import DecodeSpec, generate, generate_many
@@ -87,19 +106,24 @@ def main(argv=None) -> int:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
     if not has_mask_tokens(model.config):
         add_mtp_tokens(tokenizer, model, seed=11)
+    if args.fp32_head:
+        model.lm_head = Float32Head(model.get_output_embeddings())
     requests = prompts(args, tokenizer)
     stop = [tokenizer.eos_token_id]
     k1, selfspec = DecodeSpec(strategy="static", k=1), DecodeSpec(strategy="selfspec", k_max=args.k_max)
     runs, seconds = {}, {}
+    wanted = args.runs.split(",")
     for name, spec, rows in (("k1_alone", k1, 1), ("k1_batched", k1, args.rows), ("selfspec_alone", selfspec, 1),
                              ("selfspec_batched", selfspec, args.rows)):  # fmt: skip
+        if name not in wanted:
+            continue
         started = time.perf_counter()
         if rows == 1:
             runs[name] = [
                 generate(model, torch.tensor([ids]), spec, max_new_tokens=args.new_tokens, eos_token_id=stop).sequences[
                     0
                 ]
-                for ids in requests
+                for ids in tqdm(requests, desc=name, unit="request")
             ]
         else:
             result = generate_many(
@@ -123,7 +147,8 @@ def main(argv=None) -> int:
         "k_max": args.k_max,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "seconds": seconds,
-        "pairs": {label: compare(runs[a], runs[b]) for label, (a, b) in pairs.items()},
+        "fp32_head": args.fp32_head,
+        "pairs": {label: compare(runs[a], runs[b]) for label, (a, b) in pairs.items() if a in runs and b in runs},
     }
     print(f"{args.model}, {args.dtype}, {len(requests)} requests x {args.new_tokens} new tokens, {args.rows} rows:")
     for label, counts in report["pairs"].items():

@@ -17,6 +17,11 @@
 #               ZeRO-3 student + inference-engine teacher on one GPU: s/step, peak memory, MFU
 #   train_flex  the same with FlexAttention, packed length padded to one bucket: s/step and recompiles (want 0)
 #   decode_4b / decode_8b   bench/decode.py on the qwen3-4b and llama31-8b shapes at batch 1 and 16
+#   trained_model  bench/trained_model.py: the demo's MTP conversion (its teacher and data, outputs/demo/{teacher,data},
+#               carried along) on one GPU, exported: a model with real acceptance, not random weights
+#   serve_bf16 / serve_fp32   bench/serve.py on that model at c=1/16/64: the first GPU wall clock of a trained MTP model
+# The limits sum to more than one 8-minute command: in a 15-minute lease run two groups, `--steps trained`
+# (tests + the trained model and its serving) and `--steps shapes` (the paper's shapes, random weights).
 # On the device machine the wheels in .whl/ (what its image lacks: DeepSpeed, datasets and their few missing
 # dependencies) are installed into /tmp/site; mtp-ds itself runs from the checkout (PYTHONPATH).
 set -uo pipefail
@@ -58,7 +63,8 @@ if [ "$MODE" = prepare ]; then
         fi
     done
     du -ch .whl/*.whl | tail -n 1
-    echo "carry .whl to the device machine: run(command='bash bench/gpu_check.sh --out \$OUT', carry=['.whl'])"
+    [ -f outputs/demo/teacher/config.json ] || echo "gpu_check.sh: no outputs/demo/teacher: run \`mtp-ds demo\` for the trained_model step" >&2
+    echo "carry .whl and the demo's teacher and data to the device machine: run(command='bash bench/gpu_check.sh --steps trained --out \$OUT', carry=['.whl', 'outputs/demo/teacher', 'outputs/demo/data'])"
     exit 0
 fi
 
@@ -76,18 +82,32 @@ if [ "$DEVICE" = cuda ]; then
     # Two H200 runs (Dec 4 2026): tests 41 s; flex 31 s (bf16) / 24 s (fp32); decode_8b 52 s; train_sdpa builds
     # the 4B in 24 s (on the GPU; on the host it did not finish in 120 s), then a random k per step meant a
     # warm-up step per shape (> 126 s), so one k (the recipes' k_max) and 5 steps; decode_4b with its curve > 75 s
-    LIMITS=(tests=60 flex=45 train_sdpa=110 train_flex=70 decode_4b=80 decode_8b=70)
+    LIMITS=(tests=60 flex=45 train_sdpa=110 train_flex=70 decode_4b=80 decode_8b=70
+            trained_model=100 serve_bf16=120 serve_fp32=120)
+    TRAINED_ARGS=()  # the demo's recipe as it is: 500 steps
+    SERVE_ARGS=(--requests 64 --max-new-tokens 64 --concurrency 1,16,64)  # never run yet: limits are guesses
 else  # toy sizes: the same commands end to end on CPU (FlexAttention there is forward only)
     SIZE_4B=small; SIZE_8B=small; DTYPE=float32
     TRAIN_ARGS=(--model tiny --device cpu --steps 2 --warmup 1 --no-memory-check)
     FLEX_TRAIN_ARGS=()
     DECODE_ARGS=(--batch-sizes 1,2 --new-tokens 8 --repeats 1 --skip-curve)
     DECODE_4B_ARGS=("${DECODE_ARGS[@]}")
-    LIMITS=(tests=300 flex=300 train_sdpa=300 train_flex=1 decode_4b=300 decode_8b=300)
+    LIMITS=(tests=300 flex=300 train_sdpa=300 train_flex=1 decode_4b=300 decode_8b=300
+            trained_model=300 serve_bf16=300 serve_fp32=300)
+    TRAINED_ARGS=(--steps 3)
+    SERVE_ARGS=(--requests 4 --max-new-tokens 8 --concurrency 1,2)
 fi
+# the trained model's inputs: the demo's teacher and data unless given (tests point them at toy ones)
+TRAINED_TEACHER=${TRAINED_TEACHER:-outputs/demo/teacher}
+TRAINED_DATA=${TRAINED_DATA:-outputs/demo/data/train.jsonl}
+SERVE_SETTINGS="'HF generate,ours k=1,confadapt 0.9,selfspec'"
 declare -A LIMIT
 for entry in "${LIMITS[@]}"; do LIMIT[${entry%%=*}]=${entry#*=}; done
-STEPS=(tests flex train_sdpa train_flex decode_4b decode_8b)
+STEPS=(tests trained_model serve_bf16 serve_fp32 flex train_sdpa train_flex decode_4b decode_8b)
+case "$ONLY" in  # the two groups that each fit one command
+    trained) ONLY=tests,trained_model,serve_bf16,serve_fp32 ;;
+    shapes) ONLY=flex,train_sdpa,train_flex,decode_4b,decode_8b ;;
+esac
 if [ -n "$ONLY" ]; then
     for step in ${ONLY//,/ }; do
         [ -n "${LIMIT[$step]:-}" ] || { echo "gpu_check.sh: unknown step $step (one of ${STEPS[*]})" >&2; exit 2; }
@@ -103,10 +123,18 @@ command_of() {  # the command of one step; it writes its JSON to $2
         train_flex) [ ${#FLEX_TRAIN_ARGS[@]} -gt 0 ] && echo "$PYTHON bench/train_step.py ${FLEX_TRAIN_ARGS[*]} --out $2" ;;
         decode_4b) echo "$PYTHON bench/decode.py --device $DEVICE --dtype $DTYPE --size $SIZE_4B ${DECODE_4B_ARGS[*]} --out $2" ;;
         decode_8b) echo "$PYTHON bench/decode.py --device $DEVICE --dtype $DTYPE --size $SIZE_8B ${DECODE_ARGS[*]} --out $2" ;;
+        trained_model) echo "$PYTHON bench/trained_model.py --device $DEVICE --teacher $TRAINED_TEACHER --data $TRAINED_DATA ${TRAINED_ARGS[*]} --out $TRAINED_DIR --json $2" ;;
+        serve_bf16|serve_fp32)
+            local dtype=bfloat16; [ "$1" = serve_fp32 ] && dtype=float32
+            echo "$PYTHON bench/serve.py --model $TRAINED_DIR/mtp --device $DEVICE --dtype $dtype ${SERVE_ARGS[*]} --settings $SERVE_SETTINGS --out $2" ;;
     esac
 }
 
+TRAINED_DIR=${WORK:-$OUT/work}/trained
+TOTAL=0
+for step in "${STEPS[@]}"; do TOTAL=$((TOTAL + LIMIT[$step])); done
 if [ "$MODE" = dry-run ]; then
+    echo "limits sum to $TOTAL s$([ "$DEVICE" = cuda ] && [ "$TOTAL" -gt 480 ] && echo ': more than one 8-minute command (--steps trained, then --steps shapes)')"
     for step in "${STEPS[@]}"; do
         printf '%-11s limit %4ss  %s\n' "$step" "${LIMIT[$step]}" "$(command_of "$step" "$OUT/$step.json" || echo '(skipped on cpu)')"
     done
@@ -115,6 +143,8 @@ fi
 
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT  # the records and results are in $OUT
+TRAINED_DIR=$WORK/trained
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
 : > "$OUT/gpu_check.jsonl"

@@ -21,8 +21,19 @@ SUBCOMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version, from its package metadata (what pip installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("mtp-ds")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed: bash scripts/install.sh)"
+
+
 def _usage() -> str:
-    lines = ["usage: mtp-ds {" + ",".join(SUBCOMMANDS) + "} ...", ""]
+    lines = ["usage: mtp-ds [--version] {" + ",".join(SUBCOMMANDS) + "} ...", ""]
     lines += [f"  {name:<13} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
@@ -31,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        print(f"mtp-ds {version()}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:

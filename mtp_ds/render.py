@@ -2,7 +2,7 @@
 
 Usage:
     mtp-ds show-layout                                  # a demo sequence of 24 tokens, k=3, k_max=4
-    mtp-ds show-layout --length 40 --k 4 --k-max 4 --offset 2 --bidirectional --png layout.png
+    mtp-ds show-layout --length 40 --k 4 --k-max 4 --offset 2 --bidirectional --png   # -> outputs/layout.png
 From Python, `render_text(packed, tokenizer)` and `render_png(packed, path, tokenizer)` take any `PackedSequence`
 from `mtp_ds.layout.pack` (like the paper's Figures 2-4).
 """
@@ -10,10 +10,13 @@ from `mtp_ds.layout.pack` (like the paper's Figures 2-4).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from mtp_ds.layout import IGNORE_INDEX, PackedSequence, pack
+
+DEFAULT_PNG = "outputs/layout.png"  # `--png` without a path: outputs/ is git-ignored (created if missing)
 
 
 def token_roles(packed: PackedSequence) -> list[str]:
@@ -103,11 +106,22 @@ def _bad_flag(args: argparse.Namespace) -> str | None:
     pack() drops every anchor at or past the sample's end (its EOS, else its length), so an --offset there would
     show a sequence without a single MTP region."""
     if args.png is not None:
-        png = Path(args.png)
-        if not png.parent.is_dir():
-            return f"--png {args.png}: directory {str(png.parent)!r} does not exist"
-        if png.is_dir():
-            return f"--png {args.png}: is a directory, give a file name"
+        png, folder = Path(args.png), Path(args.png).parent
+        try:
+            if args.png == DEFAULT_PNG and not folder.exists():
+                folder = Path(".")  # outputs/ is created just before the PNG is written
+            elif not folder.is_dir():
+                return f"--png {args.png}: directory {str(folder)!r} does not exist"
+            if png.is_dir():
+                return f"--png {args.png}: is a directory, give a file name"
+            exists = png.exists()
+        except OSError as error:  # e.g. a name longer than the file system allows
+            return f"--png {args.png}: cannot write it: {error}"
+        # os.access is also False for root on a read-only mount
+        if exists and not os.access(png, os.W_OK):
+            return f"--png {args.png}: is not writable (read-only, or not yours)"
+        if not exists and not os.access(folder, os.W_OK | os.X_OK):
+            return f"--png {args.png}: directory {str(folder)!r} is not writable (read-only, or not yours)"
     if args.eos_at is not None and not 1 <= args.eos_at < args.length:
         return (
             f"--eos-at {args.eos_at}: must be in [1, {args.length - 1}] (inside --length {args.length}, after token 0)"
@@ -129,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offset", type=int, default=1)
     parser.add_argument("--eos-at", type=int, default=None, help="put an EOS (id -1 shown as 'EOS') at this index")
     parser.add_argument("--bidirectional", action="store_true")
-    parser.add_argument("--png", default=None, help="also write the mask as a PNG here")
+    parser.add_argument(
+        "--png",
+        nargs="?",
+        const=DEFAULT_PNG,
+        default=None,
+        help=f"also write the mask as a PNG (default {DEFAULT_PNG})",
+    )
     args = parser.parse_args(argv)
     problem = _bad_flag(args)
     if problem:
@@ -157,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(render_text(packed))
     if args.png:
-        render_png(packed, args.png)
+        try:
+            Path(args.png).parent.mkdir(parents=True, exist_ok=True)  # the default's outputs/
+            render_png(packed, args.png)
+        except OSError as error:  # a full disk, a read-only mount the checks above could not see
+            print(f"mtp-ds show-layout: --png {args.png}: cannot write it: {error}", file=sys.stderr)
+            return 2
         print(f"wrote {args.png}")
     return 0

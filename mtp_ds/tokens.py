@@ -4,15 +4,18 @@ Why: every later stage (trainer, export, decoder, lm-eval) must agree on which i
 told. They are recorded in the model config (`mtp_token_id`; `mtp_token_ids` for distinct slot tokens), which
 survives `save_pretrained` / `from_pretrained` with no custom code. New embedding rows are drawn, seeded, with the
 existing rows' mean and per-dimension variance (docs/METHOD.md section 2), also for an untied output embedding.
+A resize pads the rows to a multiple of 128 (aligned GPU matmuls; the authors' Llama has 128384 rows); the padding
+rows (`mtp_padding_rows` in the config) are zero and, like mask tokens, never emitted nor probability mass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 SHARED_TOKEN = "<MTP>"
+VOCAB_ROW_MULTIPLE = 128  # a resized vocabulary is padded to this many rows
 
 
 def slot_token_texts(k_max: int) -> list[str]:
@@ -22,9 +25,16 @@ def slot_token_texts(k_max: int) -> list[str]:
 
 @dataclass(frozen=True)
 class MaskTokens:
-    """Which ids are mask tokens. `ids[j-1]` fills mask slot j (j = 1..k-1); one id means it is shared."""
+    """Which ids are mask tokens. `ids[j-1]` fills mask slot j (j = 1..k-1); one id means it is shared.
+    `padding`: [start, stop) of the rows a resize added only to align the vocabulary (no token has them)."""
 
     ids: tuple[int, ...]
+    padding: tuple[int, int] | None = field(default=None, compare=False)  # equal ids: the same mask tokens
+
+    @property
+    def never_emitted(self) -> tuple[int, ...]:
+        """Every id that is never a proposal, a target or probability mass: the mask ids and the padding rows."""
+        return self.ids + (tuple(range(*self.padding)) if self.padding else ())
 
     @property
     def distinct(self) -> bool:
@@ -71,7 +81,8 @@ def mask_tokens_from_config(config) -> MaskTokens:
             "model config has no mtp_token_id: this is not an MTP checkpoint "
             "(add the mask token with mtp_ds.tokens.add_mtp_tokens, or pass mtp_token_id explicitly)"
         )
-    return as_mask_tokens(ids)
+    padding = getattr(config, "mtp_padding_rows", None)
+    return MaskTokens(as_mask_tokens(ids).ids, tuple(padding) if padding else None)
 
 
 def _existing_token_id(tokenizer, text: str) -> int | None:
@@ -128,7 +139,7 @@ def add_mtp_tokens(
     )
     existing_ids = [_existing_token_id(tokenizer, text) for text in texts]
     if all(i is not None for i in existing_ids) and recorded is not None and list(recorded) == existing_ids:
-        return MaskTokens(tuple(existing_ids))
+        return mask_tokens_from_config(model.config)
     if recorded is not None:
         raise ValueError(
             f"model config already records mtp_token_id(s) {list(recorded)} that do not match the tokenizer's "
@@ -148,11 +159,14 @@ def add_mtp_tokens(
     ids = [tokenizer.convert_tokens_to_ids(text) for text in texts]
 
     input_embeddings = model.get_input_embeddings()
+    padding = None
     if max(ids) >= _num_rows(input_embeddings.weight):
         # Models whose embedding is padded past the tokenizer (Qwen3) already have rows for the new ids;
         # resize only when they do not, and never shrink.
-        model.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
+        rows = -(-(max(ids) + 1) // VOCAB_ROW_MULTIPLE) * VOCAB_ROW_MULTIPLE
+        model.resize_token_embeddings(rows, mean_resizing=False)
         input_embeddings = model.get_input_embeddings()
+        padding = (max(ids) + 1, rows) if rows > max(ids) + 1 else None
 
     generator = torch.Generator().manual_seed(seed)
     output_embeddings = model.get_output_embeddings()
@@ -166,12 +180,18 @@ def add_mtp_tokens(
             if bias is not None:
                 with torch.no_grad():
                     bias[ids] = bias[:num_existing].mean()
+        if padding is not None:
+            with torch.no_grad():  # deterministic, and never read: these rows are suppressed everywhere
+                for weight in to_gather:
+                    weight[padding[0] : padding[1]] = 0
 
     model.config.mtp_token_id = ids[0]
     if distinct_slots:
         model.config.mtp_token_ids = ids
     model.config.mtp_base_vocab_size = num_existing
-    return MaskTokens(tuple(ids))
+    if padding is not None:
+        model.config.mtp_padding_rows = list(padding)
+    return MaskTokens(tuple(ids), padding)
 
 
 def mask_tokens_from_tokenizer(tokenizer, *, distinct_slots: bool = False, k_max: int = 16) -> MaskTokens:

@@ -17,8 +17,9 @@
 #   MTP_DS_TORCHRUN_FLAGS  torchrun's signal flags (default: those of mtp_ds/config/launch.py this torch's torchrun
 #                    defines); set it, "" included, where the torchrun on PATH is not the environment's torch
 #   MTP_DS_DRY_RUN=1 validate the recipe + overrides, then print the srun / torchrun command lines for every node
-#                    instead of running; needs the environment (mtp_ds importable) but no GPU, torch or Slurm
-#                    (without scontrol it reads the first host of SLURM_JOB_NODELIST itself and says so)
+#                    (each named by its host in SLURM_JOB_NODELIST) instead of running, and on stderr where the
+#                    ranks per node came from; needs the environment (mtp_ds importable) but no GPU, torch or
+#                    Slurm (without scontrol it expands SLURM_JOB_NODELIST itself and says so)
 # Trailing arguments of the sbatch script are recipe overrides: sbatch slurm/train_qwen3.sh train.steps=1000
 
 mtp_require() {  # mtp_require VAR "what it is"
@@ -68,11 +69,65 @@ fi
 cd "$MTP_DS_REPO" || { echo "error: MTP_DS_REPO=$MTP_DS_REPO is not a directory" >&2; exit 2; }
 mkdir -p logs
 
-mtp_gpus_per_node() {
-    if [ -n "${GPUS_PER_NODE:-}" ]; then echo "$GPUS_PER_NODE"
-    elif [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then echo "$SLURM_GPUS_ON_NODE"
-    elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then nvidia-smi -L | wc -l
-    else echo 1
+mtp_gpus_per_node() {  # sets MTP_DS_GPUS_PER_NODE (ranks per node) and MTP_DS_GPUS_FROM (where it came from)
+    if [ -n "${GPUS_PER_NODE:-}" ]; then
+        MTP_DS_GPUS_PER_NODE=$GPUS_PER_NODE MTP_DS_GPUS_FROM="GPUS_PER_NODE=$GPUS_PER_NODE"
+    elif [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then
+        MTP_DS_GPUS_PER_NODE=$SLURM_GPUS_ON_NODE MTP_DS_GPUS_FROM="SLURM_GPUS_ON_NODE=$SLURM_GPUS_ON_NODE"
+    elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+        MTP_DS_GPUS_PER_NODE=$(nvidia-smi -L | wc -l)
+        MTP_DS_GPUS_FROM="nvidia-smi -L on $(hostname -s), the GPUs of this machine"
+    else
+        MTP_DS_GPUS_PER_NODE=1
+        MTP_DS_GPUS_FROM="the default: no GPUS_PER_NODE, no SLURM_GPUS_ON_NODE, no GPU seen by nvidia-smi on $(hostname -s)"
+    fi
+}
+
+mtp_expand_hosts() {  # mtp_expand_hosts LIST MAX: the first MAX hosts of a Slurm node list, one a line
+    # Only for dry runs where scontrol is absent ("gpu[01-02,07],cpu3" -> gpu01 gpu02 gpu07 cpu3; every [..] group
+    # of an entry multiplies, numbers keep the width written); mtp_first_host has refused a malformed list before.
+    local list=$1 entry="" char depth=0 i
+    local -a entries=()
+    for ((i = 0; i < ${#list}; i++)); do  # entries: split at the commas outside [..]
+        char=${list:i:1}
+        if [ "$char" = "[" ]; then depth=$((depth + 1)); elif [ "$char" = "]" ]; then depth=$((depth - 1)); fi
+        if [ "$char" = "," ] && [ "$depth" -eq 0 ]; then entries+=("$entry"); entry=""; else entry+=$char; fi
+    done
+    entries+=("$entry")
+    MTP_DS_HOSTS=()
+    for entry in "${entries[@]}"; do
+        [ "${#MTP_DS_HOSTS[@]}" -lt "$2" ] && mtp_expand_entry "" "$entry" "$2"
+    done
+    printf '%s\n' "${MTP_DS_HOSTS[@]}"
+}
+
+mtp_expand_entry() {  # mtp_expand_entry DONE REST MAX: DONE + each expansion of REST, appended to MTP_DS_HOSTS
+    local group='^([^][]*)\[([^][]*)\](.*)$' range first last n number
+    if ! [[ "$2" =~ $group ]]; then MTP_DS_HOSTS+=("$1$2"); return; fi
+    local prefix=${BASH_REMATCH[1]} tail=${BASH_REMATCH[3]}
+    local -a ranges
+    IFS=, read -r -a ranges <<<"${BASH_REMATCH[2]}"
+    for range in "${ranges[@]}"; do
+        first=${range%%-*} last=${range##*-}
+        for ((n = 10#$first; n <= 10#$last; n++)); do
+            printf -v number '%0*d' "${#first}" "$n"
+            mtp_expand_entry "$1$prefix$number" "$tail" "$3"
+            [ "${#MTP_DS_HOSTS[@]}" -lt "$3" ] || return 0
+        done
+    done
+}
+
+mtp_node_hosts() {  # mtp_node_hosts N: the job's first N hosts, one a line (a dry run names each node's line)
+    if [ -z "${SLURM_JOB_NODELIST:-}" ]; then hostname -s; return; fi
+    if command -v scontrol >/dev/null; then
+        local hosts
+        local -a all
+        hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST") || {
+            echo "error: SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST: scontrol show hostnames failed" >&2; exit 2; }
+        mapfile -t all <<<"$hosts"
+        printf '%s\n' "${all[@]:0:$1}"
+    else
+        mtp_expand_hosts "$SLURM_JOB_NODELIST" "$1"
     fi
 }
 
@@ -145,7 +200,7 @@ mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
     local nnodes=${SLURM_NNODES:-1}
     export RECIPE OUTPUT_DIR
     export MTP_DS_NNODES=$nnodes MTP_DS_GPUS_PER_NODE
-    MTP_DS_GPUS_PER_NODE=$(mtp_gpus_per_node)
+    mtp_gpus_per_node
     export MASTER_ADDR MASTER_PORT MTP_DS_RDZV_ID=${SLURM_JOB_ID:-local} MTP_DS_TORCHRUN_FLAGS
     MASTER_ADDR=$(mtp_master_addr)
     local shutdown_timeout=${MTP_DS_SHUTDOWN_TIMEOUT:-240}
@@ -168,15 +223,20 @@ mtp_train() {  # mtp_train DEFAULT_RECIPE [key=value ...]
         MTP_DS_TORCHRUN_FLAGS=$(python -m mtp_ds.config.launch torchrun-flags "$shutdown_timeout") || exit $?
     fi
     if [ "${MTP_DS_DRY_RUN:-0}" = 1 ]; then
+        echo "mtp-ds: dry run: $nnodes node(s) x $MTP_DS_GPUS_PER_NODE rank(s) (--nproc_per_node), from $MTP_DS_GPUS_FROM; set GPUS_PER_NODE to the GPUs of a compute node" >&2
         echo "launch:$(printf ' %q' "${launcher[@]}" "$@")"
-        local node
+        local node hosts_text
+        local -a hosts
+        hosts_text=$(mtp_node_hosts "$nnodes") || exit $?
+        mapfile -t hosts <<<"$hosts_text"
         for node in $(seq 0 $((nnodes - 1))); do
-            SLURM_NODEID=$node bash "$MTP_DS_REPO/slurm/node_launch.sh" "$@"
+            SLURM_NODEID=$node MTP_DS_DRY_RUN_HOST=${hosts[node]:-"no host $node in SLURM_JOB_NODELIST"} \
+                bash "$MTP_DS_REPO/slurm/node_launch.sh" "$@"
         done
         return 0
     fi
     mtp_accelerator
-    echo "mtp-ds: $nnodes node(s) x $MTP_DS_GPUS_PER_NODE rank(s), recipe $RECIPE, output $OUTPUT_DIR, rendezvous $MASTER_ADDR:$MASTER_PORT"
+    echo "mtp-ds: $nnodes node(s) x $MTP_DS_GPUS_PER_NODE rank(s) ($MTP_DS_GPUS_FROM), recipe $RECIPE, output $OUTPUT_DIR, rendezvous $MASTER_ADDR:$MASTER_PORT"
     # Tokenise once, here, into the datasets cache (mtp-ds prepare-data): the ranks then only load it, and no rank
     # waits out the process group's timeout while rank 0 tokenises
     python -m mtp_ds.cli prepare-data "$RECIPE" "checkpoint.dir=$OUTPUT_DIR" "$@" || exit $?

@@ -5,7 +5,8 @@
 # Ranks come from torchrun's c10d rendezvous on MASTER_ADDR:MASTER_PORT (unique per job), never from a guess.
 #
 # Set by slurm/common.sh: RECIPE OUTPUT_DIR MTP_DS_NNODES MTP_DS_GPUS_PER_NODE MASTER_ADDR MASTER_PORT
-#                         MTP_DS_RDZV_ID MTP_DS_TORCHRUN_FLAGS; MTP_DS_DRY_RUN=1 prints instead of running.
+#                         MTP_DS_RDZV_ID MTP_DS_TORCHRUN_FLAGS; MTP_DS_DRY_RUN=1 prints instead of running (the
+#                         node named MTP_DS_DRY_RUN_HOST: its host in the job's node list, not this machine's).
 set -euo pipefail
 
 # MTP_DS_TORCHRUN_FLAGS (mtp_ds/config/launch.py, as far as this torch's torchrun defines them):
@@ -23,7 +24,7 @@ fi
 launch+=(-m mtp_ds.train "$RECIPE" "checkpoint.dir=$OUTPUT_DIR" "$@")
 
 if [ "${MTP_DS_DRY_RUN:-0}" = 1 ]; then
-    echo "node ${SLURM_NODEID:-0} ($(hostname -s)):$(printf ' %q' "${launch[@]}")"
+    echo "node ${SLURM_NODEID:-0} (${MTP_DS_DRY_RUN_HOST:-$(hostname -s)}):$(printf ' %q' "${launch[@]}")"
     exit 0
 fi
 # A torchrun that cannot forward SIGUSR1 would die of it and leave its ranks mid-step: it ignores SIGUSR1 instead

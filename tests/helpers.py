@@ -87,6 +87,54 @@ def save_checkpoint_dir(model, tokenizer, directory: Path) -> Path:
     return directory
 
 
+def zero3_checkpoint(path: Path, model, world: int = 2) -> Path:
+    """`path` as `store.save_checkpoint` leaves it for `model`, made in milliseconds without a process group:
+    DeepSpeed's ZeRO-3 files (each rank's flat fp32 partition: every parameter padded to a multiple of `world`,
+    rank r holding the r-th slice of each), hf/ with mtp_token_id and the tokenizer, and a COMPLETE without a file
+    table (write one with `manifest.write_marker` where a test needs it)."""
+    from collections import OrderedDict
+
+    from deepspeed import __version__
+
+    from mtp_ds.objective import HiddenStatesModel
+
+    (path / "hf").mkdir(parents=True)
+    named = [(HiddenStatesModel.PREFIX + name, param.detach()) for name, param in model.named_parameters()]
+    shapes = OrderedDict((name, param.shape) for name, param in named)
+    for rank in range(world):
+        slices = []
+        for _, param in named:
+            size = -(-param.numel() // world)
+            padded = torch.nn.functional.pad(param.flatten(), (0, size * world - param.numel()))
+            slices.append(padded[rank * size : (rank + 1) * size])
+        model_states = {
+            "module": {},
+            "buffer_names": [],
+            "param_shapes": [shapes],
+            "frozen_param_shapes": OrderedDict(),
+            "frozen_param_fragments": OrderedDict(),
+            "shared_params": {},
+            "ds_version": __version__,
+        }
+        optim_states = {
+            "optimizer_state_dict": {
+                "zero_stage": 3,
+                "partition_count": world,
+                "fp32_flat_groups": [torch.cat(slices)],
+                "optimizer_state_dict": {},
+            },
+            "ds_version": __version__,
+        }
+        torch.save(model_states, path / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+        torch.save(optim_states, path / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    if getattr(model.config, "mtp_token_id", None) is None:
+        model.config.mtp_token_id = 4
+    model.config.save_pretrained(path / "hf")
+    word_tokenizer().save_pretrained(path / "hf")
+    (path / "COMPLETE").write_text("{}")
+    return path
+
+
 def bias_lm_head(model, token_ids, value: float) -> None:
     """Replace the model's lm_head by the same weights plus a bias of `value` on `token_ids` (zero elsewhere)."""
     old_head = model.lm_head

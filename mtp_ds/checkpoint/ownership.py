@@ -148,8 +148,9 @@ def run_contents(directory: Path, metrics_file: Path, tag_pattern) -> list[str]:
     return held
 
 
-def move_run_aside(directory: Path, metrics_file: Path) -> Path:
-    """Move everything of the old run (all but the lock and earlier replaced runs) into replaced/<UTC time>/."""
+def move_run_aside(directory: Path, metrics_file: Path | None = None) -> Path:
+    """Move everything of the old run (all but the lock and earlier replaced runs) into replaced/<UTC time>/
+    (also what `mtp-ds export --overwrite` finds in its OUT_DIR)."""
     target = directory / REPLACED_DIR / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     while target.exists():
         target = target.with_name(target.name + "+")
@@ -157,7 +158,7 @@ def move_run_aside(directory: Path, metrics_file: Path) -> Path:
     for entry in directory.iterdir():
         if entry.name not in (LOCK_FILE, REPLACED_DIR):
             os.rename(entry, target / entry.name)
-    if metrics_file.exists():  # a logging.metrics_file outside checkpoint.dir
+    if metrics_file is not None and metrics_file.exists():  # a logging.metrics_file outside checkpoint.dir
         shutil.move(metrics_file, target / metrics_file.name)
         fsync_dir(metrics_file.parent)
     for changed in (target, target.parent, directory):  # what moved in, the new folder, what moved out

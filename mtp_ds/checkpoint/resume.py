@@ -3,7 +3,9 @@
 Decided once, by every rank alike, before any model is built: every rank reads (manifests, a share of the
 checksums); rank 0 alone changes the directory (lock, old run moved aside, damaged checkpoint renamed) and
 broadcasts the outcome, so an error stops every rank with the same one line (`ConfigError`). The
-`checkpoint.resume` rules: docs/CHECKPOINTS.md, "Resuming".
+`checkpoint.resume` rules: docs/CHECKPOINTS.md, "Resuming". A resumed checkpoint's saved effective config is
+compared with the new run's: a changed method (packing, objective, model, data) is refused unless
+`checkpoint.allow_recipe_change=true`, any other change (steps, the learning-rate schedule) is logged.
 """
 
 from __future__ import annotations
@@ -25,9 +27,25 @@ from mtp_ds.checkpoint.ownership import (
 from mtp_ds.checkpoint.store import TAG_PATTERN, all_gather, complete_checkpoints
 from mtp_ds.config import ConfigError
 from mtp_ds.config.paths import resolve_path
+from mtp_ds.config.schema import recipe_from_dict
+from mtp_ds.config.values import yaml_load
 from mtp_ds.fileio import atomic_write_text
 
 log = logging.getLogger("mtp_ds")
+EFFECTIVE_CONFIG = "effective_config.yaml"  # in every checkpoint (mtp_ds.checkpoint.store.save_checkpoint)
+METHOD_SECTIONS = ("model", "data", "packing", "objective")  # what a checkpoint was trained to do
+# keys of those sections that change speed, memory or what is logged, not what is trained: said, not refused
+NOT_METHOD = {
+    "model.attn_implementation",
+    "model.gradient_checkpointing",
+    "data.cache_dir",
+    "data.num_proc",
+    "data.max_dropped_fraction",
+    "objective.logits_chunk_size",
+    "objective.accept_thresholds",
+}
+RUN_CONTROL = {"checkpoint.resume", "checkpoint.overwrite", "checkpoint.allow_recipe_change"}  # not compared
+_UNSET = object()  # a key one of two effective configs lacks
 
 
 @dataclass
@@ -146,11 +164,82 @@ def _claim(settings, metrics_file: Path, resume_from: Path | None) -> str:
     return new_run_id()
 
 
-def start_run(settings, metrics_file: str, rank: int, world: int) -> RunStart:
-    """Collective, before any model is built: lock the directory, pick the checkpoint, claim the directory."""
+def _flat(values, prefix: str = "") -> dict:
+    """{dotted key: leaf value} of nested mappings (a list is one value; an empty mapping has no keys)."""
+    if not isinstance(values, dict):
+        return {prefix: values}
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _with_defaults(recipe: dict) -> dict:
+    """A saved recipe with the keys added to the schema since filled with their defaults (as it trained)."""
+    try:
+        return recipe_from_dict(recipe).to_dict()
+    except ConfigError:  # a key since removed: compare what was saved
+        return recipe
+
+
+def recipe_changes(saved: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(method changes, other changes) from a checkpoint's effective config to a new one, each `key: old -> new`
+    (recipe keys without their `recipe.` prefix, the DeepSpeed config's as `deepspeed.<key>`)."""
+    saved = {**saved, "recipe": _with_defaults(saved.get("recipe") or {})}
+    old, now = _flat(saved), _flat(new)
+    method, other = [], []
+    for key in [*now, *(key for key in old if key not in now)]:
+        name = key.removeprefix("recipe.")
+        if old.get(key, _UNSET) == now.get(key, _UNSET) or name in RUN_CONTROL:
+            continue
+        change = f"{name}: {_shown(old.get(key, _UNSET))} -> {_shown(now.get(key, _UNSET))}"
+        section_key = ".".join(name.split(".")[:2])
+        is_method = key.startswith("recipe.") and name.split(".")[0] in METHOD_SECTIONS
+        (method if is_method and section_key not in NOT_METHOD else other).append(change)
+    return method, other
+
+
+def _shown(value) -> str:
+    return "(unset)" if value is _UNSET else repr(value)
+
+
+def check_recipe_change(checkpoint: Path, new_config: dict, allow: bool) -> None:
+    """Rank 0: refuse resuming `checkpoint` with another method unless `allow`; log every other change."""
+    file = checkpoint / EFFECTIVE_CONFIG
+    try:
+        saved = yaml_load(file.read_text())
+    except Exception as error:  # unreadable YAML too: say so and resume as before this check existed
+        log.warning("cannot compare the recipe with the one %s was trained with (%s): %s", checkpoint.name, file, error)
+        return
+    method, other = recipe_changes(saved if isinstance(saved, dict) else {}, new_config)
+    if method and not allow:
+        raise ConfigError(
+            f"checkpoint {checkpoint} was trained with another recipe: {', '.join(method)}; resume with the recipe "
+            "it was trained with, or pass checkpoint.allow_recipe_change=true to train on with the new values"
+        )
+    if method:
+        log.warning(
+            "checkpoint.allow_recipe_change=true: resuming %s with another recipe: %s",
+            checkpoint.name,
+            ", ".join(method + other),
+        )
+    elif other:
+        log.info(
+            "resuming %s with changed settings: %s (the recipe it was trained with is unchanged)",
+            checkpoint.name,
+            ", ".join(other),
+        )
+
+
+def start_run(settings, metrics_file: str, rank: int, world: int, *, effective_config: dict | None = None) -> RunStart:
+    """Collective, before any model is built: lock the directory, pick the checkpoint, compare its recipe with
+    `effective_config` (the new run's, when given), claim the directory."""
     lock = on_rank0(rank, lambda: RunLock(settings.dir).acquire(), share=False)
     try:
         resume_from = select_resume_checkpoint(settings, rank, world)
+        if resume_from is not None and effective_config is not None:
+            allow = settings.allow_recipe_change
+            on_rank0(rank, lambda: check_recipe_change(resume_from, effective_config, allow))
         run_id = on_rank0(rank, lambda: _claim(settings, Path(metrics_file), resume_from))
     except BaseException:
         if lock is not None:

@@ -3,11 +3,14 @@
 A checkpoint holds DeepSpeed's files, every rank's RNG state, `hf/` (config + tokenizer, for export), the
 effective config and, written last through `mtp_ds.fileio` once every file is on disk, `COMPLETE` (the manifest).
 A save that dies leaves no COMPLETE, so the previous checkpoint stays the one resumed; everything loads through
-torch's safe unpickler. Layout, order of writes, the fsync rule: docs/CHECKPOINTS.md.
+torch's safe unpickler. A full disk on any rank stops every rank with the same one line (`DiskFull`) and removes
+the half-written step. Layout, order of writes, the fsync rule: docs/CHECKPOINTS.md.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import pickle
 import random
@@ -24,7 +27,29 @@ from mtp_ds.checkpoint.manifest import COMPLETE, gather_file_table, read_marker,
 from mtp_ds.checkpoint.safe_load import refused_shard, weights_only_loads
 from mtp_ds.fileio import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 TAG_PATTERN = re.compile(r"^step(\d{8})$")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# how torch.save's C++ writer reports a full disk (a RuntimeError without an errno)
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "basic_ios::clear")
+
+
+class DiskFull(RuntimeError):
+    """A save that ran out of space on some rank; the message is one line naming the directory and what is intact."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC / EDQUOT, raised as an OSError or as torch's writer words it, here or anywhere in its causes."""
+    for _ in range(8):  # a chain of causes, never a cycle
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return True
+        if isinstance(error, RuntimeError) and any(text in str(error) for text in DISK_FULL_TEXTS):
+            return True
+        error = error.__cause__ or error.__context__
+        if error is None:
+            return False
+    return False
 
 
 def tag_for_step(step: int) -> str:
@@ -122,31 +147,90 @@ def save_checkpoint(
     hf_config,
     tokenizer,
     run_id: str,
+    generation_config=None,
 ) -> Path:
-    """Collective: every rank calls it. Returns the checkpoint path once it is COMPLETE."""
+    """Collective: every rank calls it. Returns the checkpoint path once it is COMPLETE; `DiskFull` on every rank
+    when any rank ran out of space (the step's folder is removed, the previous checkpoint stays the latest)."""
     rank, world = _rank_and_world()
     tag = tag_for_step(step)
     path = Path(directory) / tag
     with rank_zero_first():  # a leftover of a save that died, or a damaged one of this run: start clean
         if rank == 0 and path.exists():
             shutil.rmtree(path)
-    engine.save_checkpoint(directory, tag=tag, client_state={**client_state, "run_id": run_id}, save_latest=False)
+    full = None
+    try:
+        engine.save_checkpoint(directory, tag=tag, client_state={**client_state, "run_id": run_id}, save_latest=False)
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        full = rank
+        _barrier()  # DeepSpeed's save ends in a barrier that this rank's save did not reach
+    if full is None:
+        full = _unless_disk_full(
+            lambda: _write_own_files(path, rank, effective_config, hf_config, tokenizer, generation_config), rank
+        )
+    # every rank's shards and RNG file are on disk before they are hashed (the gather is the barrier)
+    _stop_if_disk_full(all_gather(full), directory, path)
+    files = gather_file_table(path, rank, world, all_gather)
+    if rank == 0:
+        full = _unless_disk_full(lambda: _commit(path, directory, step, run_id, world, files, keep_last), rank)
+    _stop_if_disk_full(all_gather(full), directory, path)
+    return path
+
+
+def _write_own_files(
+    path: Path, rank: int, effective_config: dict, hf_config, tokenizer, generation_config=None
+) -> None:
+    """This rank's RNG state; on rank 0 also `hf/` (config, the base model's generation config and the tokenizer,
+    for export) and the effective config."""
     torch.save(rng_state(), path / f"rng_rank{rank}.pt")
     if rank == 0:
         hf_dir = path / "hf"
         hf_config.save_pretrained(hf_dir)
+        if generation_config is not None:
+            try:  # the base model's EOS list and sampling defaults, which the export hands to stock generate
+                generation_config.save_pretrained(hf_dir)
+            except ValueError as error:  # transformers refuses to save an inconsistent one: export falls back
+                log.warning("the base model's generation config was not saved with the checkpoint: %s", error)
         tokenizer.save_pretrained(hf_dir)
         from mtp_ds.config import save_effective_config
 
         save_effective_config(path / "effective_config.yaml", effective_config)
-    _barrier()  # every rank's shards and RNG file are on disk before they are hashed
-    files = gather_file_table(path, rank, world, all_gather)
+
+
+def _commit(path: Path, directory: str, step: int, run_id: str, world: int, files: dict, keep_last: int) -> None:
+    """Rank 0: the manifest (COMPLETE), then `latest_complete`, then rotation."""
+    write_marker(path, step=step, run_id=run_id, world_size=world, files=files)
+    atomic_write_text(Path(directory) / "latest_complete", path.name + "\n")
+    rotate(directory, keep_last, run_id)
+
+
+def _unless_disk_full(write, rank: int) -> int | None:
+    """Run `write()`; this rank's number when the disk was full (any other error is raised as it is)."""
+    try:
+        write()
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        return rank
+    return None
+
+
+def _stop_if_disk_full(full_ranks: list[int | None], directory: str, path: Path) -> None:
+    """On every rank: if any rank ran out of space, rank 0 removes the half-written step and all raise one line."""
+    if all(rank is None for rank in full_ranks):
+        return
+    rank, _ = _rank_and_world()
+    earlier = [checkpoint for checkpoint in complete_checkpoints(directory) if checkpoint.name != path.name]
     if rank == 0:
-        write_marker(path, step=step, run_id=run_id, world_size=world, files=files)
-        atomic_write_text(Path(directory) / "latest_complete", tag + "\n")
-        rotate(directory, keep_last, run_id)
-    _barrier()
-    return path
+        (path / COMPLETE).unlink(missing_ok=True)  # first: a step that is being removed is never resumed
+        shutil.rmtree(path, ignore_errors=True)  # frees what it held
+    intact = (
+        f"the previous checkpoint {earlier[-1].name} is intact (free space, then run the same command to resume)"
+        if earlier
+        else "no earlier checkpoint was saved (free space, then run the same command)"
+    )
+    raise DiskFull(f"no space left on {directory} while saving {path.name}; {intact}")
 
 
 def load_checkpoint(engine, path: Path) -> dict:
@@ -192,6 +276,8 @@ def rank_zero_first() -> Iterator[None]:
     rank, _ = _rank_and_world()
     if rank != 0:
         _barrier()
-    yield
-    if rank == 0:
-        _barrier()
+    try:
+        yield
+    finally:  # also when the body raised: the others then raise the same one-line error, not a gloo error
+        if rank == 0:
+            _barrier()

@@ -136,13 +136,26 @@ def _check_data(data: DataConfig) -> None:
         local_only = data.source in ("jsonl", "parquet") or path.endswith((".jsonl", ".json", ".parquet"))
         if not resolve_path(path).exists() and (local_only or _looks_like_path(path)):
             raise ConfigError(f"data.path: file {path!r} does not exist")
+        if resolve_path(path).is_dir() and not _holds_files(resolve_path(path)):
+            raise ConfigError(f"data.path: directory {path!r} holds no files; put the data set's files there")
     if not 0.0 <= data.validation_fraction < 1.0:
         raise ConfigError(f"data.validation_fraction: must be in [0, 1), got {data.validation_fraction}")
     if data.prompt_template is not None and "{prompt}" not in data.prompt_template:
         raise ConfigError(f"data.prompt_template: must contain {{prompt}}, got {data.prompt_template!r}")
+    if not 0.0 <= data.max_dropped_fraction <= 1.0:
+        raise ConfigError(f"data.max_dropped_fraction: must be in [0, 1], got {data.max_dropped_fraction}")
     _at_least("data.seq_len", data.seq_len, 2)
     _at_least("data.max_samples", data.max_samples, 1)
     _at_least("data.num_proc", data.num_proc, 1)
+
+
+def _holds_files(directory: Path) -> bool:
+    """Whether a data directory holds any file outside hidden folders (stops at the first one found)."""
+    for _, folders, files in os.walk(directory):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        if any(not name.startswith(".") for name in files):
+            return True
+    return False
 
 
 def _check_packing(packing: PackingConfig, seq_len: int) -> None:

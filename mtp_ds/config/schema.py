@@ -56,6 +56,7 @@ class DataConfig:
     add_bos: bool = True  # chat_template off only; tokenizers without a BOS (Qwen3) add nothing
     eos_token: str | None = None  # end-of-sample token appended and used as padding; default tokenizer.eos_token
     seq_len: int = 160  # N: every sample is cut or EOS-padded to exactly this many tokens
+    max_dropped_fraction: float = 0.5  # refuse a run where more rows than this share are not samples (dropped, skipped)
     response_only_anchors: bool = False  # True: first anchor = last prompt token, so only response tokens are targets
     max_samples: int | None = None  # keep only the first n rows of the source (debugging)
     cache_dir: str | None = None  # datasets cache (raw + tokenized); default: the datasets library's cache
@@ -127,6 +128,7 @@ class CheckpointConfig:
         "fallback"  # newest checkpoint fails its manifest: fallback (resume the newest intact one) | refuse
     )
     verify: str = "checksum"  # resume checks every file's size + SHA-256 (checksum) or size only (size)
+    allow_recipe_change: bool = False  # resume though packing/objective/model/data changed since the checkpoint
 
 
 @dataclass

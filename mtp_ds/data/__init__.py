@@ -3,6 +3,7 @@
 `mtp-ds prepare-data` (or, without it, rank 0 first) tokenises and fills the cache; the ranks then read it.
 """
 
+from mtp_ds.data.build import TokenizedData, build_datasets
 from mtp_ds.data.micro_batches import (
     SampleBatch,
     gather_batch,
@@ -14,10 +15,9 @@ from mtp_ds.data.micro_batches import (
 from mtp_ds.data.samplers import EpochShuffleSampler, validation_batches
 from mtp_ds.data.sources import group_hash, load_raw_dataset, source_paths, split_indices
 from mtp_ds.data.tokenize import (
+    DroppedRows,
     SkippedRow,
     SkippedRows,
-    TokenizedData,
-    build_datasets,
     encode_example,
     eos_token_id,
     format_text,
@@ -27,6 +27,7 @@ from mtp_ds.data.tokenize import (
 )
 
 __all__ = [
+    "DroppedRows",
     "EpochShuffleSampler",
     "SampleBatch",
     "SkippedRow",

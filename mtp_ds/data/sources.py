@@ -57,6 +57,7 @@ def source_paths(data: DataConfig) -> list[str]:
 def _load_one(path: str, data: DataConfig):
     """One local file / directory / hub id as a datasets.Dataset (hub ids go through the HF cache)."""
     import datasets
+    from datasets.data_files import EmptyDatasetError
 
     local = resolve_path(path)
     if local.is_file():
@@ -77,7 +78,13 @@ def _load_one(path: str, data: DataConfig):
     if local.is_dir():
         if (local / "dataset_info.json").exists() and (local / "state.json").exists():
             return datasets.load_from_disk(str(local))
-        return datasets.load_dataset(str(local), split=data.split, cache_dir=data.cache_dir)
+        try:
+            return datasets.load_dataset(str(local), split=data.split, cache_dir=data.cache_dir)
+        except EmptyDatasetError:
+            raise ConfigError(
+                f"data.path: directory {path!r} holds no data file the datasets library reads "
+                "(.jsonl, .json, .parquet, .csv, .arrow, ...)"
+            ) from None
     if data.source in ("jsonl", "parquet"):
         raise ConfigError(f"data.path: file {path!r} does not exist")
     return datasets.load_dataset(path, split=data.split, cache_dir=data.cache_dir)

@@ -3,9 +3,10 @@
 Every sequence is exactly `data.seq_len` tokens, ends with the recipe's EOS (then EOS padding, docs/METHOD.md
 section 4) and carries the index of its first response token (`first_anchor` keeps anchors out of the prompt).
 Tokenising (395k rows: minutes) runs once through `datasets.map`, cached under a fingerprint of (raw data,
-tokenizer, formatting); `mtp-ds prepare-data` fills that cache before a launch. Dropped: a sample whose prompt
-fills the window (no response left) or with an empty response. Skipped and counted (`SkippedRow`, the first one
-named in a warning): a row that cannot become a sample, e.g. its prompt holds the end-of-sample token.
+tokenizer, formatting); `mtp-ds prepare-data` fills that cache before a launch. Dropped and counted by reason
+(`DroppedRows`): a sample whose prompt fills the window (no response left) or with an empty response. Skipped and
+counted (`SkippedRow`, the first one named in a warning): a row that cannot become a sample, e.g. its prompt holds
+the end-of-sample token. `build_datasets` says both at start-up and refuses past `data.max_dropped_fraction`.
 
 Special-token text inside a row (`</s>`, `<|eot_id|>` written in a prompt or response) stays text: it is
 tokenised as with `split_special_tokens=True`, while the special tokens the chat template, the prompt template or
@@ -22,10 +23,10 @@ import re
 import weakref
 from dataclasses import dataclass
 
-from mtp_ds.config import ConfigError, DataConfig, Recipe
-from mtp_ds.data.sources import group_hash, load_raw_dataset, source_paths, split_indices
+from mtp_ds.config import ConfigError, DataConfig
+from mtp_ds.data.sources import group_hash
 
-FORMAT_VERSION = 2  # bump when the meaning of the tokenised columns changes (invalidates caches)
+FORMAT_VERSION = 3  # bump when the meaning of the tokenised columns changes (invalidates caches)
 log = logging.getLogger("mtp_ds.data")
 
 # Stand-ins for a row's prompt and response while the chat template's own text around them is read off
@@ -35,6 +36,18 @@ _PROMPT_MARK, _RESPONSE_MARK = "\ue000", "\ue001"
 
 class SkippedRow(ValueError):
     """A row that cannot become a sample; its message says why. `build_datasets` skips and counts such rows."""
+
+
+# why a row of the cached map output is not a sample (its `outcome` column; "" for a sample)
+SKIPPED, EMPTY_RESPONSE, PROMPT_FILLS_WINDOW = "skipped", "empty_response", "prompt_fills_window"
+
+
+class DroppedRow(Exception):
+    """Raised by `encode_example(..., raise_dropped=True)` for a row it would drop: why, and the prompt's tokens."""
+
+    def __init__(self, outcome: str, prompt_tokens: int = 0) -> None:
+        super().__init__(outcome)
+        self.outcome, self.prompt_tokens = outcome, prompt_tokens
 
 
 # ---------------------------------------------------------------- formatting
@@ -202,11 +215,16 @@ def eos_token_id(tokenizer, data: DataConfig) -> int:
     return int(token_id)
 
 
-def encode_example(prompt: str, response: str, tokenizer, data: DataConfig, eos_id: int) -> dict | None:
-    """One sample as {input_ids (seq_len, EOS-padded), response_start, first_anchor, length}; None = dropped.
+def encode_example(
+    prompt: str, response: str, tokenizer, data: DataConfig, eos_id: int, *, raise_dropped: bool = False
+) -> dict | None:
+    """One sample as {input_ids (seq_len, EOS-padded), response_start, first_anchor, length}; None = dropped
+    (`raise_dropped`: DroppedRow instead, saying why).
 
     Raises SkippedRow for a row that cannot become a sample (the message says why)."""
     if not response:
+        if raise_dropped:
+            raise DroppedRow(EMPTY_RESPONSE)
         return None
     ids, response_start = _tokenize_row(prompt, response, tokenizer, data, eos_id)
     if not data.chat_template and data.add_bos and tokenizer.bos_token_id is not None:
@@ -222,6 +240,8 @@ def encode_example(prompt: str, response: str, tokenizer, data: DataConfig, eos_
         ids = ids[: ids.index(eos_id) + 1]  # an EOS inside the response ends the sample there (as pack would)
     seq_len = data.seq_len
     if response_start >= seq_len:
+        if raise_dropped:
+            raise DroppedRow(PROMPT_FILLS_WINDOW, response_start)
         return None
     length = min(len(ids), seq_len)
     ids = ids[:seq_len] + [eos_id] * (seq_len - length)
@@ -231,26 +251,31 @@ def encode_example(prompt: str, response: str, tokenizer, data: DataConfig, eos_
 
 # ---------------------------------------------------------------- cached tokenisation
 
-_REPORT_COLUMNS = ("source_row", "skip_reason")  # only in the cached map output; length 0 marks a skipped row
+# only in the cached map output; length 0 marks a row that is not a sample, `outcome` says why
+_REPORT_COLUMNS = ("source_row", "skip_reason", "outcome")
 
 
 def _tokenize_batch(batch, indices, *, tokenizer, data: DataConfig, eos_id: int):
     names = ("input_ids", "response_start", "first_anchor", "length", "group_id", *_REPORT_COLUMNS)
     columns = {name: [] for name in names}
     for row, prompt, response, group in zip(indices, batch["prompt"], batch["response"], batch["group"]):
-        reason = ""
+        reason = outcome = ""
         try:
-            encoded = encode_example(prompt, response, tokenizer, data, eos_id)
+            encoded = encode_example(prompt, response, tokenizer, data, eos_id, raise_dropped=True)
         except SkippedRow as skipped:
-            encoded, reason = {"input_ids": [], "response_start": 0, "first_anchor": 0, "length": 0}, str(skipped)
-        if encoded is None:
-            continue
+            encoded, reason, outcome = _NOT_A_SAMPLE, str(skipped), SKIPPED
+        except DroppedRow as dropped:  # the prompt's length kept where a sample keeps its response start
+            encoded, outcome = {**_NOT_A_SAMPLE, "response_start": dropped.prompt_tokens}, dropped.outcome
         for name, value in encoded.items():
             columns[name].append(value)
         columns["group_id"].append(group_hash(group))
         columns["source_row"].append(row)
         columns["skip_reason"].append(reason)
+        columns["outcome"].append(outcome)
     return columns
+
+
+_NOT_A_SAMPLE = {"input_ids": [], "response_start": 0, "first_anchor": 0, "length": 0}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -280,9 +305,23 @@ class SkippedRows:
     first: str | None = None
 
 
+@dataclass(frozen=True)
+class DroppedRows:
+    """Rows dropped by reason; `prompt_tokens`: the shortest and longest prompt of those that fill the window."""
+
+    prompt_fills_window: int = 0
+    empty_response: int = 0
+    prompt_tokens: tuple[int, int] | None = None
+
+    @property
+    def count(self) -> int:
+        return self.prompt_fills_window + self.empty_response
+
+
 def tokenize_with_skips(raw, tokenizer, data: DataConfig):
-    """(samples, SkippedRows): a normalised (prompt, response, group) dataset tokenised, cached on disk next to
-    the raw data's cache; skipped rows are left out of the samples, counted, and the first one is logged."""
+    """(samples, SkippedRows, DroppedRows): a normalised (prompt, response, group) dataset tokenised, cached on disk
+    next to the raw data's cache; rows that are not samples are left out and counted, the first skipped one is
+    logged."""
     import datasets
 
     eos_id = eos_token_id(tokenizer, data)
@@ -302,6 +341,7 @@ def tokenize_with_skips(raw, tokenizer, data: DataConfig):
             "group_id": datasets.Value("int64"),
             "source_row": datasets.Value("int64"),
             "skip_reason": datasets.Value("string"),
+            "outcome": datasets.Value("string"),
         }
     )
     mapped = raw.map(
@@ -316,12 +356,12 @@ def tokenize_with_skips(raw, tokenizer, data: DataConfig):
         desc="tokenise",
     )
     lengths = mapped.data.column("length").to_pylist()
-    skipped = [row for row, length in enumerate(lengths) if length == 0]
-    report = SkippedRows()
+    outcomes = mapped.data.column("outcome").to_pylist()
+    skipped = [row for row, outcome in enumerate(outcomes) if outcome == SKIPPED]
+    report, dropped = SkippedRows(), _dropped_rows(outcomes, mapped.data.column("response_start").to_pylist())
     if skipped:
         first = mapped[skipped[0]]
         report = SkippedRows(len(skipped), f"row {first['source_row']}: {first['skip_reason']}")
-        mapped = mapped.select([row for row, length in enumerate(lengths) if length > 0])
         if os.environ.get("RANK", "0") == "0":  # every rank reads the same cache: say it once
             log.warning(
                 "data: skipped %d of %d rows that cannot become samples; the first: %s",
@@ -329,47 +369,20 @@ def tokenize_with_skips(raw, tokenizer, data: DataConfig):
                 len(raw),
                 report.first,
             )
-    return mapped.remove_columns(list(_REPORT_COLUMNS)), report
+    if skipped or dropped.count:
+        mapped = mapped.select([row for row, length in enumerate(lengths) if length > 0])
+    return mapped.remove_columns(list(_REPORT_COLUMNS)), report, dropped
+
+
+def _dropped_rows(outcomes: list[str], prompt_tokens: list[int]) -> DroppedRows:
+    long = [tokens for outcome, tokens in zip(outcomes, prompt_tokens) if outcome == PROMPT_FILLS_WINDOW]
+    return DroppedRows(
+        prompt_fills_window=len(long),
+        empty_response=outcomes.count(EMPTY_RESPONSE),
+        prompt_tokens=(min(long), max(long)) if long else None,
+    )
 
 
 def tokenize_dataset(raw, tokenizer, data: DataConfig):
     """The samples of `tokenize_with_skips` (columns input_ids, response_start, first_anchor, length, group_id)."""
     return tokenize_with_skips(raw, tokenizer, data)[0]
-
-
-@dataclass
-class TokenizedData:
-    """The two sides of the split, each a datasets.Dataset of fixed-length samples."""
-
-    train: object
-    validation: object
-    eos_token_id: int
-    num_raw: int  # rows before tokenisation
-    num_dropped: int  # rows dropped (prompt fills the window, or empty response)
-    skipped: SkippedRows = SkippedRows()  # rows that could not become samples (counted, the first one named)
-
-
-def build_datasets(recipe: Recipe, tokenizer) -> TokenizedData:
-    """Recipe -> tokenised train/validation datasets (columns input_ids, response_start, first_anchor, length, group_id)."""
-    data = recipe.data
-    raw = load_raw_dataset(data)
-    tokenized, skipped = tokenize_with_skips(raw, tokenizer, data)
-    name = ", ".join(source_paths(data))
-    if len(tokenized) == 0:
-        if skipped.count == len(raw):
-            raise ConfigError(f"no row of {name!r} can become a sample; the first: {skipped.first}")
-        also = f" ({skipped.count} other rows skipped, the first: {skipped.first})" if skipped.count else ""
-        raise ConfigError(
-            f"no sample of {name!r} fits data.seq_len={data.seq_len}: every prompt fills the window{also}"
-        )
-    train_rows, validation_rows = split_indices(tokenized["group_id"], data.validation_fraction, data.split_seed)
-    if not train_rows:
-        raise ConfigError(f"data.validation_fraction={data.validation_fraction} leaves no training sample of {name!r}")
-    return TokenizedData(
-        train=tokenized.select(train_rows),
-        validation=tokenized.select(validation_rows),
-        eos_token_id=eos_token_id(tokenizer, data),
-        num_raw=len(raw),
-        num_dropped=len(raw) - len(tokenized) - skipped.count,
-        skipped=skipped,
-    )

@@ -2,19 +2,23 @@
 
 Usage:
     mtp-ds generate MODEL_DIR --prompt TEXT [--strategy static|confadapt|selfspec] [--k K] [--k-max K]
-                    [--threshold T] [--mask-layout linear|per_proposal] [--max-new-tokens N] [--chat] [--no-color]
+                    [--threshold T] [--mask-layout linear|per_proposal] [--max-new-tokens N] [--chat]
+                    [--color | --no-color]
 
-Each pass's chunk is printed in its own colour with a superscript count of its tokens (selfspec: the model's
-own next token underlined), then tokens per pass and tokens/s. MODEL_DIR: an exported checkpoint (docs/DECODING.md).
+Each pass's chunk is printed in its own colour (on a terminal, or with --color) with a superscript count of its
+tokens (selfspec: the model's own next token underlined), then tokens per pass and tokens/s. MODEL_DIR: an
+exported checkpoint (docs/DECODING.md); --k-max defaults to the k_max it was trained with.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
+from mtp_ds.decoding.model_dir import check_model_dir
 from mtp_ds.decoding.spec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, DecodeSpec
 
 CHUNK_COLOURS = ("\033[36m", "\033[33m", "\033[32m", "\033[35m")  # cyan, yellow, green, magenta
@@ -29,30 +33,48 @@ SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 # them AutoTokenizer still returns an object, which encodes every prompt to nothing: the decoder then blames
 # an empty `input_ids`.
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+# `--k-max` when neither it nor the checkpoint says (a checkpoint exported before mtp_k_max was recorded)
+FALLBACK_K_MAX = 16
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp-ds generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="local Hugging Face checkpoint directory")
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="an exported checkpoint (mtp-ds export's OUT_DIR)")
     parser.add_argument("--prompt", required=True, help="prompt text")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="confadapt")
-    parser.add_argument("--k", type=int, default=1, help="tokens per pass for --strategy static")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default="confadapt", help="decoding strategy (default: %(default)s)"
+    )
+    parser.add_argument("--k", type=int, default=1, help="tokens per pass for --strategy static (default: %(default)s)")
     parser.add_argument(
         "--k-max",
         type=int,
-        default=16,
-        help="largest block for --strategy confadapt; selfspec: at most K tokens per pass (K-1 proposals)",
+        default=None,
+        metavar="K",
+        help="largest block for --strategy confadapt; selfspec: at most K tokens per pass (K-1 proposals) "
+        f"(default: the checkpoint's mtp_k_max, the k_max it was trained with; {FALLBACK_K_MAX} if it has none)",
     )
-    parser.add_argument("--threshold", type=float, default=0.9, help="ConfAdapt confidence threshold tau")
+    parser.add_argument(
+        "--threshold", type=float, default=0.9, help="ConfAdapt confidence threshold tau (default: %(default)s)"
+    )
     parser.add_argument(
         "--mask-layout",
         choices=MASK_LAYOUTS,
         default=None,
-        help=f"--strategy selfspec only: where the proposing masks sit (default {DEFAULT_MASK_LAYOUT})",
+        help=f"--strategy selfspec only: where the proposing masks sit (default: {DEFAULT_MASK_LAYOUT})",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="most tokens to generate (default: %(default)s)"
+    )
     parser.add_argument("--chat", action="store_true", help="wrap the prompt with the tokenizer's chat template")
-    parser.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
+    colour = parser.add_mutually_exclusive_group()
+    colour.add_argument(
+        "--color", action="store_true", help="ANSI colours even when stdout is not a terminal (a pipe, a file)"
+    )
+    colour.add_argument(
+        "--no-color",
+        action="store_true",
+        help="no ANSI colours (also when NO_COLOR is set); default: colours only when stdout is a terminal",
+    )
     return parser
 
 
@@ -128,23 +150,50 @@ def settings_text(spec: DecodeSpec) -> str:
     return f"selfspec, k_max={spec.k_max}, {spec.mask_layout}; lossless: equals k=1 greedy decoding token for token"
 
 
+def trained_k_max(model_dir: Path) -> int | None:
+    """The k_max the checkpoint was trained with: its config's `mtp_k_max` (recorded by the trainer since it was
+    added), else the number of distinct slot tokens (`mtp_token_ids`), else None."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # loading the model reports it
+    recorded = config.get("mtp_k_max")
+    if isinstance(recorded, int) and recorded >= 1:
+        return recorded
+    slot_ids = config.get("mtp_token_ids")
+    return len(slot_ids) if isinstance(slot_ids, list) and slot_ids else None
+
+
+def use_colour(args: argparse.Namespace, stream=None) -> bool:
+    """--color, else not --no-color / NO_COLOR and the stream is a terminal (no escape codes in pipes and files)."""
+    if args.color:
+        return True
+    if args.no_color or os.environ.get("NO_COLOR"):
+        return False
+    stream = sys.stdout if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mask_layout is not None and args.strategy != "selfspec":
         return _error(f"--mask-layout applies to --strategy selfspec only (got --strategy {args.strategy})")
-    try:  # before any model is loaded
+    model_dir = Path(args.model_dir)
+    try:  # before any model is loaded: a training checkpoint, a damaged export
+        check_model_dir(model_dir)
+    except ValueError as error:
+        return _error(f"MODEL_DIR {error}")
+    try:
+        k_max = args.k_max if args.k_max is not None else trained_k_max(model_dir) or FALLBACK_K_MAX
         spec = DecodeSpec(
             strategy=args.strategy,
             k=args.k,
-            k_max=max(args.k_max, args.k) if args.strategy == "static" else args.k_max,
+            k_max=max(k_max, args.k) if args.strategy == "static" else k_max,
             threshold=args.threshold,
             mask_layout=args.mask_layout or DEFAULT_MASK_LAYOUT,
         )
     except ValueError as error:
         return _error(str(error))
-    model_dir = Path(args.model_dir)
-    if not (model_dir / "config.json").is_file():
-        return _error(f"MODEL_DIR {str(model_dir)!r} is not a Hugging Face model directory (no config.json)")
     if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
         return _error(
             f"MODEL_DIR {str(model_dir)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
@@ -152,19 +201,27 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from mtp_ds.decoding.decoder import generate
+    from mtp_ds.decoding.decoder import check_positions, generate
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        return _error(f"cannot load MODEL_DIR {str(model_dir)!r}: {str(error).splitlines()[0]}")
+    try:  # before the weights load: a prompt past the model's positions is refused, not decoded into garbage
+        prompt_ids = _prompt_ids(tokenizer, args.prompt, args.chat)
+        check_positions(config, [len(prompt_ids)], [args.max_new_tokens], "the prompt")
+    except ValueError as error:
+        return _error(str(error))
+    try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     except (OSError, ValueError) as error:
         return _error(f"cannot load MODEL_DIR {str(model_dir)!r}: {str(error).splitlines()[0]}")
     try:
-        prompt_ids = _prompt_ids(tokenizer, args.prompt, args.chat)
         result = generate(
             model,
             torch.tensor([prompt_ids], device=device),
@@ -175,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         return _error(str(error))
 
-    colour = not args.no_color and not os.environ.get("NO_COLOR")
+    colour = use_colour(args)
     selfspec = spec.strategy == "selfspec"
     verified = result.verified_per_pass[0] if selfspec else None
     print(render_chunks(tokenizer, result.chunks(0), colour, verified))

@@ -36,6 +36,33 @@ def _validate(input_ids, attention_mask, max_new_tokens) -> None:
             raise ValueError("attention_mask must describe LEFT-padded prompts (every row's last position is real)")
 
 
+def max_positions(model) -> int | None:
+    """The `max_position_embeddings` of a model or its config (a composite config's text model's), or None."""
+    config = getattr(model, "config", model)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text_config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def check_positions(model, lengths: list[int], budgets: list[int], name: str) -> None:
+    """A one-line ValueError when a prompt plus its max_new_tokens needs more positions than the model has: past
+    `max_position_embeddings` a model decodes garbage without a word. `name` formats a row index ("prompts[{}]").
+    lm-eval left-truncates its contexts to max_length - max_gen_toks itself (and says so) before they get here."""
+    limit = max_positions(model)
+    if limit is None:
+        return
+    over = [row for row, (length, budget) in enumerate(zip(lengths, budgets)) if length + budget > limit]
+    if not over:
+        return
+    row, more = over[0], f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+    length, budget = lengths[row], budgets[row]
+    raise ValueError(
+        f"{name.format(row)}{more} has {length} tokens: with max_new_tokens={budget} it needs {length + budget} "
+        f"positions, more than the model's max_position_embeddings={limit}; shorten the prompt to at most "
+        f"{max(limit - budget, 0)} tokens (e.g. keep its last ones) or lower max_new_tokens"
+    )
+
+
 FLASH_ATTENTION = ("flash_attention", "flash-attn", "flash_attn")  # in transformers' kernel names (2, 3, hub ones)
 
 
@@ -97,16 +124,18 @@ def generate(
     spec = DecodeSpec.of(spec, "generate", **settings)
     stop = StopRule.of(eos_token_id, tokenizer, stop_strings)
     _validate(input_ids, attention_mask, max_new_tokens)
+    batch = input_ids.shape[0]
+    lengths = [input_ids.shape[1]] * batch if attention_mask is None else attention_mask.sum(dim=1).tolist()
+    check_positions(model, lengths, [max_new_tokens] * batch, "input_ids row {}")
     single_row = input_ids.shape[0] == 1 and (attention_mask is None or bool(attention_mask.all()))
     ragged = not single_row or (spec.strategy == "selfspec" and spec.mask_layout != "linear")
     mask_tokens = resolve_mask_tokens(model, mtp_token_id, spec.block, ragged=ragged)
     strategy: Strategy = make_strategy(spec, stop, generator)
     started = time.perf_counter()
-    batch = input_ids.shape[0]
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
-    rows = [RowState(pending=[], next_position=int(n)) for n in attention_mask.sum(dim=1).tolist()]
+    rows = [RowState(pending=[], next_position=int(n)) for n in lengths]
     if max_new_tokens == 0:
         return GenerationResult([[] for _ in rows], [[] for _ in rows], 0, 0.0, ["length"] * batch)
 

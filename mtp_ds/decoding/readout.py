@@ -13,9 +13,9 @@ from mtp_ds.tokens import MaskTokens
 
 
 def without_mask_ids(logits: torch.Tensor, mask_tokens: MaskTokens) -> torch.Tensor:
-    """float32 copy of `logits` with every mask id at -inf (a mask token is never emitted nor proposed)."""
+    """float32 copy of `logits` with every mask id (and padding row) at -inf: never emitted nor proposed."""
     logits = logits.float().clone() if logits.dtype == torch.float32 else logits.float()
-    logits[..., list(mask_tokens.ids)] = float("-inf")
+    logits[..., list(mask_tokens.never_emitted)] = float("-inf")
     return logits
 
 

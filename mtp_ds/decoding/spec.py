@@ -28,11 +28,15 @@ class DecodeSpec:
     temperature: float | None = None
 
     def __post_init__(self) -> None:
+        """Each field in its own range; k <= k_max only for Static k, the one strategy that reads k (confadapt
+        with k=8, k_max=4 is confadapt at k_max=4: its k is unused, not too large)."""
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if not isinstance(self.k_max, int) or self.k_max < 1:
             raise ValueError(f"k_max must be an int >= 1, got {self.k_max!r}")
-        if not isinstance(self.k, int) or not 1 <= self.k <= self.k_max:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be an int >= 1, got {self.k!r}")
+        if self.strategy == "static" and self.k > self.k_max:
             raise ValueError(f"k must be an int with 1 <= k <= k_max={self.k_max}, got {self.k!r}")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mtp_ds.decoding.attention import decoding_attention
-from mtp_ds.decoding.decoder import resolve_mask_tokens
+from mtp_ds.decoding.decoder import check_positions, resolve_mask_tokens
 from mtp_ds.decoding.kv_cache import make_cache
 from mtp_ds.decoding.passes import BatchDecoder
 from mtp_ds.decoding.result import GenerationResult, RowState, StopRule
@@ -92,6 +92,7 @@ def generate_many(
     spec = DecodeSpec.of(spec, "generate_many", **settings)
     stop = StopRule.of(eos_token_id, tokenizer, stop_strings)
     prompts, budgets = _budgets(prompts, max_rows, max_new_tokens)
+    check_positions(model, [len(prompt) for prompt in prompts], budgets, "prompts[{}]")
     prefill_rows = max_rows if prefill_rows is None else prefill_rows
     if isinstance(prefill_rows, bool) or not isinstance(prefill_rows, int) or not 1 <= prefill_rows <= max_rows:
         raise ValueError(

@@ -223,10 +223,23 @@ def _rows(dataset, indices: list[int]) -> list[dict]:
     return [dict(zip(batch, values)) for values in zip(*batch.values())]
 
 
+USAGE = """usage: mtp-ds pretrain RECIPE.yaml [section.key=value ...]
+
+Pretrain a small model as a plain next-token model, in one process: the demo's teacher. The recipe has the
+trainer's model and data sections plus a pretrain section (PretrainSettings); section.key=value overrides a key.
+A stopped run resumes from its last state with the same command.
+
+example (after `mtp-ds demo` has written the data and the tokenizer):
+  mtp-ds pretrain recipes/tiny_cpu_pretrain.yaml model.tokenizer=outputs/demo/tokenizer pretrain.steps=200"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
     if not argv or "=" in argv[0]:
-        print("usage: mtp-ds pretrain RECIPE.yaml [section.key=value ...]", file=sys.stderr)
+        print(USAGE.splitlines()[0], file=sys.stderr)
         return 2
     try:
         recipe = load_pretrain_recipe(argv[0], argv[1:])

@@ -10,13 +10,12 @@ data-parallel ranks, land in the results JSON under `config.mtp_decoding`. docs/
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,8 +23,10 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from mtp_ds.decoding import generate, generate_many
-from mtp_ds.decoding.decoder import check_model
+from mtp_ds.decoding.decoder import check_model, max_positions
+from mtp_ds.decoding.model_dir import check_model_dir
 from mtp_ds.decoding.spec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, DecodeSpec
+from mtp_ds.evaluation.decoding_stats import DecodingStats
 from mtp_ds.fileio import atomic_write_json
 from mtp_ds.tokens import has_mask_tokens, mask_tokens_from_config
 
@@ -37,69 +38,6 @@ CLI_PREFIX = "lm_eval --model mtp: "
 
 class ModelArgError(ValueError):
     """A bad model arg, named in the message; one line in the lm_eval CLI (see the module docstring)."""
-
-
-@dataclass
-class DecodingStats:
-    """Counters of one task (or a whole run): what the acceleration factor and tokens/s are computed from."""
-
-    tokens_per_pass: list[int] = field(default_factory=list)  # flattened over every sequence's passes
-    forward_passes: int = 0  # batched model calls (one call serves every row of a batch)
-    generated_tokens: int = 0
-    sequences: int = 0
-    generate_seconds: float = 0.0
-    query_tokens: int = 0  # input columns of all batched forward passes (padding included)
-    verified_per_pass: list[int] = field(default_factory=list)  # selfspec: verified proposals kept, per sequence pass
-
-    def add(self, result, seconds: float) -> None:
-        for counts in result.tokens_per_pass:
-            self.tokens_per_pass.extend(counts)
-        for counts in getattr(result, "verified_per_pass", None) or []:
-            self.verified_per_pass.extend(counts)
-        self.query_tokens += getattr(result, "num_query_tokens", 0) or 0
-        self.generated_tokens += sum(len(row) for row in result.sequences)
-        self.sequences += len(result.sequences)
-        self.forward_passes += getattr(result, "num_forward_passes", None) or max(
-            (len(counts) for counts in result.tokens_per_pass), default=0
-        )
-        self.generate_seconds += seconds
-
-    def merge(self, other: DecodingStats) -> None:
-        self.tokens_per_pass.extend(other.tokens_per_pass)
-        self.forward_passes += other.forward_passes
-        self.generated_tokens += other.generated_tokens
-        self.sequences += other.sequences
-        self.generate_seconds += other.generate_seconds
-        self.query_tokens += other.query_tokens
-        self.verified_per_pass.extend(other.verified_per_pass)
-
-    def summary(self) -> dict:
-        passes = len(self.tokens_per_pass)
-        mean = sum(self.tokens_per_pass) / passes if passes else float("nan")
-        var = sum((c - mean) ** 2 for c in self.tokens_per_pass) / passes if passes else float("nan")
-        return {
-            "acceleration_factor": mean,
-            "acceleration_factor_std": math.sqrt(var),
-            "sequence_passes": passes,  # forward passes counted per sequence (the acceleration denominator)
-            "forward_passes": self.forward_passes,
-            "generated_tokens": self.generated_tokens,
-            "sequences": self.sequences,
-            "generate_seconds": self.generate_seconds,
-            "tokens_per_second": self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0,
-            "query_tokens_per_forward_pass": self.query_tokens / self.forward_passes if self.forward_passes else 0.0,
-            "verified_tokens_per_pass": (
-                sum(self.verified_per_pass) / len(self.verified_per_pass) if self.verified_per_pass else None
-            ),
-        }
-
-    def log_line(self, label: str) -> str:
-        s = self.summary()
-        return (
-            f"MTP decoding [{label}]: acceleration factor {s['acceleration_factor']:.3f} "
-            f"± {s['acceleration_factor_std']:.3f} tokens/pass, {s['sequence_passes']} sequence passes "
-            f"({s['forward_passes']} batched forward passes), {s['generated_tokens']} generated tokens, "
-            f"{s['tokens_per_second']:.1f} tokens/s"
-        )
 
 
 def _model_arg(name: str, value, cast, check, requirement: str):
@@ -123,12 +61,22 @@ def _as_bool(value) -> bool:
 
 
 def _check_pretrained(pretrained) -> None:
-    """A path that exists, or a hub id (Hugging Face's own rule: name or owner/name); else a one-line error.
+    """A loadable local model directory (`check_model_dir`: an export, not a training checkpoint, readable
+    safetensors), or a hub id (Hugging Face's own rule: name or owner/name); else a one-line error.
 
     Without this, a missing local directory reaches Hugging Face as a hub id and fails deep in HFLM with
-    "Repo id must be in the form ...", after lm-eval has set everything up."""
-    if not isinstance(pretrained, (str, os.PathLike)) or Path(pretrained).exists():
-        return  # a loaded model object, or a local checkpoint
+    "Repo id must be in the form ...", after lm-eval has set everything up; a training step directory fails
+    with "Unrecognized model", a truncated export with a SafetensorError traceback."""
+    if not isinstance(pretrained, (str, os.PathLike)):
+        return  # a loaded model object
+    if Path(pretrained).is_dir():
+        try:
+            check_model_dir(pretrained)
+        except ValueError as error:
+            raise ModelArgError(f"model arg pretrained: {error}") from None
+        return
+    if Path(pretrained).exists():
+        return  # a file: Hugging Face says what it makes of it
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -184,8 +132,20 @@ class MTPLM(HFLM):
         except ValueError as error:
             raise ModelArgError(f"model args of pretrained={self._pretrained_name!r}: {error}") from None
         self._check_model_fits_setting()
+        self._check_max_length()
         self.stop_token_ids = self._stop_token_ids()
         self.reset_stats()
+
+    def _check_max_length(self) -> None:
+        """Prompts too long for the model are left-truncated by HFLM (to max_length - max_gen_toks, with its
+        "Left truncation applied" warning), as with `--model hf`; a max_length past the model's positions would
+        let them through to the decoder, which refuses them (docs/DECODING.md, "Prompt length")."""
+        limit = max_positions(self.model)
+        if limit is not None and self.max_length > limit:
+            raise ModelArgError(
+                f"model arg max_length={self.max_length}: more than the max_position_embeddings={limit} of "
+                f"pretrained={self._pretrained_name!r}; leave it unset (lm-eval then uses {limit})"
+            )
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict, additional_config=None):
@@ -246,7 +206,7 @@ class MTPLM(HFLM):
             lambda v: v in MASK_LAYOUTS,
             "one of " + ", ".join(MASK_LAYOUTS),
         )
-        if k > k_max:  # the decoder refuses it too, but only at the first request
+        if strategy == "static" and k > k_max:  # k is Static k's alone (DecodeSpec); here before any model loads
             raise ModelArgError(f"model args k={k} and k_max={k_max}: k must be <= k_max")
         previous = getattr(self, "spec", None)
         self.spec = DecodeSpec(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
@@ -387,6 +347,14 @@ class MTPLM(HFLM):
         temperature = float(generation_kwargs.get("temperature") or 0.0)
         do_sample = generation_kwargs.get("do_sample")
         return temperature if (do_sample or (do_sample is None and temperature > 0)) else None
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        """Log-likelihoods read a plain next-token distribution: no mass on `<MTP>` or the padding rows."""
+        logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        if self.mask_tokens is None:
+            return logits
+        never = torch.tensor(self.mask_tokens.never_emitted, device=logits.device)
+        return logits.index_fill(-1, never, float("-inf"))
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs) -> torch.Tensor:
         """Same contract as HFLM's: return (batch, context_len + new) ids; rows are padded after their end."""

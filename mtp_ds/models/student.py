@@ -101,6 +101,9 @@ def build_models(recipe, plan, *, tokenizer, device: torch.device) -> Models:
         seed=recipe.train.seed,
         gather=gathered_for_write,
     )
+    # the block size it is trained for, carried by every checkpoint's hf/config.json and the export:
+    # `mtp-ds generate` takes it as its default k_max
+    student.config.mtp_k_max = plan.packing.k_max
     if recipe.model.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.config.use_cache = False

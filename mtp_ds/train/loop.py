@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import torch
 
 from mtp_ds.batching import KOffsetSampler, PackedBatch
+from mtp_ds.checkpoint.store import DiskFull
 from mtp_ds.config import ConfigError
 from mtp_ds.fileio import atomic_write_text
 from mtp_ds.objective import SupervisionCounts, combine_loss, global_supervision_counts, mtp_objective
+from mtp_ds.train.console import USAGE, RunConsole, silence_known_warnings
 from mtp_ds.train.distributed import setup_distributed
+from mtp_ds.train.memory import step_memory
 from mtp_ds.train.state import TrainState
 
 if TYPE_CHECKING:
@@ -75,7 +78,7 @@ def run_objective(
                 state.teacher,
                 batch,
                 config,
-                mask_token_ids=state.mask_tokens.ids,
+                mask_token_ids=state.mask_tokens.never_emitted,
                 global_counts=counts,
                 loss_multiplier=multiplier,
                 num_slot_metrics=state.plan.packing.k_max,
@@ -111,6 +114,7 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
         "grad_norm": _grad_norm(state.engine),
         "step_seconds": elapsed,
         "tokens_per_second": float(tokens) / elapsed,
+        **step_memory(state.student, getattr(state.teacher, "model", None), state.device),
     }
 
 
@@ -181,6 +185,7 @@ def save(state: TrainState, step: int) -> Path:
         hf_config=state.student.config,
         tokenizer=state.tokenizer,
         run_id=state.run_id,
+        generation_config=state.student.generation_config,
     )
 
 
@@ -189,17 +194,22 @@ def train(recipe: Recipe, *, device_type: str) -> int:
     from mtp_ds.checkpoint.resume import start_run
     from mtp_ds.config import plan_run
 
+    console = RunConsole(speak=os.environ.get("RANK", "0") == "0")  # rank 0 says each start-up stage
     # resolved once, before any process group: batch / TP / precision conflicts stop here with one line
     plan = plan_run(recipe, int(os.environ.get("WORLD_SIZE", "1")), device_type=device_type)
     check_optimizer(plan.deepspeed, recipe.train.deepspeed_config)
-    rank, world, local_rank = setup_distributed(device_type, recipe.train.distributed_timeout_minutes)
+    with console.stage("process group"):
+        rank, world, local_rank = setup_distributed(device_type, recipe.train.distributed_timeout_minutes)
     if world != plan.world_size:
         raise RuntimeError(f"WORLD_SIZE={plan.world_size} but the process group has {world} ranks")
     interrupt_while_loading()
     # the directory's lock, the checkpoint to resume (past damaged ones) and the run id, before any model
-    start = start_run(recipe.checkpoint, recipe.metrics_file, rank, world)
+    with console.stage("checkpoint directory"):
+        start = start_run(
+            recipe.checkpoint, recipe.metrics_file, rank, world, effective_config=plan.effective_config(recipe)
+        )
     try:
-        return run_training(recipe, plan, start, rank, local_rank)
+        return run_training(recipe, plan, start, rank, local_rank, console=console)
     finally:
         if start.lock is not None:
             start.lock.release()
@@ -227,20 +237,23 @@ def interrupt_while_loading() -> None:
     (which releases the directory's lock) instead of killing the process where it stands."""
 
     def abort(number: int, _frame: FrameType | None) -> NoReturn:
-        raise KeyboardInterrupt(f"{signal.Signals(number).name} before the first step")
+        raise KeyboardInterrupt(signal.Signals(number).name)  # main says "interrupted (SIGTERM before ...)"
 
     for number in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(number, abort)
 
 
-def run_training(recipe: Recipe, plan: RunPlan, start: RunStart, rank: int, local_rank: int) -> int:
+def run_training(
+    recipe: Recipe, plan: RunPlan, start: RunStart, rank: int, local_rank: int, *, console: RunConsole | None = None
+) -> int:
     """Build the state, resume if `start` says so, then step, log, validate and save until done or stopped."""
     from tqdm import tqdm
 
     from mtp_ds.checkpoint.store import load_checkpoint
     from mtp_ds.train.tracking import MetricsWriter, StopRequest
 
-    state = TrainState.build(recipe, plan, rank, local_rank, run_id=start.run_id)
+    console = console or RunConsole(speak=False)
+    state = TrainState.build(recipe, plan, rank, local_rank, run_id=start.run_id, console=console)
     start_step = 0
     last_saved = start.resume_from
     if start.resume_from is not None:
@@ -267,6 +280,7 @@ def run_training(recipe: Recipe, plan: RunPlan, start: RunStart, rank: int, loca
         if logging_settings.wandb
         else None,
     )
+    console.started_training()  # before the progress bar, which would share its line
     progress = tqdm(
         total=recipe.train.steps, initial=start_step, disable=rank != 0, desc="train", unit="step", dynamic_ncols=True
     )
@@ -283,8 +297,9 @@ def run_training(recipe: Recipe, plan: RunPlan, start: RunStart, rank: int, loca
                 )
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}", agree=f"{record['agreement']:.3f}", k=record["k"])
-            if recipe.train.eval_every and step % recipe.train.eval_every == 0:
-                writer.write(validate(state, step))
+            evaluating = recipe.train.eval_every and step % recipe.train.eval_every == 0
+            if evaluating and (validation := validate(state, step)):  # {} without validation samples: no line
+                writer.write(validation)
             stopping = stop.agreed(state.device)
             if (
                 stopping
@@ -309,21 +324,27 @@ def run_training(recipe: Recipe, plan: RunPlan, start: RunStart, rank: int, loca
         writer.close()
     if rank == 0:
         atomic_write_text(done_marker, f"{step}\n")
+    console.finished(first_step=start_step, last_step=step, total_steps=recipe.train.steps, checkpoint=last_saved)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mtp_ds.train RECIPE [key=value ...]`: the exit code (2: a config error, 1: non-finite, 130: Ctrl-C)."""
+    """`python -m mtp_ds.train RECIPE [key=value ...]`: the exit code (2: a config error, 1: non-finite or a full
+    disk, 130: interrupted before the first step)."""
     from mtp_ds.config import parse_cli
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    argv = list(sys.argv[1:] if argv is None else argv)
+    silence_known_warnings()
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         recipe = parse_cli(argv)
         code = train(recipe, device_type=device_type)
-    except (ConfigError, FloatingPointError) as error:
+    except (ConfigError, FloatingPointError, DiskFull) as error:
         if os.environ.get("RANK", "0") == "0":  # every rank sees the same error: say it once
             print(f"mtp-ds train: {error}", file=sys.stderr, flush=True)
         if torch.distributed.is_initialized():
@@ -331,11 +352,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.distributed.barrier()
         code = 2 if isinstance(error, ConfigError) else 1
     except KeyboardInterrupt as interrupt:  # before the first step (after it, signals save and stop)
-        if os.environ.get("RANK", "0") == "0":
-            print(
-                f"mtp-ds train: interrupted ({interrupt or 'SIGINT'} before the first step): nothing to save",
-                file=sys.stderr,
-            )
+        if os.environ.get("RANK", "0") == "0":  # Ctrl-C's KeyboardInterrupt has no text, a signal's is its name
+            name = str(interrupt) or "SIGINT"
+            print(f"mtp-ds train: interrupted ({name} before the first step): nothing to save", file=sys.stderr)
         code = 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -10,6 +10,7 @@ import torch
 
 from mtp_ds.batching import KOffsetSampler
 from mtp_ds.objective import ObjectiveConfig
+from mtp_ds.train.console import RunConsole
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -56,18 +57,29 @@ class TrainState:
 
     @classmethod
     def build(
-        cls, recipe: Recipe, plan: RunPlan, rank: int, local_rank: int, *, run_id: str | None = None
+        cls,
+        recipe: Recipe,
+        plan: RunPlan,
+        rank: int,
+        local_rank: int,
+        *,
+        run_id: str | None = None,
+        console: RunConsole | None = None,
     ) -> TrainState:
-        """Everything before the first step: tokenizer, data (rank 0 first), models, samplers."""
+        """Everything before the first step: tokenizer, data (rank 0 first), models, samplers; each a stage of
+        `console` (mtp_ds.train.console: rank 0 says it and its time)."""
         from mtp_ds.checkpoint.store import rank_zero_first
         from mtp_ds.data import build_datasets
         from mtp_ds.models.loading import device_for_rank, load_tokenizer
         from mtp_ds.models.student import build_models
 
-        tokenizer = load_tokenizer(recipe.model)
-        with rank_zero_first():  # rank 0 tokenises and fills the cache, then the others read it
+        console = console or RunConsole(speak=False)
+        with console.stage("tokenizer"):
+            tokenizer = load_tokenizer(recipe.model)
+        with console.stage("data"), rank_zero_first():  # rank 0 tokenises and fills the cache, then the others read
             data = build_datasets(recipe, tokenizer)
-        models = build_models(recipe, plan, tokenizer=tokenizer, device=device_for_rank(local_rank))
+        with console.stage("teacher and student"):
+            models = build_models(recipe, plan, tokenizer=tokenizer, device=device_for_rank(local_rank))
         return cls.from_models(recipe, plan, models, rank=rank, data=data, run_id=run_id)
 
     @classmethod

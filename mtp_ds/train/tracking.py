@@ -58,13 +58,15 @@ class MetricsWriter:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn last line from a crash
-            if record.get("step", 0) <= step:
-                kept.append(line)
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)  # a line without a step (an old empty validation record) goes too
         from mtp_ds.fileio import atomic_write_text
 
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
+        if not isinstance(record.get("step"), int):  # every reader keys on it
+            raise ValueError(f"a metrics record needs an integer 'step', got keys {sorted(record)}")
         if not self.enabled:
             return
         with self.path.open("a") as handle:

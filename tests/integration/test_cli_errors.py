@@ -22,6 +22,7 @@ import pytest
 import torch
 from helpers import LAUNCH_ENV, REPO, TouchOnUnpickle, lm_eval_command, make_mtp_model
 
+from mtp_ds.checkpoint.manifest import checkpoint_files, describe, read_marker, write_marker
 from mtp_ds.models.tiny import tiny_model
 
 HEAVY = ("transformers", "deepspeed", "matplotlib")
@@ -209,6 +210,9 @@ def test_export_refuses_a_crafted_shard_without_running_it(real_checkpoint, tmp_
         torch.load(checkpoint / shard, weights_only=False)  # the payload is live: a full-pickle load runs it
     assert marker.exists()
     marker.unlink()
+    fields = read_marker(checkpoint)  # the whole checkpoint is crafted: its manifest matches the shard
+    files = describe(checkpoint, checkpoint_files(checkpoint))
+    write_marker(checkpoint, step=fields["step"], run_id=fields["run_id"], world_size=2, files=files)
     out_dir = tmp_path / "exported"
     outcome = run_mtp_ds("export", checkpoint, out_dir)
     assert not marker.exists(), "export ran the shard's pickle code"

@@ -20,7 +20,7 @@ from references import assert_packed_equals_unpacked
 
 from mtp_ds.decoding import generate
 from mtp_ds.layout import pack
-from mtp_ds.tokens import add_mtp_tokens
+from mtp_ds.tokens import add_mtp_tokens, mask_tokens_from_config
 
 QUESTIONS = ["What is 2+3?", "Name a fruit that is yellow.", "Tom has 3 apples and buys 4 more. How many now?"]
 
@@ -99,7 +99,7 @@ def test_k1_equals_hf_greedy_under_the_chat_template(mtp_model):
                 torch.tensor([prompt]),
                 max_new_tokens=24,
                 do_sample=False,
-                suppress_tokens=list(tokens.ids),
+                suppress_tokens=list(tokens.never_emitted),
                 pad_token_id=tokenizer.pad_token_id,
             )
         expected.append(hf[0, len(prompt) :].tolist())
@@ -199,7 +199,7 @@ def test_trainer_on_the_llama_recipe_formatting_then_export_and_decode(checkpoin
             torch.tensor([prompt]),
             max_new_tokens=16,
             do_sample=False,
-            suppress_tokens=[mask_id],
+            suppress_tokens=list(mask_tokens_from_config(model.config).never_emitted),
             pad_token_id=tokenizer.pad_token_id,
         )
     assert k1.sequences[0] == hf[0, len(prompt) :].tolist()  # the exported checkpoint decodes like HF at k=1

@@ -81,8 +81,14 @@ def test_a_fresh_run_refuses_a_directory_holding_a_run_and_overwrite_moves_it_as
 
 
 def test_a_second_run_is_refused_and_ranks_save_and_exit_when_torchrun_is_killed(trained_run, tmp_path):
+    """Also the ZeRO-3 frozen teacher beside a ZeRO-3 student with gradient checkpointing (DeepSpeed #8148 leaves
+    frozen parameters gathered after a recompute): no partitioned parameter stays gathered after any step."""
     out = tmp_path / "run"
-    zero3_teacher = ["teacher.mode=zero3", "teacher.ds_config=ds_configs/teacher_zero3.json"]
+    zero3_teacher = [
+        "teacher.mode=zero3",
+        "teacher.ds_config=ds_configs/teacher_zero3.json",
+        "model.gradient_checkpointing=true",
+    ]
     with open(tmp_path / "first.log", "w") as log_file:
         first = start_trainer(
             out, log_file, "train.steps=100000", "checkpoint.every=0", "train.eval_every=0", *zero3_teacher
@@ -109,6 +115,7 @@ def test_a_second_run_is_refused_and_ranks_save_and_exit_when_torchrun_is_killed
     assert read_marker(saved)["step"] == last_step and (saved / "COMPLETE").exists(), log[-3000:]
     assert "stopped (no launcher" in log and not (out / "LOCK").exists() and not (out / "DONE").exists()
     assert_same_losses_as(trained_run, out, 2, "teacher.mode=zero3")
+    assert [r["zero3/gathered_params"] for r in metrics(out)] == [0] * last_step
 
 
 def test_ctrl_c_saves_at_the_step_boundary(trained_run, tmp_path):

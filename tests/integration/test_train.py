@@ -50,6 +50,7 @@ def test_trains_on_two_ranks(trained_run):
     assert saved.train.steps == 6 and saved.packing.static_k == 4
     hf_config = json.loads((trained_run / "step00000006" / "hf" / "config.json").read_text())
     assert hf_config["mtp_token_id"] == hf_config["mtp_base_vocab_size"]
+    assert hf_config["mtp_k_max"] == saved.packing.k_max == 8  # recorded for mtp-ds generate's default --k-max
 
 
 def test_resume_falls_back_past_a_damaged_checkpoint_to_the_same_losses_and_weights(trained_run, copy_of_trained_run):

@@ -53,3 +53,26 @@ def test_all_reduce_is_one_flat_collective_that_keeps_every_field(monkeypatch):
     for name in ("slot_agree", "slot_confidence", "slot_count", "accept_length", "regions", "slot_loss", "entropy"):
         assert torch.equal(getattr(reduced, name), getattr(doubled, name)), name
     assert reduced.prefix_loss.shape == () and float(reduced.prefix_loss) == 3.0
+
+
+# ---------------------------------------------------------------- the metrics file: every line has a step
+
+
+def test_the_metrics_file_never_gets_a_line_without_a_step(tmp_path):
+    """Before: a run with an empty validation split wrote a literal `{}` line, and readers keyed on `step` broke."""
+    import json
+
+    import pytest
+
+    from mtp_ds.train.tracking import MetricsWriter
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.0}\n')
+    writer = MetricsWriter(str(path), enabled=True, resume_step=2)  # a resume also drops the old step-less lines
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    with pytest.raises(ValueError, match=r"^a metrics record needs an integer 'step', got keys \[\]$"):
+        writer.write({})
+    with pytest.raises(ValueError, match=r"'step', got keys \['val/loss'\]$"):
+        writer.write({"val/loss": 1.0})
+    writer.write({"step": 3, "val/loss": 1.0})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]

@@ -1,5 +1,7 @@
 """The <MTP> token: embedding init statistics, config bookkeeping, idempotence and conflicts."""
 
+import copy
+
 import pytest
 import torch
 from helpers import CUDA, make_mtp_model
@@ -115,3 +117,56 @@ def test_partitioned_weights_without_gather_are_refused():
     model.get_input_embeddings().weight.ds_id = 0  # what ZeRO-3 partitioning leaves on a parameter
     with pytest.raises(ValueError, match=r"ZeRO-3 partitioned: pass gather= \(mtp_ds.models.student"):
         add_mtp_tokens(tokenizer, model)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_resized_vocabulary_is_padded_to_128_rows_recorded_and_zero(tied, tmp_path):
+    """A model without spare rows (Llama: 128256 + mask) grows to a multiple of 128 (the authors' 128384), not to
+    max id + 1; the padding rows are zero and recorded, so every later stage knows no token owns them."""
+    tokenizer = word_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tokenizer), tie_word_embeddings=tied)
+    tokens = add_mtp_tokens(tokenizer, model, seed=1)
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert rows == 128 == model.config.vocab_size == model.get_output_embeddings().weight.shape[0]
+    assert tokens.padding == (tokens.ids[0] + 1, rows) and model.config.mtp_padding_rows == [tokens.ids[0] + 1, rows]
+    assert tokens.never_emitted == (*tokens.ids, *range(tokens.ids[0] + 1, rows))
+    for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        assert not weight[tokens.padding[0] :].any()
+    model.config.save_pretrained(tmp_path)
+    from transformers import AutoConfig
+
+    assert mask_tokens_from_config(AutoConfig.from_pretrained(tmp_path)).never_emitted == tokens.never_emitted
+    assert add_mtp_tokens(tokenizer, model).never_emitted == tokens.never_emitted  # idempotent, padding included
+
+
+def test_padding_rows_are_never_emitted_nor_probability_mass():
+    """Padding rows biased to win every argmax: no strategy emits one, and the objective gives them no mass (its
+    loss is the same whatever their weights)."""
+    from helpers import bias_lm_head
+
+    from mtp_ds.batching import collate
+    from mtp_ds.decoding import generate
+    from mtp_ds.layout import pack
+    from mtp_ds.models.teacher import LocalTeacher
+    from mtp_ds.objective import ObjectiveConfig, mtp_objective
+
+    model, tokenizer, tokens = make_mtp_model("llama")
+    padding = list(range(*tokens.padding))
+    teacher = tiny_model("llama", vocab_size=tokens.ids[0], seed=1)  # the base model: no mask, no padding rows
+    token_ids = torch.randint(4, tokens.ids[0], (2, 48), generator=torch.Generator().manual_seed(0))
+    batch = collate([pack(row, k=4, offset=3, mtp_token_id=tokens, k_max=8) for row in token_ids], pad_token_id=0)
+    losses = []
+    for bias in (0.0, 1e4):
+        biased = copy.deepcopy(model)
+        bias_lm_head(biased, padding, bias)
+        out = mtp_objective(
+            biased, LocalTeacher(teacher), batch, ObjectiveConfig(), mask_token_ids=tokens.never_emitted
+        )
+        losses.append(float(out.loss.detach()))
+    assert losses[0] == losses[1]
+    bias_lm_head(model, padding, 1e4)  # raw argmax would always be a padding row
+    prompt = torch.tensor([tokenizer("one two three", add_special_tokens=False)["input_ids"]])
+    for settings in ({"k": 1}, {"k": 3}, {"strategy": "confadapt", "threshold": 0.9, "k_max": 4},
+                     {"strategy": "selfspec", "k_max": 4}, {"k": 1, "temperature": 1.0}):  # fmt: skip
+        result = generate(model, prompt, max_new_tokens=8, **settings)
+        assert len(result.sequences[0]) == 8 and not set(result.sequences[0]) & set(tokens.never_emitted), settings

@@ -277,7 +277,7 @@ def test_prompts_that_fill_the_window_are_dropped(tmp_path):
         for n in (5, 10, 70, 80)
     ]
     path = write_jsonl(tmp_path / "long.jsonl", rows)
-    recipe = tiny_recipe(tmp_path, f"data.path={path}", "data.validation_fraction=0.0")
+    recipe = tiny_recipe(tmp_path, f"data.path={path}", "data.validation_fraction=0.0", "train.eval_every=0")
     data = build_datasets(recipe, load_tokenizer(recipe.model))
     assert (len(data.train), data.num_dropped) == (2, 2)
     only_long = write_jsonl(tmp_path / "only_long.jsonl", rows[2:])

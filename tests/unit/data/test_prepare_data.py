@@ -28,7 +28,9 @@ def test_prepare_data_fills_the_cache_and_the_trainer_only_loads_it(tmp_path, mo
     overrides = [f"data.cache_dir={tmp_path / 'cache'}", f"checkpoint.dir={tmp_path / 'run'}"]
     calls = []
     tokenise = data_module.encode_example
-    monkeypatch.setattr(data_module, "encode_example", lambda *args: calls.append(1) or tokenise(*args))
+    monkeypatch.setattr(
+        data_module, "encode_example", lambda *args, **kwargs: calls.append(1) or tokenise(*args, **kwargs)
+    )
     assert cli_main(["prepare-data", str(TINY), *overrides]) == 0
     assert calls and not torch.distributed.is_initialized()  # it tokenised, in one process without a group
     line = capsys.readouterr().out.strip().splitlines()[-1]

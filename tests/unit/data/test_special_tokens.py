@@ -144,7 +144,12 @@ def test_a_row_whose_prompt_holds_the_eos_is_skipped_counted_and_named(tmp_path,
     sample. Before, it stopped the whole run with one line that did not say which row."""
     prompts = ["how many apples ?", "how many </s> apples ?", "how many pears ?", "are there </s> apples ?"]
     path = write_rows(tmp_path / "rows.jsonl", prompts)
-    overrides = [f"data.path={path}", f"data.cache_dir={tmp_path / 'cache'}", "data.validation_fraction=0.0"]
+    overrides = [
+        f"data.path={path}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.validation_fraction=0.0",
+        "train.eval_every=0",
+    ]
     recipe = load_recipe(REPO / "recipes" / "tiny_cpu.yaml", overrides)
     with caplog.at_level(logging.WARNING, logger="mtp_ds"):
         data = build_datasets(recipe, word_tokenizer())
@@ -153,7 +158,7 @@ def test_a_row_whose_prompt_holds_the_eos_is_skipped_counted_and_named(tmp_path,
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "skipped 2 of 4 rows" in warnings[0] and "row 1: " in warnings[0]
 
-    monkeypatch.setattr(data_module, "encode_example", lambda *args: pytest.fail("tokenised again"))
+    monkeypatch.setattr(data_module, "encode_example", lambda *args, **kwargs: pytest.fail("tokenised again"))
     again = build_datasets(recipe, word_tokenizer())  # the cache keeps the skipped rows' count and reason
     assert again.skipped == data.skipped and again.train["input_ids"] == data.train["input_ids"]
 

@@ -126,7 +126,7 @@ def test_k1_equals_hf_greedy(arch, device):
                 attention_mask=torch.ones_like(prompt),
                 do_sample=False,
                 max_new_tokens=24,
-                suppress_tokens=list(mask_tokens.ids),
+                suppress_tokens=list(mask_tokens.never_emitted),
                 eos_token_id=None,
                 pad_token_id=0,
             )
@@ -379,6 +379,7 @@ def test_generate_cli_prints_coloured_chunks_and_acceleration(tmp_path, capsys):
             "0.5",
             "--max-new-tokens",
             "12",
+            "--color",
         ]
     )
     out = capsys.readouterr().out
@@ -432,7 +433,7 @@ def test_generate_cli_selfspec_marks_verified_proposals_and_equals_k1(tmp_path, 
         answer = out.rsplit("\n\n", 1)[0].replace("\n" + SELFSPEC_LEGEND, "")
         return answer.translate(str.maketrans("", "", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
 
-    assert generate_main([*common, "--strategy", "selfspec", "--k-max", "4"]) == 0
+    assert generate_main([*common, "--strategy", "selfspec", "--k-max", "4", "--color"]) == 0
     coloured = capsys.readouterr().out
     spec = results[-1]
     assert sum(spec.verified_per_pass[0]) > 0  # this prompt has passes that keep verified proposals

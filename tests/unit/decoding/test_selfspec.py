@@ -53,7 +53,7 @@ def _hf_greedy(model, prompt: list[int], mask_tokens, max_new_tokens: int, eos=N
             attention_mask=torch.ones_like(ids),
             do_sample=False,
             max_new_tokens=max_new_tokens,
-            suppress_tokens=list(mask_tokens.ids),
+            suppress_tokens=list(mask_tokens.never_emitted),
             eos_token_id=eos,
             pad_token_id=0,
         )

@@ -480,3 +480,24 @@ def test_sweep_warm_up_runs_each_strategy_and_selfspec_layout_once():
     )
     sweep.warm_up(lm, settings)
     assert lm.calls == ["static_k2", "selfspec_kmax8", "selfspec_kmax8_per_proposal", "reset"]
+
+
+def test_log_likelihoods_give_no_mass_to_mask_or_padding_ids(tmp_path):
+    """A model whose raw argmax is always `<MTP>` or a padding row: lm-eval's log-likelihoods (`_model_call`'s
+    logits) read the distribution without those ids, as HF generate does with the export's suppress_tokens."""
+    from helpers import bias_lm_head, save_checkpoint_dir
+
+    from mtp_ds.evaluation.lm_eval_model import MTPLM
+
+    model, tokenizer, tokens = make_mtp_model("llama")
+    bias_lm_head(model, tokens.never_emitted, 30.0)
+    lm = MTPLM(pretrained=str(save_checkpoint_dir(model, tokenizer, tmp_path)), device="cpu", dtype="float32")
+    inputs = torch.tensor([tokenizer("one two three four", add_special_tokens=False)["input_ids"]])
+    log_probs = torch.log_softmax(lm._model_call(inputs), dim=-1)
+    never = list(tokens.never_emitted)
+    assert tokens.padding is not None and torch.isneginf(log_probs[..., never]).all()
+    with torch.no_grad():
+        raw = model(inputs).logits
+    assert raw.argmax(-1).flatten().tolist()[0] in never  # without it, they would hold nearly all the mass
+    kept = [i for i in range(raw.shape[-1]) if i not in tokens.never_emitted]
+    torch.testing.assert_close(log_probs[..., kept], torch.log_softmax(raw[..., kept], dim=-1))

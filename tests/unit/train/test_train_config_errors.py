@@ -3,30 +3,11 @@ naming the field, and writes nothing: the trainer's own entry point, called in-p
 """
 
 import json
-import os
-import signal
 
 import pytest
-import torch
-from helpers import FAST, RECIPE, REPO
+from helpers import FAST, RECIPE
 
 from mtp_ds.train.loop import main
-
-
-@pytest.fixture
-def trainer_process(monkeypatch):
-    """The process state `main` changes as a launched trainer would (the rank variables of a world of one, the
-    signal handlers of the loading phase, the working directory), put back afterwards."""
-    monkeypatch.chdir(REPO)
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for number, handler in handlers.items():
-        signal.signal(number, handler)
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(name, None)
-    assert not torch.distributed.is_initialized()
 
 
 def _data_file(tmp_path, name, rows):
