@@ -20,8 +20,8 @@
 #   trained_model  bench/trained_model.py: the demo's MTP conversion (its teacher and data, outputs/demo/{teacher,data},
 #               carried along) on one GPU, exported: a model with real acceptance, not random weights
 #   serve_bf16 / serve_fp32   bench/serve.py on that model at c=1/16/64: the first GPU wall clock of a trained MTP model
-# The limits sum to more than one 8-minute command: in a 15-minute lease run two groups, `--steps trained`
-# (tests + the trained model and its serving) and `--steps shapes` (the paper's shapes, random weights).
+# The limits sum to more than one 8-minute command: run two, `--steps trained` first (tests + the trained model
+# and its serving), then `--steps shapes` (the paper's shapes, random weights) in what is left of the lease.
 # On the device machine the wheels in .whl/ (what its image lacks: DeepSpeed, datasets and their few missing
 # dependencies) are installed into /tmp/site; mtp-ds itself runs from the checkout (PYTHONPATH).
 set -uo pipefail

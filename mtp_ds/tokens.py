@@ -124,13 +124,20 @@ def _init_rows(weight: torch.Tensor, rows: list[int], num_existing: int, generat
 
 
 def add_mtp_tokens(
-    tokenizer, model, *, distinct_slots: bool = False, k_max: int = 16, seed: int = 0, gather=None
+    tokenizer,
+    model,
+    *,
+    distinct_slots: bool = False,
+    k_max: int = 16,
+    seed: int = 0,
+    gather=None,
+    pad_to_multiple_of: int = VOCAB_ROW_MULTIPLE,
 ) -> MaskTokens:
     """Add `<MTP>` (or `<MTP_0>..<MTP_{k_max-1}>`) to `tokenizer` and `model`, in place; return the ids.
 
     `gather(parameters)`: a context manager making partitioned parameters whole and writable (needed only for a
-    ZeRO-3 partitioned model). Idempotent: calling it on a model whose config already records these tokens
-    returns them unchanged.
+    ZeRO-3 partitioned model). `pad_to_multiple_of`: a resize grows the rows to a multiple of it (1: max id + 1).
+    Idempotent: calling it on a model whose config already records these tokens returns them unchanged.
     Raises ValueError if a token text already exists in the tokenizer with another meaning.
     """
     texts = slot_token_texts(k_max) if distinct_slots else [SHARED_TOKEN]
@@ -163,7 +170,7 @@ def add_mtp_tokens(
     if max(ids) >= _num_rows(input_embeddings.weight):
         # Models whose embedding is padded past the tokenizer (Qwen3) already have rows for the new ids;
         # resize only when they do not, and never shrink.
-        rows = -(-(max(ids) + 1) // VOCAB_ROW_MULTIPLE) * VOCAB_ROW_MULTIPLE
+        rows = -(-(max(ids) + 1) // pad_to_multiple_of) * pad_to_multiple_of
         model.resize_token_embeddings(rows, mean_resizing=False)
         input_embeddings = model.get_input_embeddings()
         padding = (max(ids) + 1, rows) if rows > max(ids) + 1 else None

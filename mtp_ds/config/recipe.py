@@ -125,6 +125,7 @@ def _check_model(model: ModelConfig) -> None:
         _one_of("model.tokenizer", tokenizer, ("builtin:word",))
     _one_of("model.dtype", model.dtype, ("auto", "bfloat16", "float16", "float32"))
     _one_of("model.attn_implementation", model.attn_implementation, ("auto", "flex_attention", "sdpa", "eager"))
+    _at_least("model.pad_vocab_to_multiple_of", model.pad_vocab_to_multiple_of, 1)
 
 
 def _check_data(data: DataConfig) -> None:

@@ -31,6 +31,7 @@ class ModelConfig:
     )
     gradient_checkpointing: bool = False
     distinct_slot_tokens: bool = False  # <MTP_0>..<MTP_{k_max-1}> instead of one shared <MTP> token
+    pad_vocab_to_multiple_of: int = 128  # rows after adding <MTP> (Llama: 128384, the authors'); 1: no padding
 
 
 @dataclass

@@ -100,6 +100,7 @@ def build_models(recipe, plan, *, tokenizer, device: torch.device) -> Models:
         k_max=plan.packing.k_max,
         seed=recipe.train.seed,
         gather=gathered_for_write,
+        pad_to_multiple_of=recipe.model.pad_vocab_to_multiple_of,
     )
     # the block size it is trained for, carried by every checkpoint's hf/config.json and the export:
     # `mtp-ds generate` takes it as its default k_max

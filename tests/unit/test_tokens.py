@@ -170,3 +170,12 @@ def test_padding_rows_are_never_emitted_nor_probability_mass():
                      {"strategy": "selfspec", "k_max": 4}, {"k": 1, "temperature": 1.0}):  # fmt: skip
         result = generate(model, prompt, max_new_tokens=8, **settings)
         assert len(result.sequences[0]) == 8 and not set(result.sequences[0]) & set(tokens.never_emitted), settings
+
+
+def test_no_padding_when_asked():
+    """`model.pad_vocab_to_multiple_of: 1` (the demo): the resize stops at max id + 1, as before padding."""
+    tokenizer = word_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    tokens = add_mtp_tokens(tokenizer, model, pad_to_multiple_of=1)
+    assert model.get_input_embeddings().weight.shape[0] == tokens.ids[0] + 1 and tokens.padding is None
+    assert tokens.never_emitted == tokens.ids and not hasattr(model.config, "mtp_padding_rows")

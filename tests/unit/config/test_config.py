@@ -186,6 +186,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
         (["data.path=tests/fixtures/missing.jsonl"], ["data.path", "missing.jsonl"]),
         (["model.tiny_config=null"], ["model.name_or_path", "model.tiny_config"]),
         (["checkpoint.resume=/no/such/ckpt"], ["checkpoint.resume"]),
+        (["model.pad_vocab_to_multiple_of=0"], ["model.pad_vocab_to_multiple_of"]),
     ],
 )
 def test_validation_errors(overrides, fragments):
