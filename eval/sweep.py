@@ -192,6 +192,7 @@ def run_header(args, tasks: list[str], metadata: dict, device: str) -> dict:
         "device": device,
         "metadata": metadata,
         "include_path": args.include_path,
+        **({"mtp_token_id": args.mtp_token_id} if args.mtp_token_id is not None else {}),
     }
 
 
@@ -248,6 +249,13 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pretrained", required=True, help="MTP checkpoint directory (or Hub id)")
+    parser.add_argument(
+        "--mtp_token_id",
+        type=int,
+        default=None,
+        help="the mask token's id, for a checkpoint whose config records none (the paper authors' release); "
+        "default: the config's, else <MTP> or <|mtp_special_token_0|> in the tokenizer",
+    )
     parser.add_argument("--out_dir", required=True, type=Path)
     parser.add_argument("--tasks", default=DEFAULT_TASK, help="comma-separated lm-eval task names")
     parser.add_argument("--include_path", default=str(Path(__file__).resolve().parent / "tasks"))
@@ -334,8 +342,9 @@ def main(argv=None) -> int:
             "(--restart runs them again)"
         )
     lm = task_manager = None
+    mask = {"mtp_token_id": args.mtp_token_id} if args.mtp_token_id is not None else {}  # a model arg when given
     if pending:
-        lm = MTPLM(pretrained=args.pretrained, batch_size=args.batch_size, device=device, dtype=args.dtype)
+        lm = MTPLM(pretrained=args.pretrained, batch_size=args.batch_size, device=device, dtype=args.dtype, **mask)
         warm_up(lm, pending)
         task_manager = TaskManager(include_path=args.include_path, metadata=metadata)
     rows: list[dict] = []

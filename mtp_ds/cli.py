@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "prepare-data": ("mtp_ds.train.prepare_data", "Tokenise the recipe's data into the cache (before a launch)."),
     "pretrain": ("mtp_ds.demo.pretrain", "Pretrain a small model as a plain next-token model (the demo's teacher)."),
     "export": ("mtp_ds.checkpoint.export", "Export a DeepSpeed checkpoint to a Hugging Face checkpoint."),
+    "import": ("mtp_ds.checkpoint.import_model", "Import a Hugging Face MTP checkpoint (the authors' release)."),
     "generate": ("mtp_ds.decoding.cli", "Generate with Static k / ConfAdapt and show each pass's chunk."),
     "show-layout": ("mtp_ds.render", "Render a packed MTP training sequence and its attention mask."),
     "demo": ("mtp_ds.demo.run", "Run the whole method end to end on a tiny model on CPU."),

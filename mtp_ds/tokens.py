@@ -211,3 +211,52 @@ def mask_tokens_from_tokenizer(tokenizer, *, distinct_slots: bool = False, k_max
             f"tokenizer has no mask token {missing[0]!r}: add it with mtp_ds.tokens.add_mtp_tokens(tokenizer, model)"
         )
     return MaskTokens(tuple(ids))
+
+
+# The mask token of the paper authors' released checkpoints (HF collection tomg-group-umd/mtp-lm): their script adds
+# `<|mtp_special_token_0|>` .. `_31|>` and uses only the first, shared by every mask slot; their config.json records
+# no mask id (it is passed at call time).
+AUTHORS_MASK_TOKEN = "<|mtp_special_token_0|>"
+
+
+def vocabulary_rows(config) -> int | None:
+    """Rows of the model's embedding as its config states them (a multimodal config: its text config's)."""
+    rows = getattr(config, "vocab_size", None)
+    if rows is None and hasattr(config, "get_text_config"):
+        rows = getattr(config.get_text_config(), "vocab_size", None)
+    return int(rows) if rows is not None else None
+
+
+def adopt_mask_tokens(config, tokenizer, mtp_token_id: int | None = None) -> MaskTokens | None:
+    """The mask tokens of a checkpoint, recorded into `config` (in memory) so every decoder path reads them there.
+
+    A config that records them (an mtp-ds export) wins; `mtp_token_id`, if also given, must agree. Else the id is
+    `mtp_token_id`, or `<MTP>`, or the authors' `<|mtp_special_token_0|>` found in `tokenizer`; None when there is
+    none (a plain causal LM). Embedding rows past the tokenizer (a resize padded to a multiple of 128) are
+    padding: never emitted. One-line ValueError for a disagreeing or out-of-range id.
+    """
+    if has_mask_tokens(config):
+        recorded = mask_tokens_from_config(config)
+        if mtp_token_id is not None and as_mask_tokens(mtp_token_id).ids != recorded.ids[:1]:
+            raise ValueError(
+                f"mtp_token_id={mtp_token_id} disagrees with the checkpoint config's mtp_token_id="
+                f"{recorded.ids[0]}; leave mtp_token_id unset (the config's is used)"
+            )
+        return recorded
+    if mtp_token_id is None:
+        mtp_token_id = _existing_token_id(tokenizer, SHARED_TOKEN)
+    if mtp_token_id is None:
+        mtp_token_id = _existing_token_id(tokenizer, AUTHORS_MASK_TOKEN)
+    if mtp_token_id is None:
+        return None
+    (mask_id,) = as_mask_tokens(int(mtp_token_id)).ids
+    rows = vocabulary_rows(config)
+    if rows is not None and mask_id >= rows:
+        raise ValueError(
+            f"mtp_token_id={mask_id} is out of range: the model has {rows} vocabulary rows (ids 0..{rows - 1})"
+        )
+    padding = (len(tokenizer), rows) if rows is not None and rows > len(tokenizer) else None
+    config.mtp_token_id = mask_id
+    if padding is not None:
+        config.mtp_padding_rows = list(padding)
+    return MaskTokens((mask_id,), padding)

@@ -224,6 +224,8 @@ def export_checkpoint(
     _check_manifest(checkpoint, verify_files)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from mtp_ds.decoding.bundle import write_custom_generate
+    from mtp_ds.decoding.hf_generate import default_decoding
     from mtp_ds.objective import HiddenStatesModel
 
     config = AutoConfig.from_pretrained(checkpoint / "hf")
@@ -251,6 +253,9 @@ def export_checkpoint(
     model.config.dtype = DTYPES[dtype]
     model.config.use_cache = True
     model.generation_config = stock_generation_config(checkpoint / "hf", model.config)
+    model.config.mtp_decoding = default_decoding(model.config)  # what custom_generate runs when not told
+    if not getattr(model.config, "mtp_token_ids", None):  # one shared mask token: vLLM's parallel drafting reads it
+        model.config.pard_token = model.config.mtp_token_id
     tokenizer = AutoTokenizer.from_pretrained(checkpoint / "hf")
     try:
         if move_aside:
@@ -260,6 +265,7 @@ def export_checkpoint(
         atomic_write_json(out_dir / EXPORT_MARKER, {**identity, "dtype": dtype}, indent=1)
         model.save_pretrained(out_dir, max_shard_size=max_shard_size, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
+        write_custom_generate(out_dir)
     except OSError as error:  # a read-only mount, a full disk, something in the way
         raise ValueError(f"cannot write the export into OUT_DIR {str(out_dir)!r}: {error}") from None
     return out_dir

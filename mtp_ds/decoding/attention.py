@@ -64,10 +64,11 @@ def sdpa_gqa_attention_forward(
 
 
 def register() -> None:
-    """Make `sdpa_gqa` a transformers attention implementation (masks built as for `sdpa`). Idempotent."""
+    """Make `sdpa_gqa` a transformers attention implementation (masks built as for `sdpa`), this module's function.
+
+    Registered again on every call: transformers' registry is global, and an export's `custom_generate/` copy of
+    this module, loaded in the same process, registers its own function under the same name."""
     global _stock_sdpa
-    if _stock_sdpa is not None:
-        return
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask

@@ -3,11 +3,13 @@
 Usage:
     mtp-ds generate MODEL_DIR --prompt TEXT [--strategy static|confadapt|selfspec] [--k K] [--k-max K]
                     [--threshold T] [--mask-layout linear|per_proposal] [--max-new-tokens N] [--chat]
-                    [--color | --no-color]
+                    [--color | --no-color] [--mtp-token-id N]
 
 Each pass's chunk is printed in its own colour (on a terminal, or with --color) with a superscript count of its
 tokens (selfspec: the model's own next token underlined), then tokens per pass and tokens/s. MODEL_DIR: an
-exported checkpoint (docs/DECODING.md); --k-max defaults to the k_max it was trained with.
+exported checkpoint (docs/DECODING.md); --k-max defaults to the k_max it was trained with. A checkpoint whose
+config records no mask token (the paper authors' release) is read from its tokenizer (`<MTP>` or
+`<|mtp_special_token_0|>`), or pass --mtp-token-id.
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-tokens", type=int, default=256, help="most tokens to generate (default: %(default)s)"
     )
     parser.add_argument("--chat", action="store_true", help="wrap the prompt with the tokenizer's chat template")
+    parser.add_argument(
+        "--mtp-token-id",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the mask token's id, for a checkpoint whose config records none (the paper authors' release); "
+        "default: the config's mtp_token_id, else <MTP> or <|mtp_special_token_0|> in the tokenizer",
+    )
     colour = parser.add_mutually_exclusive_group()
     colour.add_argument(
         "--color", action="store_true", help="ANSI colours even when stdout is not a terminal (a pipe, a file)"
@@ -204,21 +214,32 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from mtp_ds.decoding.decoder import check_positions, generate
+    from mtp_ds.tokens import AUTHORS_MASK_TOKEN, SHARED_TOKEN, adopt_mask_tokens
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        config = AutoConfig.from_pretrained(model_dir)
+        config = AutoConfig.from_pretrained(model_dir)  # never trust_remote_code: a config's auto_map is not run
     except (OSError, ValueError) as error:
         return _error(f"cannot load MODEL_DIR {str(model_dir)!r}: {str(error).splitlines()[0]}")
+    try:  # the mask token into the config (a checkpoint that records none: from the tokenizer or the flag)
+        mask_tokens = adopt_mask_tokens(config, tokenizer, args.mtp_token_id)
+    except ValueError as error:
+        return _error(f"--mtp-token-id: {error}" if args.mtp_token_id is not None else str(error))
+    if mask_tokens is None and spec.block > 1:
+        return _error(
+            f"MODEL_DIR {str(model_dir)!r} has no mask token (no mtp_token_id in config.json, no {SHARED_TOKEN} or "
+            f"{AUTHORS_MASK_TOKEN} in the tokenizer): pass --mtp-token-id N, the id of its mask token "
+            "(or use --strategy static --k 1)"
+        )
     try:  # before the weights load: a prompt past the model's positions is refused, not decoded into garbage
         prompt_ids = _prompt_ids(tokenizer, args.prompt, args.chat)
         check_positions(config, [len(prompt_ids)], [args.max_new_tokens], "the prompt")
     except ValueError as error:
         return _error(str(error))
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype).to(device).eval()
     except (OSError, ValueError) as error:
         return _error(f"cannot load MODEL_DIR {str(model_dir)!r}: {str(error).splitlines()[0]}")
     try:

@@ -112,6 +112,7 @@ def generate(
     stop_strings: list[str] | None = None,
     generator: torch.Generator | None = None,
     mtp_token_id=None,
+    streamer=None,
     **settings,
 ) -> GenerationResult:
     """Decode `input_ids` (batch, len; LEFT-padded per `attention_mask`) with `spec` (a `DecodeSpec`, or its
@@ -119,12 +120,16 @@ def generate(
 
     `eos_token_id`: int or list of stop ids (None: stop only on length / stop strings); `stop_strings` (needs
     `tokenizer`): stop at the token that completes any of them. `mtp_token_id`: int, per-slot ids, or MaskTokens;
-    None reads it from `model.config`. Sampling (`temperature` > 0) draws with `generator`.
+    None reads it from `model.config`. Sampling (`temperature` > 0, `top_k`, `top_p`) draws with `generator`.
+    `streamer` (a transformers TextStreamer / TextIteratorStreamer, one row only): `put` the prompt, then each
+    pass's kept tokens as one chunk, then `end`, as stock `generate` does per token.
     """
     spec = DecodeSpec.of(spec, "generate", **settings)
     stop = StopRule.of(eos_token_id, tokenizer, stop_strings)
     _validate(input_ids, attention_mask, max_new_tokens)
     batch = input_ids.shape[0]
+    if streamer is not None and batch > 1:
+        raise ValueError(f"a streamer shows one row: got {batch} rows (stream one prompt per generate call)")
     lengths = [input_ids.shape[1]] * batch if attention_mask is None else attention_mask.sum(dim=1).tolist()
     check_positions(model, lengths, [max_new_tokens] * batch, "input_ids row {}")
     single_row = input_ids.shape[0] == 1 and (attention_mask is None or bool(attention_mask.all()))
@@ -136,7 +141,11 @@ def generate(
         attention_mask = torch.ones_like(input_ids)
     attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
     rows = [RowState(pending=[], next_position=int(n)) for n in lengths]
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     if max_new_tokens == 0:
+        if streamer is not None:
+            streamer.end()
         return GenerationResult([[] for _ in rows], [[] for _ in rows], 0, 0.0, ["length"] * batch)
 
     # sdpa_gqa: MTP passes attend over the cached KV heads without copying them per query head (attention.py)
@@ -149,10 +158,15 @@ def generate(
         while active:
             strategy.step(decoder, [rows[b] for b in active], [max_new_tokens] * len(active), prompt)
             prompt = None
+            if streamer is not None:
+                kept = rows[0].tokens_per_pass[-1]
+                streamer.put(torch.tensor(rows[0].generated[len(rows[0].generated) - kept :]))
             still = [slot for slot, b in enumerate(active) if not rows[b].stop_reason]
             if len(still) < len(active) and still:  # finished rows leave the cache
                 decoder.kv.select_rows(still, decoder.device)
             active = [active[slot] for slot in still]
+    if streamer is not None:
+        streamer.end()
     return GenerationResult.from_rows(
         rows,
         passes=decoder.num_forward_passes,

@@ -36,9 +36,29 @@ def read_predictions(
     return [row[:-1] for row in both], [row[-1] for row in both]
 
 
-def sampling_probs(logits: torch.Tensor, temperature: float, mask_tokens: MaskTokens) -> torch.Tensor:
-    """softmax(logits / T) over the vocabulary without the mask ids: the distribution k=1 sampling draws from."""
-    return torch.softmax(without_mask_ids(logits, mask_tokens) / temperature, dim=-1)
+def sampling_probs(
+    logits: torch.Tensor,
+    temperature: float,
+    mask_tokens: MaskTokens,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """softmax(logits / T) over the vocabulary without the mask ids, cut to the `top_k` most likely tokens and
+    then to the fewest whose mass reaches `top_p` (ties at the top-k boundary kept), renormalised: the
+    distribution k=1 sampling draws from. Selfspec drafts and verifies with this same distribution, so its
+    speculative sampling stays exact for the cut one."""
+    scaled = without_mask_ids(logits, mask_tokens) / temperature
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        ordered, order = probs.sort(dim=-1, descending=True)
+        mass_before = ordered.cumsum(dim=-1) - ordered  # the most likely token always stays (mass before it is 0)
+        cut = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
+        probs = probs.masked_fill(cut, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
@@ -48,5 +68,6 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def sample(logits: torch.Tensor, temperature: float, mask_tokens: MaskTokens, generator) -> int:
-    return draw(sampling_probs(logits, temperature, mask_tokens), generator)
+def sample(logits: torch.Tensor, spec, mask_tokens: MaskTokens, generator) -> int:
+    """One token from the distribution `spec` (a DecodeSpec: temperature, top_k, top_p) samples."""
+    return draw(sampling_probs(logits, spec.temperature, mask_tokens, spec.top_k, spec.top_p), generator)

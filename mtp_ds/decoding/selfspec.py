@@ -147,7 +147,7 @@ class SelfSpecStrategy:
                     row.draft_probs,
                     group_column[slot],
                     num_masks,
-                    temperature,
+                    self.spec,
                     mask_tokens,
                     self.generator,
                 )
@@ -185,13 +185,13 @@ def _sample_row(
     draft,
     group_column: dict[int, int],
     num_masks: int,
-    temperature: float,
+    spec: DecodeSpec,
     mask_tokens,
     generator,
 ):
     """(proposals kept, kept tokens, next proposals, their draft distributions) by speculative sampling."""
     count = len(ground)
-    target = sampling_probs(logits[:count], temperature, mask_tokens)
+    target = sampling_probs(logits[:count], spec.temperature, mask_tokens, spec.top_k, spec.top_p)
     if ground[0] is None:
         accepted, last = 0, draw(target[0], generator)
     else:
@@ -199,6 +199,8 @@ def _sample_row(
     column = group_column.get(accepted)
     if column is None:
         return accepted, list(ground[1 : accepted + 1]) + [last], [], None
-    next_draft = sampling_probs(logits[column : column + num_masks], temperature, mask_tokens)
+    next_draft = sampling_probs(
+        logits[column : column + num_masks], spec.temperature, mask_tokens, spec.top_k, spec.top_p
+    )
     proposals = [draw(probs, generator) for probs in next_draft]
     return accepted, list(ground[1 : accepted + 1]) + [last], proposals, next_draft

@@ -18,7 +18,8 @@ DEFAULT_MASK_LAYOUT = "linear"
 class DecodeSpec:
     """`static` keeps k tokens per pass; `confadapt` the confident run of k_max predictions at `threshold`;
     `selfspec` verifies its k_max-1 proposals in the next pass (`mask_layout`), so greedy it equals k=1.
-    `temperature` 0 or None: greedy."""
+    `temperature` 0 or None: greedy; sampling draws from softmax(logits / T) cut to the `top_k` most likely tokens,
+    then to the fewest whose mass reaches `top_p` (None: no cut), the order and meaning of Hugging Face's."""
 
     strategy: str = "static"
     k: int = 1
@@ -26,6 +27,8 @@ class DecodeSpec:
     threshold: float = 0.9
     mask_layout: str = DEFAULT_MASK_LAYOUT
     temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
 
     def __post_init__(self) -> None:
         """Each field in its own range; k <= k_max only for Static k, the one strategy that reads k (confadapt
@@ -42,6 +45,12 @@ class DecodeSpec:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 or None = greedy), got {self.temperature!r}")
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
+        ):
+            raise ValueError(f"top_k must be an int >= 1 (None: no cut), got {self.top_k!r}")
+        if self.top_p is not None and not 0.0 < float(self.top_p) <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (None: no cut), got {self.top_p!r}")
         if self.mask_layout not in MASK_LAYOUTS:
             raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {self.mask_layout!r}")
 

@@ -49,7 +49,7 @@ class BlockStrategy:
             block = tokens[slot][:count]
             # sample only when the strategy itself chose one token, not when the budget cut the block
             if temperature and count == 1 and (block_width == 1 or len(tokens[slot]) > 1):
-                block = [sample(logits[slot, 0], temperature, decoder.mask_tokens, self.generator)]
+                block = [sample(logits[slot, 0], self.spec, decoder.mask_tokens, self.generator)]
             block = self.stop.finish(row, block, budget)
             keep_block(row, block)
             row.pending = block

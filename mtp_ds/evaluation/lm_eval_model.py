@@ -3,18 +3,15 @@
 Only `_model_generate` is replaced, so an `mtp` run differs from an `hf` run of the same checkpoint only in how
 tokens are decoded. Model args besides HFLM's: strategy, k, k_max, threshold, mask_layout (a `DecodeSpec`),
 stats_path, continuous_batching (default true: a task's requests are one `generate_many` stream with batch_size
-rows in flight). A bad model arg is one stderr line and exit 2 in the CLI. Decoding statistics, summed over the
+rows in flight), mtp_token_id (a checkpoint whose config records none; default: its tokenizer's mask token). A bad model arg is one stderr line and exit 2 in the CLI. Decoding statistics, summed over the
 data-parallel ranks, land in the results JSON under `config.mtp_decoding`. docs/DECODING.md has the details.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,78 +21,22 @@ from lm_eval.models.huggingface import HFLM
 
 from mtp_ds.decoding import generate, generate_many
 from mtp_ds.decoding.decoder import check_model, max_positions
-from mtp_ds.decoding.model_dir import check_model_dir
 from mtp_ds.decoding.spec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, STRATEGIES, DecodeSpec
 from mtp_ds.evaluation.decoding_stats import DecodingStats
+from mtp_ds.evaluation.model_args import (
+    ModelArgError,
+    adopt_mask_tokens_arg,
+    as_bool,
+    check_pretrained,
+    exit_like_argparse,
+    model_arg,
+)
 from mtp_ds.fileio import atomic_write_json
-from mtp_ds.tokens import has_mask_tokens, mask_tokens_from_config
+from mtp_ds.tokens import mask_tokens_from_config
 
 logger = logging.getLogger("lm_eval.mtp_ds")
 
 _SAMPLING_KWARGS = ("do_sample", "temperature")  # the only generation kwargs the MTP decoder honours
-CLI_PREFIX = "lm_eval --model mtp: "
-
-
-class ModelArgError(ValueError):
-    """A bad model arg, named in the message; one line in the lm_eval CLI (see the module docstring)."""
-
-
-def _model_arg(name: str, value, cast, check, requirement: str):
-    """Cast a model arg (it may arrive as a string from `--model_args`); one-line error naming it."""
-    try:
-        value = cast(value)
-    except (TypeError, ValueError):
-        raise ModelArgError(f"model arg {name}={value!r}: must be {requirement}") from None
-    if not check(value):
-        raise ModelArgError(f"model arg {name}={value!r}: must be {requirement}")
-    return value
-
-
-def _as_bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(text)
-    return text in ("true", "1", "yes")
-
-
-def _check_pretrained(pretrained) -> None:
-    """A loadable local model directory (`check_model_dir`: an export, not a training checkpoint, readable
-    safetensors), or a hub id (Hugging Face's own rule: name or owner/name); else a one-line error.
-
-    Without this, a missing local directory reaches Hugging Face as a hub id and fails deep in HFLM with
-    "Repo id must be in the form ...", after lm-eval has set everything up; a training step directory fails
-    with "Unrecognized model", a truncated export with a SafetensorError traceback."""
-    if not isinstance(pretrained, (str, os.PathLike)):
-        return  # a loaded model object
-    if Path(pretrained).is_dir():
-        try:
-            check_model_dir(pretrained)
-        except ValueError as error:
-            raise ModelArgError(f"model arg pretrained: {error}") from None
-        return
-    if Path(pretrained).exists():
-        return  # a file: Hugging Face says what it makes of it
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(str(pretrained))
-    except HFValidationError:
-        raise ModelArgError(
-            f"model arg pretrained={str(pretrained)!r}: the directory does not exist (and it is "
-            "not a Hugging Face hub id, name or owner/name)"
-        ) from None
-
-
-@contextmanager
-def _exit_like_argparse():
-    """A ModelArgError becomes one stderr line with the CLI prefix and exit 2 (what argparse does for a bad flag)."""
-    try:
-        yield
-    except ModelArgError as error:
-        print(f"{CLI_PREFIX}{error}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 @register_model("mtp")
@@ -112,21 +53,22 @@ class MTPLM(HFLM):
         mask_layout: str = DEFAULT_MASK_LAYOUT,
         stats_path: str | None = None,
         continuous_batching=True,
+        mtp_token_id=None,
         **kwargs,
     ):
         self.mask_tokens = None
-        self.continuous_batching = _model_arg(
-            "continuous_batching", continuous_batching, _as_bool, lambda v: True, "true or false"
+        self.continuous_batching = model_arg(
+            "continuous_batching", continuous_batching, as_bool, lambda v: True, "true or false"
         )
         self._streaming = False  # True while generate_until streams a task's requests (`batch_size`)
         self._warned_unstreamed = False  # batch_size=auto with continuous batching: said once
         self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
-        _check_pretrained(pretrained)
+        check_pretrained(pretrained)
         self.stats_path = Path(stats_path) if stats_path else None
         super().__init__(pretrained=pretrained, **kwargs)
         self._pretrained_name = getattr(pretrained, "name_or_path", pretrained)
-        if has_mask_tokens(self.model.config):
-            self.mask_tokens = mask_tokens_from_config(self.model.config)
+        # the config's mask tokens, else the model arg's or the tokenizer's (the authors' release records none)
+        self.mask_tokens = adopt_mask_tokens_arg(self.model.config, self.tokenizer, mtp_token_id, self._pretrained_name)
         try:  # parallelize=True / device_map, flash attention: refused here, not at the first generation request
             check_model(self.model)
         except ValueError as error:
@@ -150,12 +92,12 @@ class MTPLM(HFLM):
     @classmethod
     def create_from_arg_obj(cls, arg_dict, additional_config=None):
         """How lm-eval (its CLI, `simple_evaluate(model="mtp", ...)`) builds the model from `--model_args`."""
-        with _exit_like_argparse():
+        with exit_like_argparse():
             return super().create_from_arg_obj(arg_dict, additional_config)
 
     @classmethod
     def create_from_arg_string(cls, arg_string, additional_config=None):
-        with _exit_like_argparse():
+        with exit_like_argparse():
             return super().create_from_arg_string(arg_string, additional_config)
 
     def _stop_token_ids(self) -> list[int]:
@@ -189,17 +131,17 @@ class MTPLM(HFLM):
                 spec.threshold,
                 spec.mask_layout,
             )
-        strategy = _model_arg(
+        strategy = model_arg(
             "strategy",
             strategy,
             lambda v: str(v).strip().lower(),
             lambda v: v in STRATEGIES,
             "one of " + ", ".join(STRATEGIES),
         )
-        k = _model_arg("k", k, int, lambda v: v >= 1, "an integer >= 1")
-        k_max = _model_arg("k_max", k_max, int, lambda v: v >= 1, "an integer >= 1")
-        threshold = _model_arg("threshold", threshold, float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
-        mask_layout = _model_arg(
+        k = model_arg("k", k, int, lambda v: v >= 1, "an integer >= 1")
+        k_max = model_arg("k_max", k_max, int, lambda v: v >= 1, "an integer >= 1")
+        threshold = model_arg("threshold", threshold, float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
+        mask_layout = model_arg(
             "mask_layout",
             mask_layout,
             lambda v: str(v).strip().lower(),

@@ -254,7 +254,16 @@ def test_every_module_belongs_to_a_room_that_is_a_folder_or_a_method_file():
 def test_cli_table_points_at_modules_with_a_main():
     from mtp_ds.cli import SUBCOMMANDS
 
-    assert set(SUBCOMMANDS) == {"train", "prepare-data", "pretrain", "export", "generate", "show-layout", "demo"}
+    assert set(SUBCOMMANDS) == {
+        "train",
+        "prepare-data",
+        "pretrain",
+        "export",
+        "import",
+        "generate",
+        "show-layout",
+        "demo",
+    }
     for verb, (module, _) in SUBCOMMANDS.items():
         relative = Path(*module.split("."))
         path = REPO / relative.with_suffix(".py")

@@ -179,3 +179,67 @@ def test_no_padding_when_asked():
     tokens = add_mtp_tokens(tokenizer, model, pad_to_multiple_of=1)
     assert model.get_input_embeddings().weight.shape[0] == tokens.ids[0] + 1 and tokens.padding is None
     assert tokens.never_emitted == tokens.ids and not hasattr(model.config, "mtp_padding_rows")
+
+
+# --- a checkpoint whose config records no mask token (the paper authors' release) ---------------------------------
+
+
+def _authors_like(extra_rows: int = 0):
+    """(config, tokenizer) of a model whose tokenizer holds the authors' mask text and whose config names no id."""
+    from tokenizers import AddedToken
+
+    from mtp_ds.models.tiny import tiny_model_config
+    from mtp_ds.tokens import AUTHORS_MASK_TOKEN
+
+    tokenizer = word_tokenizer()
+    tokenizer.add_tokens(["<|a|>", "<|b|>"], special_tokens=True)
+    tokenizer.add_special_tokens(
+        {"extra_special_tokens": [AddedToken(AUTHORS_MASK_TOKEN, special=True, normalized=False)]},
+        replace_extra_special_tokens=False,
+    )
+    return tiny_model_config("llama", vocab_size=len(tokenizer) + extra_rows), tokenizer
+
+
+def test_adopt_finds_the_authors_mask_token_and_records_it_with_the_padding_rows():
+    from mtp_ds.tokens import AUTHORS_MASK_TOKEN, adopt_mask_tokens
+
+    config, tokenizer = _authors_like(extra_rows=20)
+    mask_id = tokenizer.convert_tokens_to_ids(AUTHORS_MASK_TOKEN)
+    assert mask_id == len(tokenizer) - 1 and mask_id != len(word_tokenizer())
+    adopted = adopt_mask_tokens(config, tokenizer)
+    assert adopted.ids == (mask_id,) and adopted.padding == (len(tokenizer), len(tokenizer) + 20)
+    assert config.mtp_token_id == mask_id and config.mtp_padding_rows == [len(tokenizer), len(tokenizer) + 20]
+    assert mask_tokens_from_config(config).never_emitted == (mask_id, *range(len(tokenizer), len(tokenizer) + 20))
+    assert adopt_mask_tokens(config, tokenizer, mask_id) == adopted  # now recorded: the same, read back
+
+
+def test_adopt_takes_a_given_id_and_refuses_one_out_of_range_or_disagreeing():
+    from mtp_ds.tokens import adopt_mask_tokens
+
+    config, tokenizer = _authors_like()
+    adopted = adopt_mask_tokens(config, tokenizer, 7)
+    assert adopted.ids == (7,) and adopted.padding is None and config.mtp_token_id == 7
+    assert not hasattr(config, "mtp_padding_rows")
+    with pytest.raises(ValueError, match=r"^mtp_token_id=8 disagrees with the checkpoint config's mtp_token_id=7; "):
+        adopt_mask_tokens(config, tokenizer, 8)
+    config, tokenizer = _authors_like()
+    rows = config.vocab_size
+    with pytest.raises(ValueError) as error:
+        adopt_mask_tokens(config, tokenizer, rows)
+    assert str(error.value) == (
+        f"mtp_token_id={rows} is out of range: the model has {rows} vocabulary rows (ids 0..{rows - 1})"
+    )
+    assert not hasattr(config, "mtp_token_id")  # nothing recorded by a refusal
+
+
+def test_adopt_prefers_mtp_and_leaves_a_plain_model_alone():
+    from mtp_ds.tokens import adopt_mask_tokens
+
+    model, tokenizer, tokens = make_mtp_model("llama")
+    config = copy.deepcopy(model.config)
+    del config.mtp_token_id  # an export whose config lost the key: <MTP> is found in the tokenizer
+    assert adopt_mask_tokens(config, tokenizer).ids == tokens.ids
+    plain_tokenizer = word_tokenizer()
+    plain = tiny_model("llama", vocab_size=len(plain_tokenizer) + 5).config
+    assert adopt_mask_tokens(plain, plain_tokenizer) is None
+    assert not hasattr(plain, "mtp_token_id") and not hasattr(plain, "mtp_padding_rows")

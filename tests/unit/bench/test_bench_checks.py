@@ -183,3 +183,31 @@ def test_serve_bench_reports_but_does_not_fail_a_bf16_difference(serve_checkpoin
     )
     assert out.exists()
     assert "bfloat16, not exact there (reported, not checked): static k=2: c=3 vs c=1: 1 of " in capsys.readouterr().out
+
+
+# --- bench/custom_generate.py ---------------------------------------------------------------------------------
+
+
+def test_custom_generate_bench_runs_and_fails_a_lossy_default(tmp_path, monkeypatch):
+    """The bench on a tiny export: its default (selfspec) equals stock greedy on every row and the JSON is
+    written; a default that is not lossless fails it with no JSON."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import custom_generate as bench
+    from helpers import zero3_checkpoint
+
+    from mtp_ds.checkpoint.export import export_checkpoint
+
+    model, _, _ = make_mtp_model("llama", k_max=4)
+    model.config.mtp_k_max = 4
+    export = export_checkpoint(zero3_checkpoint(tmp_path / "step00000002", model), tmp_path / "export", dtype="float32")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["three pens", "how many apples", "two"]))
+    argv = ["--model", str(export), "--prompts", str(prompts), "--batch", "2", "--new-tokens", "12"]
+    assert bench.main([*argv, "--out", str(tmp_path / "ok.json")]) == 0
+    rows = json.loads((tmp_path / "ok.json").read_text())["rows"]
+    assert rows["custom_generate default"]["identical"] == 3 and rows["custom_generate default"]["kept"] == 36
+    # a lossy setting run as the default: its rows differ from stock greedy
+    lossy = (("custom_generate default", {"strategy": "static", "k": 4}), *bench.SETTINGS[1:])
+    monkeypatch.setattr(bench, "SETTINGS", lossy)
+    assert bench.main([*argv, "--out", str(tmp_path / "bad.json")]) == 1
+    assert not (tmp_path / "bad.json").exists()

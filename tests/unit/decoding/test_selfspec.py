@@ -388,18 +388,29 @@ def _sampling_model():
     return model
 
 
-def _exact_sequence_probabilities(model, prompt: list[int], temperature: float) -> dict[tuple, float]:
-    """P(sequence) of k=1 sampling, by enumeration with plain no-cache forwards (the mask id excluded)."""
+def _exact_sequence_probabilities(
+    model, prompt: list[int], temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> dict[tuple, float]:
+    """P(sequence) of k=1 sampling, by enumeration with plain no-cache forwards (the mask id excluded); top_k and
+    top_p cut as Hugging Face's own logits warpers do (the reference for what stock generate samples)."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
     probabilities = {(): 1.0}
     for _ in range(SAMPLED_TOKENS):
         prefixes = list(probabilities)
         with torch.no_grad():
             logits = model(torch.tensor([prompt + list(p) for p in prefixes])).logits[:, -1, :SAMPLING_VOCAB]
-        step = torch.softmax(logits.double() / temperature, dim=-1)
+        scores = logits.double() / temperature
+        if top_k is not None:
+            scores = TopKLogitsWarper(top_k)(None, scores)
+        if top_p is not None:
+            scores = TopPLogitsWarper(top_p)(None, scores)
+        step = torch.softmax(scores, dim=-1)
         probabilities = {
             prefix + (token,): probabilities[prefix] * float(step[i, token])
             for i, prefix in enumerate(prefixes)
             for token in range(SAMPLING_VOCAB)
+            if float(step[i, token]) > 0
         }
     return probabilities
 
@@ -428,14 +439,25 @@ def _goodness_of_fit(counts, probabilities) -> float:
     return float(chisquare(observed, expected).pvalue)
 
 
+CUTS = {"no cut": {}, "top_k=4, top_p=0.7": {"top_k": 4, "top_p": 0.7}}
+
+
+@pytest.mark.parametrize("cut", CUTS)
 @pytest.mark.parametrize("mask_layout", MASK_LAYOUTS)
-def test_sampling_is_distributed_as_k1_sampling(mask_layout):
+def test_sampling_is_distributed_as_k1_sampling(mask_layout, cut):
+    """Also with stock generate's top_k / top_p cuts: selfspec drafts and verifies with the cut distribution."""
     model = _sampling_model()
     prompt = [1, 2, 3, 4]
-    probabilities = _exact_sequence_probabilities(model, prompt, 1.0)
+    probabilities = _exact_sequence_probabilities(model, prompt, 1.0, **CUTS[cut])
     assert min(probabilities.values()) * SAMPLES > 5  # the chi-square approximation holds on every cell
-    k1_counts, _ = _sampled_counts(model, prompt, seed=11, strategy="static", k=1)
-    ours_counts, result = _sampled_counts(model, prompt, seed=12, strategy="selfspec", k_max=3, mask_layout=mask_layout)
+    if CUTS[cut]:  # each cut removes outcomes here: top_k 125 -> 64, then top_p 64 -> 27
+        top_k_only = _exact_sequence_probabilities(model, prompt, 1.0, top_k=CUTS[cut]["top_k"])
+        assert len(probabilities) < len(top_k_only) < SAMPLING_VOCAB**SAMPLED_TOKENS
+    k1_counts, _ = _sampled_counts(model, prompt, seed=11, strategy="static", k=1, **CUTS[cut])
+    ours_counts, result = _sampled_counts(
+        model, prompt, seed=12, strategy="selfspec", k_max=3, mask_layout=mask_layout, **CUTS[cut]
+    )
+    assert set(k1_counts) <= set(probabilities) and set(ours_counts) <= set(probabilities)  # nothing cut is drawn
     # both paths ran: proposals kept and proposals refused
     verified = [v for row in result.verified_per_pass for v in row[1:]]
     assert 0 in verified and max(verified) >= 1

@@ -157,3 +157,15 @@ def test_estimate_printed_after_the_baseline(fake_sweep, tmp_path, capsys):
     err = capsys.readouterr()
     text = err.out + err.err
     assert "static_k1 took" in text and "2 settings left, about" in text and "1 settings left, about" in text
+
+
+def test_mtp_token_id_reaches_the_model_args_and_the_resume_header(fake_sweep, tmp_path):
+    """The authors' checkpoints record no mask id: --mtp_token_id is passed to MTPLM; a changed id is a new run."""
+    assert fake_sweep.main(_argv(tmp_path, "--mtp_token_id", "128259")) == 0
+    assert fake_sweep.models[-1]["mtp_token_id"] == 128259
+    record = json.loads((tmp_path / "results_static_k1.json").read_text())
+    assert record["mtp_sweep"]["header"]["mtp_token_id"] == 128259
+    fake_sweep.main(_argv(tmp_path, "--mtp_token_id", "128259"))
+    assert len(fake_sweep.calls) == 2  # resumed
+    fake_sweep.main(_argv(tmp_path))  # none given: not a model arg, and not the same run
+    assert "mtp_token_id" not in fake_sweep.models[-1] and len(fake_sweep.calls) == 4
