@@ -41,6 +41,14 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of a live process (/proc/PID/stat's 4th field, after the command name in parentheses)."""
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def assert_same_losses_as(trained_run, out_dir, steps: int, what: str) -> None:
     """The first `steps` steps of a run equal the trained run's: same recipe, seed and data, another teacher mode."""
     for a, b in zip(metrics(trained_run)[:steps], metrics(out_dir)[:steps], strict=True):
@@ -99,7 +107,8 @@ def test_a_second_run_is_refused_and_ranks_save_and_exit_when_torchrun_is_killed
             second = run_trainer(out, "train.steps=3", expect_ok=False)
             assert f"is in use by pid {owner['pid']} on {owner['host']}" in one_error_line(second)
 
-            ranks = [pid for pid in processes_mentioning(f"checkpoint.dir={out}") if pid != first.pid]
+            # the first run's ranks: its launcher's children (a rank of the refused second run may still be exiting)
+            ranks = [pid for pid in processes_mentioning(f"checkpoint.dir={out}") if parent_pid(pid) == first.pid]
             assert len(ranks) == 2, ranks
             os.kill(first.pid, signal.SIGKILL)  # the launcher only; its ranks are orphaned
             first.wait()
