@@ -27,6 +27,8 @@ from decode_inputs import DTYPES, describe_machine
 from decode_timing import ForwardCounter, sync_device
 from serve_report import evaluate_targets, markdown_table, print_prefill_costs, print_rows
 
+from mtp_ds.decoding.spec import DecodeSpec
+
 HF, K1, SELFSPEC = "HF generate", "ours k=1", "selfspec"
 SETTINGS = [  # (name, mtp_ds.decoding.generate_many settings; None = plain HF generate over static batches)
     (HF, None),
@@ -53,6 +55,13 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--k-max", type=int, default=4, help="ConfAdapt's and selfspec's k_max (default 4)")
     p.add_argument("--settings", default=None, help="comma-separated subset: " + ", ".join(n for n, _ in SETTINGS))
+    p.add_argument(
+        "--selfspec",
+        default=None,
+        metavar="SPECS",
+        help="more lossless rows, comma-separated K[:LAYOUT][:p=P][:g=G] (DecodeSpec.parse's selfspec:...), each "
+        "checked == our k=1 like the selfspec row, e.g. 4:linear,8:per_proposal:g=4",
+    )
     p.add_argument("--data-seed", type=int, default=0, help="the demo's --seed (held-out problems use seed + 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default float32 on cpu, bfloat16 on cuda")
@@ -74,6 +83,14 @@ def parse_args(argv=None):
         p.error(f"--settings: unknown {sorted(set(args.settings) - set(names))}; choose from {names}")
     if K1 not in args.settings:
         args.settings.append(K1)  # the reference of every ratio and of selfspec's tokens
+    args.extra = []
+    for entry in (args.selfspec or "").split(","):
+        if entry.strip():
+            try:
+                spec = DecodeSpec.parse(f"selfspec:{entry.strip()}")
+            except ValueError as error:
+                p.error(f"--selfspec: {error}")
+            args.extra.append((spec.label, spec.settings()))
     args.train_data = args.train_data or str(Path(args.model).parent / "data" / "train.jsonl")
     return args
 
@@ -154,7 +171,8 @@ def run_cell(model, prompts, concurrency, name, settings, args, eos, pad, counte
     if settings is None:
         result = run_hf(model, prompts, concurrency, args, eos, pad)
     else:
-        settings = dict(settings, k_max=args.k_max) if settings["strategy"] != "static" else settings
+        if settings["strategy"] != "static" and "k_max" not in settings:
+            settings = dict(settings, k_max=args.k_max)
         result = generate_many(
             model, prompts, max_rows=concurrency, max_new_tokens=args.max_new_tokens, eos_token_id=eos, **settings
         )
@@ -228,7 +246,8 @@ def main(argv=None) -> int:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device).eval()
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    settings = [(n, s) for n, s in SETTINGS if n in args.settings]
+    settings = [(n, s) for n, s in SETTINGS if n in args.settings] + args.extra
+    lossless = [n for n, s in settings if s is not None and s["strategy"] == "selfspec"]
     print(
         f"machine: {machine['cpu']}, {machine['usable_cores']} usable cores, torch {machine['torch']} "
         f"({machine['torch_threads']} threads), transformers {machine['transformers']}"
@@ -274,8 +293,7 @@ def main(argv=None) -> int:
         for name, setting in settings
         if setting is not None and largest != smallest
     ]
-    if SELFSPEC in args.settings:
-        checks += [(f"c={c}: {SELFSPEC} vs {K1} (lossless)", (c, SELFSPEC), (c, K1)) for c in args.concurrency]
+    checks += [(f"c={c}: {name} vs {K1} (lossless)", (c, name), (c, K1)) for name in lossless for c in args.concurrency]
     for label, got, want in checks:
         if args.dtype == "float32":  # the contract: exact in fp32 (docs/METHOD.md section 2)
             same_tokens(label, tokens[got], tokens[want])
@@ -287,7 +305,7 @@ def main(argv=None) -> int:
     if args.dtype == "float32":
         print(
             f"exactness: every request's tokens at c={largest} == at c={smallest} for each of our settings"
-            + (", and selfspec's == our k=1's at every c" if SELFSPEC in args.settings else "")
+            + (f", and {', '.join(lossless)} == our k=1's at every c" if lossless else "")
             + ": PASS"
         )
     width = round(sum(map(len, prompts)) / len(prompts) + sum(r["tokens"] for r in rows[:1]) / len(prompts))

@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--teacher", default=str(REPO / "outputs" / "demo" / "teacher"), help="a plain causal LM dir")
     parser.add_argument("--data", default=str(REPO / "outputs" / "demo" / "data" / "train.jsonl"))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--steps", type=int, default=None, help="default: the recipe's (500)")
+    parser.add_argument("--steps", type=int, default=None, help="default: the recipe's (1000)")
     parser.add_argument("--out", required=True, help="a new or empty directory")
     parser.add_argument("--json", default=None, help="write the summary here")
     args = parser.parse_args(argv)

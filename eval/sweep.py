@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pareto_plot import plot_pareto
 
-from mtp_ds.decoding.spec import DEFAULT_MASK_LAYOUT, MASK_LAYOUTS, DecodeSpec
+from mtp_ds.decoding.spec import DecodeSpec
 
 PAPER_STATIC_K = (1, 2, 3, 4, 5)
 PAPER_THRESHOLDS = (0.995, 0.99, 0.98, 0.97, 0.96, 0.95, 0.9, 0.87, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
@@ -65,6 +65,8 @@ CSV_COLUMNS = (
     "k_max",
     "threshold",
     "mask_layout",
+    "propose_threshold",
+    "max_groups",
     "accuracy",
     "accuracy_stderr",
     "acceleration_factor",
@@ -83,22 +85,11 @@ CSV_COLUMNS = (
 
 
 def parse_setting(text: str, k_max: int) -> DecodeSpec:
-    """`static:K`, `confadapt:TAU` or `selfspec:K[:LAYOUT]` -> a DecodeSpec; one-line error otherwise."""
-    strategy, _, value = text.strip().partition(":")
+    """One --settings entry (`DecodeSpec.parse`: static:K, confadapt:TAU, selfspec:K[:LAYOUT][:p=P][:g=G])."""
     try:
-        if strategy == "static":
-            return DecodeSpec(strategy="static", k=int(value), k_max=max(int(value), 1))
-        if strategy == "confadapt":
-            return DecodeSpec(strategy="confadapt", threshold=float(value), k_max=k_max)
-        block, _, layout = value.partition(":")
-        if strategy == "selfspec":
-            return DecodeSpec(strategy="selfspec", k_max=int(block), mask_layout=layout or DEFAULT_MASK_LAYOUT)
-    except ValueError:
-        pass
-    raise SystemExit(
-        f"--settings: bad entry {text!r} (expected static:K, confadapt:TAU or selfspec:K, "
-        f"optionally selfspec:K:LAYOUT with LAYOUT one of {', '.join(MASK_LAYOUTS)})"
-    )
+        return DecodeSpec.parse(text, k_max)
+    except ValueError as error:
+        raise SystemExit(f"--settings: {error}") from None
 
 
 def _number_list(text: str, cast, flag: str) -> list:
@@ -133,7 +124,10 @@ def table_rows(results: dict, spec: DecodeSpec, metric: str, run_seconds: float)
             {
                 "task": task,
                 "setting": spec.label,
-                **{key: spec.settings().get(key) for key in ("strategy", "k", "k_max", "threshold", "mask_layout")},
+                **{
+                    key: spec.settings().get(key)
+                    for key in ("strategy", "k", "k_max", "threshold", "mask_layout", "propose_threshold", "max_groups")
+                },
                 "accuracy": task_results.get(metric),
                 "accuracy_stderr": stderr if isinstance(stderr, (int, float)) else None,
                 **{key: stats.get(key) for key in STATS_COLUMNS},

@@ -2,7 +2,8 @@
 
 Usage:
     mtp-ds generate MODEL_DIR --prompt TEXT [--strategy static|confadapt|selfspec] [--k K] [--k-max K]
-                    [--threshold T] [--mask-layout linear|per_proposal] [--max-new-tokens N] [--chat]
+                    [--threshold T] [--mask-layout linear|ends|per_proposal] [--propose-threshold P]
+                    [--max-groups G] [--max-new-tokens N] [--chat]
                     [--color | --no-color] [--mtp-token-id N]
 
 Each pass's chunk is printed in its own colour (on a terminal, or with --color) with a superscript count of its
@@ -63,6 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MASK_LAYOUTS,
         default=None,
         help=f"--strategy selfspec only: where the proposing masks sit (default: {DEFAULT_MASK_LAYOUT})",
+    )
+    parser.add_argument(
+        "--propose-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="--strategy selfspec only: propose only ConfAdapt's confident run at P (default: every mask slot)",
+    )
+    parser.add_argument(
+        "--max-groups",
+        type=int,
+        default=None,
+        metavar="G",
+        help="--strategy selfspec --mask-layout per_proposal only: mask groups only at the G likeliest stops "
+        "(default: one after every proposal)",
     )
     parser.add_argument(
         "--max-new-tokens", type=int, default=256, help="most tokens to generate (default: %(default)s)"
@@ -157,7 +173,12 @@ def settings_text(spec: DecodeSpec) -> str:
         return f"static, k={spec.k}"
     if spec.strategy == "confadapt":
         return f"confadapt, k_max={spec.k_max}, tau={spec.threshold}"
-    return f"selfspec, k_max={spec.k_max}, {spec.mask_layout}; lossless: equals k=1 greedy decoding token for token"
+    proposals = "" if spec.propose_threshold is None else f", proposals at {spec.propose_threshold:g}"
+    proposals += "" if spec.max_groups is None else f", {spec.max_groups} mask groups"
+    return (
+        f"selfspec, k_max={spec.k_max}, {spec.mask_layout}{proposals}; lossless: equals k=1 greedy decoding token "
+        "for token"
+    )
 
 
 def trained_k_max(model_dir: Path) -> int | None:
@@ -186,8 +207,14 @@ def use_colour(args: argparse.Namespace, stream=None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.mask_layout is not None and args.strategy != "selfspec":
-        return _error(f"--mask-layout applies to --strategy selfspec only (got --strategy {args.strategy})")
+    selfspec_flags = (
+        ("--mask-layout", args.mask_layout),
+        ("--propose-threshold", args.propose_threshold),
+        ("--max-groups", args.max_groups),
+    )
+    for flag, value in selfspec_flags:
+        if value is not None and args.strategy != "selfspec":
+            return _error(f"{flag} applies to --strategy selfspec only (got --strategy {args.strategy})")
     model_dir = Path(args.model_dir)
     try:  # before any model is loaded: a training checkpoint, a damaged export
         check_model_dir(model_dir)
@@ -201,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             k_max=max(k_max, args.k) if args.strategy == "static" else k_max,
             threshold=args.threshold,
             mask_layout=args.mask_layout or DEFAULT_MASK_LAYOUT,
+            propose_threshold=args.propose_threshold,
+            max_groups=args.max_groups,
         )
     except ValueError as error:
         return _error(str(error))

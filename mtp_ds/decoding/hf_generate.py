@@ -1,5 +1,5 @@
 """`custom_generate/generate.py` of every export: stock `model.generate(**inputs, custom_generate=EXPORT_DIR,
-trust_remote_code=True)` decodes with this repo's batched multi-token decoder, strategy and k_max as keywords.
+trust_remote_code=True)` decodes with this repo's batched multi-token decoder, its settings as keywords.
 
 `mtp-ds export` copies this module and the decoding modules it imports into OUT_DIR/custom_generate/ with their
 imports made relative (`mtp_ds/decoding/bundle.py`), so an export runs on torch and transformers alone. Defaults:
@@ -18,9 +18,10 @@ from mtp_ds.decoding.decoder import generate as mtp_generate
 from mtp_ds.decoding.spec import DecodeSpec
 from mtp_ds.tokens import as_mask_tokens, has_mask_tokens, mask_tokens_from_config
 
-# The lossless default's K: selfspec's linear layout kept the most tokens per pass at K=4 on the demo's model
-# (3.60, against 3.12 at K=8: a longer proposal is refused more often, and a refusal proposes nothing)
-SELFSPEC_K_MAX = 4
+# The lossless default's K, at most the trained k_max: on the demo's model trained at k_max 8, selfspec's linear
+# layout kept 5.45 tokens per pass at K=8 and was fastest at c=1 and c=16 (bench/serve.py, docs/PERFORMANCE.md);
+# past the trained k_max the slots are untrained (trained at 4: 3.60 tokens per pass at K=4, 3.12 at K=8)
+SELFSPEC_K_MAX = 8
 # Stock generate's own defaults for what a generation config leaves unset (GenerationConfig, transformers 5)
 DEFAULT_MAX_LENGTH, DEFAULT_TOP_K = 20, 50
 # Generation settings that change what stock generate emits and that this decoder does not implement, with the
@@ -143,6 +144,8 @@ def generate(
     k_max: int | None = None,
     threshold: float | None = None,
     mask_layout: str | None = None,
+    propose_threshold: float | None = None,
+    max_groups: int | None = None,
     mtp_token_id=None,
     tokenizer=None,
     generator: torch.Generator | None = None,
@@ -174,7 +177,17 @@ def generate(
         _refuse("the model config has no mtp_token_id: pass mtp_token_id=ID (the checkpoint's mask token)")
     _check_settings(generation, arguments, mask_tokens.never_emitted)
     spec = decode_spec(
-        model, dict(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout), generation
+        model,
+        dict(
+            strategy=strategy,
+            k=k,
+            k_max=k_max,
+            threshold=threshold,
+            mask_layout=mask_layout,
+            propose_threshold=propose_threshold,
+            max_groups=max_groups,
+        ),
+        generation,
     )
     prompt_length = input_ids.shape[1]
     if generation.max_new_tokens is not None:

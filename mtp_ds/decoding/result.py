@@ -79,6 +79,7 @@ class RowState:
     verified_per_pass: list[int] = field(default_factory=list)
     stop_reason: str = ""
     draft_probs: torch.Tensor | None = None  # selfspec sampling: (proposals, V) distributions they were drawn from
+    proposal_confidences: list[float] | None = None  # selfspec: each proposal's draft probability (where read)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The mask slots only propose; the next pass feeds the proposals as ordinary tokens and the model's own next-token
 prediction at each one checks the proposal after it. Greedy it equals the model's k=1 decoding token for token;
 sampled (speculative sampling) it is distributed exactly as k=1 sampling. One pass feeds `ground` = [last kept
-token, proposals] plus mask groups (`MASK_LAYOUTS`: "linear" or "per_proposal"); docs/DECODING.md says more.
+token, proposals] plus mask groups (`MASK_LAYOUTS`: after the last, the first and last, or every ground token),
+proposing every slot or, with `propose_threshold`, ConfAdapt's confident run; docs/DECODING.md says more.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mtp_ds.acceptance import confident_run_length
 from mtp_ds.decoding.passes import BatchDecoder, PassInputs, Prompt
 from mtp_ds.decoding.readout import draw, sampling_probs, without_mask_ids
 from mtp_ds.decoding.result import RowState, StopRule, keep_block
@@ -38,11 +40,15 @@ class VerifyPass:
 
 
 def build_verify_pass(
-    rows: list[RowState], num_masks: int, layout: str, mask_ids: list[int], pad_id: int
+    rows: list[RowState], num_masks: int, layout: str, mask_ids: list[int], pad_id: int, max_groups: int | None = None
 ) -> VerifyPass:
     """Columns: every row's ground tokens, right-padded to the longest, then the mask groups (padded alike)."""
     ground_width = max(len(row.pending) for row in rows)
-    groups = (1 if layout == "linear" else ground_width) if num_masks else 0
+    groups = (
+        max(len(group_anchors(layout, len(row.pending), row.proposal_confidences, max_groups)) for row in rows)
+        if num_masks
+        else 0
+    )
     width = ground_width + groups * num_masks
     planes = VerifyPass([], [], [], [], [], [], [], [])
     for row in rows:
@@ -51,10 +57,10 @@ def build_verify_pass(
         anchor_of, region_of, mask_slot = [0] * width, [-1] * width, [0] * width
         for column, token in enumerate(ground):
             ids[column], positions[column], valid[column], anchor_of[column] = token, start + column, 1, start + column
-        anchors = ([len(ground) - 1] if layout == "linear" else list(range(len(ground)))) if num_masks else []
+        anchors = group_anchors(layout, len(ground), row.proposal_confidences, max_groups) if num_masks else []
         group_column = {}
-        for anchor in anchors:
-            first = ground_width + (0 if layout == "linear" else anchor * num_masks)
+        for group, anchor in enumerate(anchors):
+            first = ground_width + group * num_masks
             group_column[anchor] = first
             for slot in range(1, num_masks + 1):
                 column = first + slot - 1
@@ -68,6 +74,29 @@ def build_verify_pass(
         planes.ground_counts.append(len(ground))
         planes.group_column.append(group_column)
     return planes
+
+
+def group_anchors(
+    layout: str, ground: int, confidences: list[float] | None = None, max_groups: int | None = None
+) -> list[int]:
+    """Ground indices a mask group is anchored at: the next pass's proposals come from the group at the index
+    where verification stops (all accepted: the last; first proposal refused: 0). No group there: no proposals.
+
+    per_proposal with `max_groups`: the `max_groups` indices where verification most likely stops, read from the
+    proposals' own `confidences` (draft side only, so the output stays exact): P(stop at a) = c_1 .. c_a (1 - c_a+1).
+    """
+    if layout == "linear":
+        return [ground - 1]
+    if layout == "ends":
+        return sorted({0, ground - 1})
+    if max_groups is None or max_groups >= ground or confidences is None:
+        return list(range(ground))
+    stop, reach = [], 1.0
+    for index in range(ground):
+        passes_on = confidences[index] if index < ground - 1 else 0.0  # proposal index + 1 (ground[index + 1])
+        stop.append(reach * (1.0 - passes_on))
+        reach *= passes_on
+    return sorted(sorted(range(ground), key=lambda index: -stop[index])[:max_groups])
 
 
 def verify_inputs(plan: VerifyPass, device, causal: bool) -> PassInputs:
@@ -134,7 +163,12 @@ class SelfSpecStrategy:
             grounds = [[None] for _ in rows]  # the last prompt token: nothing to verify
         else:
             plan = build_verify_pass(
-                rows, num_masks, layout, mask_tokens.ids_for_masks(num_masks), pad_id=mask_tokens.ids[0]
+                rows,
+                num_masks,
+                layout,
+                mask_tokens.ids_for_masks(num_masks),
+                pad_id=mask_tokens.ids[0],
+                max_groups=self.spec.max_groups,
             )
             causal = layout == "linear" and len(set(plan.ground_counts)) == 1 and decoder.kv.dense
             logits = decoder.forward(verify_inputs(plan, decoder.device, causal))
@@ -154,13 +188,14 @@ class SelfSpecStrategy:
                 for slot, row in enumerate(rows)
             ]
         else:
-            predicted = without_mask_ids(logits, mask_tokens).argmax(dim=-1).tolist()
+            predicted, confidences = _greedy_read(logits, mask_tokens, self.spec.reads_confidences)
             outcomes = [
-                _greedy_row(predicted[slot], grounds[slot], group_column[slot], num_masks) for slot in range(len(rows))
+                _greedy_row(predicted[slot], grounds[slot], group_column[slot], num_masks, confidences[slot], self.spec)
+                for slot in range(len(rows))
             ]
         if not first:
-            decoder.keep_prefixes(plan.width, [accepted + 1 for accepted, _, _, _ in outcomes])
-        for row, budget, (accepted, block, proposals, draft) in zip(rows, budgets, outcomes):
+            decoder.keep_prefixes(plan.width, [outcome[0] + 1 for outcome in outcomes])
+        for row, budget, (accepted, block, proposals, draft, sureness) in zip(rows, budgets, outcomes):
             block = self.stop.finish(row, block, budget)
             keep_block(row, block, verified=accepted)
             row_room = budget - len(row.generated)
@@ -169,14 +204,40 @@ class SelfSpecStrategy:
                 row.next_position += accepted + 1
             row.pending = [block[-1]] + proposals[:useful] if block else []
             row.draft_probs = draft[:useful] if draft is not None else None
+            row.proposal_confidences = sureness[:useful] if sureness is not None else None
 
 
-def _greedy_row(predicted: list[int], ground: list, group_column: dict[int, int], num_masks: int):
-    """(proposals kept, kept tokens, next proposals, None) from the pass's argmax per column."""
+def _greedy_read(logits: torch.Tensor, mask_tokens, with_confidences: bool):
+    """Per row and column: the argmax without mask ids, and (to size proposals or choose anchors) its softmax
+    probability; one device-to-host transfer either way."""
+    clean = without_mask_ids(logits, mask_tokens)
+    if not with_confidences:
+        predicted = clean.argmax(dim=-1).tolist()
+        return predicted, [None] * len(predicted)
+    confidences, tokens = torch.softmax(clean, dim=-1).max(dim=-1)
+    both = torch.stack([tokens.double(), confidences.double()]).tolist()  # ids < 2**53: exact in float64
+    return [[int(token) for token in row] for row in both[0]], both[1]
+
+
+def proposal_count(confidences: list[float], anchor: int, column: int, num_masks: int, threshold) -> int:
+    """How many of a group's `num_masks` predictions to propose: all without a threshold; else ConfAdapt's rule
+    (`acceptance.confident_run_length`) over the anchor's prediction and the group's, minus the anchor's own
+    token, which the pass keeps anyway. Read from this pass's distributions only, so verification stays exact."""
+    if threshold is None:
+        return num_masks
+    run = [confidences[anchor], *confidences[column : column + num_masks]]
+    return int(confident_run_length(torch.tensor([run]), threshold)[0]) - 1
+
+
+def _greedy_row(predicted: list[int], ground: list, group_column: dict[int, int], num_masks: int, confidences, spec):
+    """(proposals kept, kept tokens, next proposals, None, their confidences) from the pass's argmax per column."""
     accepted = 0 if ground[0] is None else accepted_greedy(ground, predicted)
     column = group_column.get(accepted)
-    proposals = predicted[column : column + num_masks] if column is not None else []
-    return accepted, predicted[: accepted + 1], proposals, None
+    if column is None:
+        return accepted, predicted[: accepted + 1], [], None, None
+    count = proposal_count(confidences, accepted, column, num_masks, spec.propose_threshold)
+    sureness = confidences[column : column + count] if confidences is not None else None
+    return accepted, predicted[: accepted + 1], predicted[column : column + count], None, sureness
 
 
 def _sample_row(
@@ -189,7 +250,8 @@ def _sample_row(
     mask_tokens,
     generator,
 ):
-    """(proposals kept, kept tokens, next proposals, their draft distributions) by speculative sampling."""
+    """(proposals kept, kept tokens, next proposals, their draft distributions, the drafts' probabilities of
+    them) by speculative sampling."""
     count = len(ground)
     target = sampling_probs(logits[:count], spec.temperature, mask_tokens, spec.top_k, spec.top_p)
     if ground[0] is None:
@@ -198,9 +260,14 @@ def _sample_row(
         accepted, last = accepted_sampled(ground, target, draft, generator)
     column = group_column.get(accepted)
     if column is None:
-        return accepted, list(ground[1 : accepted + 1]) + [last], [], None
+        return accepted, list(ground[1 : accepted + 1]) + [last], [], None, None
     next_draft = sampling_probs(
         logits[column : column + num_masks], spec.temperature, mask_tokens, spec.top_k, spec.top_p
     )
+    if spec.propose_threshold is not None:  # the top-1 probabilities of the anchor's and the slots' distributions
+        confidences = [float(target[accepted].max()), *next_draft.max(dim=-1).values.tolist()]
+        next_draft = next_draft[: proposal_count(confidences, 0, 1, num_masks, spec.propose_threshold)]
+
     proposals = [draw(probs, generator) for probs in next_draft]
-    return accepted, list(ground[1 : accepted + 1]) + [last], proposals, next_draft
+    sureness = [float(probs[token]) for probs, token in zip(next_draft, proposals)]
+    return accepted, list(ground[1 : accepted + 1]) + [last], proposals, next_draft, sureness

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 STRATEGIES = ("static", "confadapt", "selfspec")
-MASK_LAYOUTS = ("linear", "per_proposal")
+# selfspec's mask groups: after the last ground token, the first and the last, or every one (selfspec.group_anchors)
+MASK_LAYOUTS = ("linear", "ends", "per_proposal")
 DEFAULT_MASK_LAYOUT = "linear"
 
 
@@ -29,6 +30,8 @@ class DecodeSpec:
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
+    propose_threshold: float | None = None  # selfspec: propose only the confident run of the mask slots (None: all)
+    max_groups: int | None = None  # selfspec per_proposal: mask groups only at the most likely stops (None: every one)
 
     def __post_init__(self) -> None:
         """Each field in its own range; k <= k_max only for Static k, the one strategy that reads k (confadapt
@@ -51,6 +54,14 @@ class DecodeSpec:
             raise ValueError(f"top_k must be an int >= 1 (None: no cut), got {self.top_k!r}")
         if self.top_p is not None and not 0.0 < float(self.top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1] (None: no cut), got {self.top_p!r}")
+        if self.propose_threshold is not None and not 0.0 <= float(self.propose_threshold) <= 1.0:
+            raise ValueError(
+                f"propose_threshold must be in [0, 1] (None: propose every slot), got {self.propose_threshold!r}"
+            )
+        if self.max_groups is not None and (not isinstance(self.max_groups, int) or self.max_groups < 1):
+            raise ValueError(
+                f"max_groups must be an int >= 1 (None: a group at every ground token), got {self.max_groups!r}"
+            )
         if self.mask_layout not in MASK_LAYOUTS:
             raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {self.mask_layout!r}")
 
@@ -81,12 +92,22 @@ class DecodeSpec:
         return self.strategy == "selfspec" or (self.strategy == "static" and self.k == 1)
 
     def settings(self) -> dict:
-        """The fields the strategy reads (k is Static k's, threshold ConfAdapt's, mask_layout selfspec's)."""
+        """The fields the strategy reads (k is Static k's, threshold ConfAdapt's, mask_layout and
+        propose_threshold selfspec's)."""
         if self.strategy == "static":
             return {"strategy": "static", "k": self.k}
         if self.strategy == "confadapt":
             return {"strategy": "confadapt", "k_max": self.k_max, "threshold": self.threshold}
-        return {"strategy": "selfspec", "k_max": self.k_max, "mask_layout": self.mask_layout}
+        optional = {"propose_threshold": self.propose_threshold, "max_groups": self.max_groups}
+        given = {key: value for key, value in optional.items() if value is not None}
+        return {"strategy": "selfspec", "k_max": self.k_max, "mask_layout": self.mask_layout, **given}
+
+    @property
+    def reads_confidences(self) -> bool:
+        """Selfspec needs its predictions' probabilities (to size proposals or choose mask groups)."""
+        return self.propose_threshold is not None or (
+            self.mask_layout == "per_proposal" and self.max_groups is not None
+        )
 
     @classmethod
     def from_settings(cls, settings: dict) -> DecodeSpec:
@@ -97,14 +118,48 @@ class DecodeSpec:
             given["k_max"] = max(cls.k_max, given["k"])  # a Static k row names no k_max
         return cls(**given)
 
+    @classmethod
+    def parse(cls, text: str, k_max: int = 16) -> DecodeSpec:
+        """`static:K`, `confadapt:TAU` (at `k_max`) or `selfspec:K[:LAYOUT][:p=P][:g=G]` (P: propose_threshold,
+        G: max_groups), as the sweep and the benches take settings; ValueError naming the entry otherwise."""
+        strategy, _, value = text.strip().partition(":")
+        try:
+            if strategy == "static":
+                return cls(strategy="static", k=int(value), k_max=max(int(value), 1))
+            if strategy == "confadapt":
+                return cls(strategy="confadapt", threshold=float(value), k_max=k_max)
+            if strategy == "selfspec":
+                block, *parts = value.split(":")
+                options = dict(part.split("=", 1) for part in parts if "=" in part)
+                layouts = [part for part in parts if "=" not in part]
+                if not set(options) - {"p", "g"} and len(layouts) <= 1:
+                    return cls(
+                        strategy="selfspec",
+                        k_max=int(block),
+                        mask_layout=layouts[0] if layouts else DEFAULT_MASK_LAYOUT,
+                        propose_threshold=float(options["p"]) if "p" in options else None,
+                        max_groups=int(options["g"]) if "g" in options else None,
+                    )
+        except ValueError:
+            pass
+        raise ValueError(
+            f"bad entry {text!r} (expected static:K, confadapt:TAU or selfspec:K, optionally selfspec:K:LAYOUT:p=P:g=G "
+            f"with LAYOUT one of {', '.join(MASK_LAYOUTS)}, P a propose_threshold, G max_groups)"
+        )
+
     @property
     def label(self) -> str:
-        """static_k3, confadapt_t0.9_kmax16, selfspec_kmax4 (selfspec_kmax4_per_proposal for the other layout)."""
+        """static_k3, confadapt_t0.9_kmax16, selfspec_kmax4 (selfspec_kmax8_per_proposal_p0.5: another layout, a
+        propose_threshold)."""
         if self.strategy == "static":
             return f"static_k{self.k}"
         if self.strategy == "confadapt":
             return f"confadapt_t{self.threshold:g}_kmax{self.k_max}"
         suffix = "" if self.mask_layout == DEFAULT_MASK_LAYOUT else f"_{self.mask_layout}"
+        if self.propose_threshold is not None:
+            suffix += f"_p{self.propose_threshold:g}"
+        if self.max_groups is not None:
+            suffix += f"_g{self.max_groups}"
         return f"selfspec_kmax{self.k_max}{suffix}"
 
     def model_args(self) -> str:

@@ -399,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         """7. summary.json (the table), targets.json, pareto.png, chunk_example.txt."""
         from mtp_ds.evaluation.pareto import plot_pareto
 
-        example = chunk_example(mtp_dir, data_dir / "test.jsonl", out, _recipe_k_max())
+        example = chunk_example(
+            mtp_dir, data_dir / "test.jsonl", out, min(_recipe_k_max(), demo_report.CONFADAPT_K_MAX)
+        )
         plot = plot_pareto(demo_report.plot_rows(rows), out / "pareto.png", title="mtp-ds demo")
         return example, plot
 

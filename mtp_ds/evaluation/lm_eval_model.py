@@ -1,10 +1,11 @@
 """`lm_eval --model mtp`: lm-eval's HFLM with generation replaced by multi-token decoding.
 
 Only `_model_generate` is replaced, so an `mtp` run differs from an `hf` run of the same checkpoint only in how
-tokens are decoded. Model args besides HFLM's: strategy, k, k_max, threshold, mask_layout (a `DecodeSpec`),
-stats_path, continuous_batching (default true: a task's requests are one `generate_many` stream with batch_size
-rows in flight), mtp_token_id (a checkpoint whose config records none; default: its tokenizer's mask token). A bad model arg is one stderr line and exit 2 in the CLI. Decoding statistics, summed over the
-data-parallel ranks, land in the results JSON under `config.mtp_decoding`. docs/DECODING.md has the details.
+tokens are decoded. Model args besides HFLM's: strategy, k, k_max, threshold, mask_layout, propose_threshold,
+max_groups (a `DecodeSpec`), stats_path, continuous_batching (default true: a task's requests are one
+`generate_many` stream with batch_size rows in flight), mtp_token_id (a checkpoint whose config records none;
+default: its tokenizer's mask token). A bad model arg is one stderr line and exit 2 in the CLI. Decoding
+statistics, summed over the data-parallel ranks, land in the results JSON under `config.mtp_decoding`. docs/DECODING.md has the details.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class MTPLM(HFLM):
         k_max: int = 16,
         threshold: float = 0.9,
         mask_layout: str = DEFAULT_MASK_LAYOUT,
+        propose_threshold=None,
+        max_groups=None,
         stats_path: str | None = None,
         continuous_batching=True,
         mtp_token_id=None,
@@ -62,7 +65,15 @@ class MTPLM(HFLM):
         )
         self._streaming = False  # True while generate_until streams a task's requests (`batch_size`)
         self._warned_unstreamed = False  # batch_size=auto with continuous batching: said once
-        self.set_decoding(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
+        self.set_decoding(
+            strategy=strategy,
+            k=k,
+            k_max=k_max,
+            threshold=threshold,
+            mask_layout=mask_layout,
+            propose_threshold=propose_threshold,
+            max_groups=max_groups,
+        )
         check_pretrained(pretrained)
         self.stats_path = Path(stats_path) if stats_path else None
         super().__init__(pretrained=pretrained, **kwargs)
@@ -120,16 +131,20 @@ class MTPLM(HFLM):
         k_max: int = 16,
         threshold: float = 0.9,
         mask_layout: str = DEFAULT_MASK_LAYOUT,
+        propose_threshold=None,
+        max_groups=None,
     ) -> None:
         """Validate and set the decoding setting: a `DecodeSpec`, or its fields as (possibly string) model args
         (the sweep reuses one loaded model for many settings)."""
         if spec is not None:
-            strategy, k, k_max, threshold, mask_layout = (
+            strategy, k, k_max, threshold, mask_layout, propose_threshold, max_groups = (
                 spec.strategy,
                 spec.k,
                 spec.k_max,
                 spec.threshold,
                 spec.mask_layout,
+                spec.propose_threshold,
+                spec.max_groups,
             )
         strategy = model_arg(
             "strategy",
@@ -148,10 +163,28 @@ class MTPLM(HFLM):
             lambda v: v in MASK_LAYOUTS,
             "one of " + ", ".join(MASK_LAYOUTS),
         )
+        if propose_threshold is not None and str(propose_threshold).strip().lower() not in ("", "none"):
+            propose_threshold = model_arg(
+                "propose_threshold", propose_threshold, float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"
+            )
+        else:
+            propose_threshold = None
+        if max_groups is not None and str(max_groups).strip().lower() not in ("", "none"):
+            max_groups = model_arg("max_groups", max_groups, int, lambda v: v >= 1, "an integer >= 1")
+        else:
+            max_groups = None
         if strategy == "static" and k > k_max:  # k is Static k's alone (DecodeSpec); here before any model loads
             raise ModelArgError(f"model args k={k} and k_max={k_max}: k must be <= k_max")
         previous = getattr(self, "spec", None)
-        self.spec = DecodeSpec(strategy=strategy, k=k, k_max=k_max, threshold=threshold, mask_layout=mask_layout)
+        self.spec = DecodeSpec(
+            strategy=strategy,
+            k=k,
+            k_max=k_max,
+            threshold=threshold,
+            mask_layout=mask_layout,
+            propose_threshold=propose_threshold,
+            max_groups=max_groups,
+        )
         if hasattr(self, "_pretrained_name"):  # the model is loaded: check it can decode this setting
             try:
                 self._check_model_fits_setting()

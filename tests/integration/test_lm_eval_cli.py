@@ -141,7 +141,7 @@ def test_lm_eval_console_script_refuses_bad_selfspec_args_in_one_line(
 ):
     if case == "bad_mask_layout":
         line = _lm_eval_refusal(f"pretrained={tiny_mtp_dir},strategy=selfspec,k_max=4,mask_layout=tree")
-        assert "model arg mask_layout='tree'" in line and "linear, per_proposal" in line
+        assert "model arg mask_layout='tree'" in line and "linear, ends, per_proposal" in line
     else:
         line = _lm_eval_refusal(f"pretrained={base_model_dir},strategy=selfspec,k_max=4")
         assert f"model arg pretrained='{base_model_dir}'" in line and "no mtp_token_id" in line

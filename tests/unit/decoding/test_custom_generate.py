@@ -42,6 +42,10 @@ CASES = {
         {"strategy": "selfspec", "k_max": 3, "mask_layout": "per_proposal"},
         {"strategy": "selfspec", "k_max": 3, "mask_layout": "per_proposal"},
     ),
+    "selfspec_ends_sized": (
+        {"mask_layout": "ends", "propose_threshold": 0.2},
+        {"strategy": "selfspec", "k_max": K_MAX, "mask_layout": "ends", "propose_threshold": 0.2},
+    ),
     "selfspec_sampled": (
         {"do_sample": True, "temperature": 0.8, "seed": 5},
         {"strategy": "selfspec", "k_max": K_MAX, "temperature": 0.8, "top_k": 50},

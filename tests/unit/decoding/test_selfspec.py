@@ -351,7 +351,7 @@ DEMO_MODEL = Path(os.environ.get("MTP_DS_DEMO_DIR", "outputs/demo")) / "mtp"
     not (DEMO_MODEL / "config.json").exists(),
     reason="no trained demo model (outputs/demo/mtp: `mtp-ds demo` writes it; CI runs it first)",
 )
-def test_trained_demo_model_gives_its_k1_answers_at_over_2_5_tokens_per_pass():
+def test_trained_demo_model_gives_its_k1_answers_at_over_5_tokens_per_pass():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mtp_ds.demo.run import PROMPT_TEMPLATE
@@ -371,7 +371,7 @@ def test_trained_demo_model_gives_its_k1_answers_at_over_2_5_tokens_per_pass():
     k1 = generate(model, ids, strategy="static", k=1, **settings)
     ours = generate(model, ids, strategy="selfspec", k_max=k_max, **settings)
     assert ours.sequences == k1.sequences
-    assert ours.acceleration_factor >= 2.5, ours.acceleration_factor
+    assert ours.acceleration_factor >= 5.0, ours.acceleration_factor  # 6.26 on these 8 problems (K=8)
 
 
 # --- sampling: distributed exactly as k=1 sampling --------------------------------------------------------------
@@ -439,21 +439,32 @@ def _goodness_of_fit(counts, probabilities) -> float:
     return float(chisquare(observed, expected).pvalue)
 
 
-CUTS = {"no cut": {}, "top_k=4, top_p=0.7": {"top_k": 4, "top_p": 0.7}}
+CUTS = {
+    "no cut": {},
+    "top_k=4, top_p=0.7": {"top_k": 4, "top_p": 0.7},
+    "proposals at 0.2": {"propose_threshold": 0.2},
+    "one likeliest group": {"max_groups": 1},
+}
 
 
-@pytest.mark.parametrize("cut", CUTS)
-@pytest.mark.parametrize("mask_layout", MASK_LAYOUTS)
+@pytest.mark.parametrize(
+    "mask_layout, cut",
+    [(layout, "no cut") for layout in MASK_LAYOUTS]
+    + [("linear", "top_k=4, top_p=0.7"), ("per_proposal", "top_k=4, top_p=0.7")]
+    + [("linear", "proposals at 0.2"), ("ends", "proposals at 0.2"), ("per_proposal", "one likeliest group")],
+)
 def test_sampling_is_distributed_as_k1_sampling(mask_layout, cut):
-    """Also with stock generate's top_k / top_p cuts: selfspec drafts and verifies with the cut distribution."""
+    """Also with stock generate's top_k / top_p cuts (selfspec drafts and verifies with the cut distribution) and
+    with confidence-sized proposals (how many to propose is read from the draft side only)."""
     model = _sampling_model()
     prompt = [1, 2, 3, 4]
-    probabilities = _exact_sequence_probabilities(model, prompt, 1.0, **CUTS[cut])
+    sampling = {key: value for key, value in CUTS[cut].items() if key in ("top_k", "top_p")}  # k=1's settings
+    probabilities = _exact_sequence_probabilities(model, prompt, 1.0, **sampling)
     assert min(probabilities.values()) * SAMPLES > 5  # the chi-square approximation holds on every cell
-    if CUTS[cut]:  # each cut removes outcomes here: top_k 125 -> 64, then top_p 64 -> 27
+    if sampling:  # each cut removes outcomes here: top_k 125 -> 64, then top_p 64 -> 27
         top_k_only = _exact_sequence_probabilities(model, prompt, 1.0, top_k=CUTS[cut]["top_k"])
         assert len(probabilities) < len(top_k_only) < SAMPLING_VOCAB**SAMPLED_TOKENS
-    k1_counts, _ = _sampled_counts(model, prompt, seed=11, strategy="static", k=1, **CUTS[cut])
+    k1_counts, _ = _sampled_counts(model, prompt, seed=11, strategy="static", k=1, **sampling)
     ours_counts, result = _sampled_counts(
         model, prompt, seed=12, strategy="selfspec", k_max=3, mask_layout=mask_layout, **CUTS[cut]
     )
@@ -483,3 +494,90 @@ def test_sampling_test_fails_a_sampler_that_keeps_every_proposal(monkeypatch):
     monkeypatch.setattr(selfspec, "accepted_sampled", keep_all)
     counts, _ = _sampled_counts(model, prompt, seed=12, strategy="selfspec", k_max=3)
     assert _goodness_of_fit(counts, probabilities) < 1e-6
+
+
+# --- confidence-sized proposals (propose_threshold) and the `ends` layout -----------------------------------
+
+
+PROPOSE_AT, SHARPEN = 0.3, 20.0  # the repetitive models with lm_head x 20: top-1 probabilities on both sides of 0.3
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("mask_layout", MASK_LAYOUTS)
+def test_confidence_sized_proposals_equal_hf_greedy(arch, mask_layout):
+    """Proposing only ConfAdapt's confident run changes what is verified, never what is kept: the batch equals
+    HF greedy row for row (and each row alone)."""
+    model, tokenizer, mask_tokens = _repetitive(arch)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(SHARPEN)
+    prompts = [_ids(tokenizer, text) for text in PROMPTS]
+    ids, attention_mask = _left_pad(prompts)
+    expected = [_hf_greedy(model, prompt, mask_tokens, 24) for prompt in prompts]
+    proposed, changed = set(), False
+    for k_max in (3, 6):
+        settings = dict(mtp_token_id=mask_tokens, strategy="selfspec", k_max=k_max, max_new_tokens=24)
+        every_slot = generate(model, ids, attention_mask=attention_mask, mask_layout=mask_layout, **settings)
+        sized = generate(
+            model, ids, attention_mask=attention_mask, mask_layout=mask_layout, propose_threshold=PROPOSE_AT, **settings
+        )
+        assert sized.sequences == expected == every_slot.sequences, k_max
+        changed |= sized.verified_per_pass != every_slot.verified_per_pass  # the cut changed what was proposed
+        alone = generate(
+            model, torch.tensor([prompts[1]]), mask_layout=mask_layout, propose_threshold=PROPOSE_AT, **settings
+        )
+        assert alone.sequences[0] == expected[1] and alone.tokens_per_pass[0] == sized.tokens_per_pass[1]
+        proposed |= {count for row in sized.verified_per_pass for count in row[1:-1]}
+    assert changed and 0 in proposed and max(proposed) >= 2  # passes that verified none and several
+
+
+def test_a_threshold_of_one_proposes_nothing_and_zero_proposes_every_slot():
+    model, tokenizer, mask_tokens = _repetitive("llama")
+    prompt = torch.tensor([_ids(tokenizer, PROMPTS[2])])
+    settings = dict(mtp_token_id=mask_tokens, strategy="selfspec", k_max=4, max_new_tokens=20)
+    never = generate(model, prompt, propose_threshold=1.0, **settings)
+    assert never.tokens_per_pass[0] == [1] * 20 and never.verified_per_pass[0] == [0] * 20
+    always = generate(model, prompt, propose_threshold=0.0, **settings)
+    every = generate(model, prompt, **settings)
+    assert (always.sequences, always.tokens_per_pass) == (every.sequences, every.tokens_per_pass)
+    assert always.num_query_tokens == every.num_query_tokens
+
+
+def test_proposal_count_is_confadapts_run_after_the_anchor():
+    """The anchor's own token is kept anyway; the slots propose while the run from the anchor stays >= tau."""
+    confidences = [0.95, 0.1, 0.99, 0.97, 0.5, 0.3]  # columns: anchor at 0; a group of 3 masks at columns 2..4
+    assert selfspec.proposal_count(confidences, 0, 2, 3, 0.9) == 2  # anchor, 0.99, 0.97 confident; 0.5 not
+    assert selfspec.proposal_count(confidences, 1, 2, 3, 0.9) == 0  # anchor 0.1 below tau: nothing proposed
+    assert selfspec.proposal_count(confidences, 0, 2, 3, None) == 3  # no threshold: every slot
+    assert selfspec.group_anchors("linear", 4) == [3]
+    assert selfspec.group_anchors("ends", 4) == [0, 3] and selfspec.group_anchors("ends", 1) == [0]
+    assert selfspec.group_anchors("per_proposal", 3) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_likeliest_mask_groups_equal_hf_greedy_with_fewer_query_tokens(arch):
+    """per_proposal with max_groups: groups only where the proposals' own confidences say verification most
+    likely stops; the output is still HF greedy's, row for row and alone, with fewer query tokens."""
+    model, tokenizer, mask_tokens = _repetitive(arch)
+    prompts = [_ids(tokenizer, text) for text in PROMPTS]
+    ids, attention_mask = _left_pad(prompts)
+    expected = [_hf_greedy(model, prompt, mask_tokens, 24) for prompt in prompts]
+    settings = dict(
+        mtp_token_id=mask_tokens, strategy="selfspec", k_max=6, max_new_tokens=24, mask_layout="per_proposal"
+    )
+    every = generate(model, ids, attention_mask=attention_mask, **settings)
+    for groups in (1, 2):
+        likeliest = generate(model, ids, attention_mask=attention_mask, max_groups=groups, **settings)
+        assert likeliest.sequences == expected, groups
+        assert likeliest.num_query_tokens < every.num_query_tokens, groups
+        alone = generate(model, torch.tensor([prompts[2]]), max_groups=groups, **settings)
+        assert alone.sequences[0] == expected[2] and alone.tokens_per_pass[0] == likeliest.tokens_per_pass[2]
+
+
+def test_the_likeliest_stops_are_read_from_the_proposals_confidences():
+    # proposals 1..3 with confidences 0.9, 0.2, 0.8: P(stop at 0) = 0.1, at 1 = 0.9 * 0.8 = 0.72, at 2 = 0.9 * 0.2 *
+    # 0.2 = 0.036, at 3 (all accepted) = 0.9 * 0.2 * 0.8 = 0.144
+    assert selfspec.group_anchors("per_proposal", 4, [0.9, 0.2, 0.8], max_groups=1) == [1]
+    assert selfspec.group_anchors("per_proposal", 4, [0.9, 0.2, 0.8], max_groups=2) == [1, 3]
+    assert selfspec.group_anchors("per_proposal", 4, [0.9, 0.2, 0.8], max_groups=3) == [0, 1, 3]
+    assert selfspec.group_anchors("per_proposal", 4, [0.9, 0.2, 0.8], max_groups=None) == [0, 1, 2, 3]
+    assert selfspec.group_anchors("per_proposal", 2, [0.5], max_groups=4) == [0, 1]

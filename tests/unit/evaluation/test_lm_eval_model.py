@@ -34,7 +34,7 @@ def test_bad_model_arg_names_the_arg(tiny_mtp_dir):
         MTPLM(pretrained=str(tiny_mtp_dir), strategy="bogus", device="cpu")
     with pytest.raises(ValueError, match=r"model arg threshold=1.5"):
         MTPLM(pretrained=str(tiny_mtp_dir), strategy="confadapt", threshold=1.5, device="cpu")
-    with pytest.raises(ValueError, match=r"model arg mask_layout='tree': must be one of linear, per_proposal"):
+    with pytest.raises(ValueError, match=r"model arg mask_layout='tree': must be one of linear, ends, per_proposal"):
         MTPLM(pretrained=str(tiny_mtp_dir), strategy="selfspec", k_max=4, mask_layout="tree", device="cpu")
     with pytest.raises(ValueError, match=r"model arg k_max='four'"):
         MTPLM(pretrained=str(tiny_mtp_dir), strategy="selfspec", k_max="four", device="cpu")
@@ -394,7 +394,12 @@ def _load_sweep():
 
 def test_sweep_settings_parse_selfspec_and_refuse_bad_entries_in_one_line():
     sweep = _load_sweep()
-    assert sweep.MASK_LAYOUTS == MASK_LAYOUTS
+    assert sweep.parse_setting("selfspec:8:per_proposal:g=3", 16) == DecodeSpec(
+        strategy="selfspec", k_max=8, mask_layout="per_proposal", max_groups=3
+    )
+    assert sweep.parse_setting("selfspec:8:p=0.3", 16) == DecodeSpec(
+        strategy="selfspec", k_max=8, propose_threshold=0.3
+    )
     assert sweep.parse_setting("selfspec:4", 16) == DecodeSpec(strategy="selfspec", k_max=4, mask_layout="linear")
     assert sweep.parse_setting(" selfspec:8:per_proposal", 16) == DecodeSpec(
         strategy="selfspec", k_max=8, mask_layout="per_proposal"
@@ -406,6 +411,8 @@ def test_sweep_settings_parse_selfspec_and_refuse_bad_entries_in_one_line():
         "selfspec:0",
         "selfspec:four",
         "selfspec:4:tree",
+        "selfspec:4:x=1",
+        "selfspec:4:linear:ends",
         "static:0",
         "confadapt:1.5",
         "spec:4",
