@@ -136,6 +136,13 @@ def parse_args(argv=None):
         default=None,
         help="comma-separated subset of setting names (default all): " + ", ".join(n for n, _ in SETTINGS),
     )
+    p.add_argument(
+        "--selfspec-curve",
+        default=None,
+        metavar="KS",
+        help="tokens per pass and query tokens per pass of selfspec (linear) at each K, e.g. 2,4,6,8,12, on the "
+        "largest --batch-sizes batch; every K checked == our k=1 (fp32)",
+    )
     p.add_argument("--context", type=int, default=512, help="cached context for the forward-cost curve")
     p.add_argument("--queries", default="1,2,4,8,16,32", help="new query tokens for the forward-cost curve")
     p.add_argument("--curve-batches", default="1,16", help="batch sizes for the forward-cost curve")
@@ -287,6 +294,42 @@ def bench_decode(model, mask_id, base_vocab, args, settings, prompt_texts=None, 
     return rows
 
 
+def selfspec_curve(model, mask_id, base_vocab, args, prompt_texts=None, tokenizer=None) -> list[dict]:
+    """Selfspec (linear) at each K of --selfspec-curve on one batch: tokens kept and query tokens per pass, the
+    rows equal to our k=1 (a difference in fp32 stops the bench: the lossless contract)."""
+    from mtp_ds.decoding import generate
+
+    batch = max(int(b) for b in args.batch_sizes.split(","))
+    if prompt_texts is not None:
+        ids, mask = text_prompts(prompt_texts, batch, tokenizer, args.device)
+    else:
+        ids, mask = make_prompts(batch, args.prompt_len, base_vocab, 0, args.device, args.seed + batch)
+    settings = dict(attention_mask=mask, mtp_token_id=mask_id, max_new_tokens=args.new_tokens)
+    reference = generate(model, ids, strategy="static", k=1, **settings).sequences
+    rows = []
+    for k_max in sorted({int(k) for k in args.selfspec_curve.split(",")}):
+        result = generate(model, ids, strategy="selfspec", k_max=k_max, **settings)
+        same = sum(a == b for a, b in zip(result.sequences, reference))
+        rows.append(
+            {
+                "k_max": k_max,
+                "tokens_per_pass": result.acceleration_factor,
+                "query_tokens_per_pass": result.query_tokens_per_pass,
+                "rows_identical_to_k1": f"{same}/{batch}",
+            }
+        )
+        if same < batch and args.dtype == "float32":
+            raise SystemExit(f"selfspec curve: K={k_max} differs from {K1} on {batch - same} of {batch} rows (fp32)")
+    print(f"selfspec (linear) by K, batch {batch}, {args.new_tokens} new tokens:")
+    print("  K   tokens/pass  query tokens/pass  rows == k=1")
+    for row in rows:
+        print(
+            f"  {row['k_max']:<3} {row['tokens_per_pass']:11.2f}  {row['query_tokens_per_pass']:17.1f}  "
+            f"{row['rows_identical_to_k1']}"
+        )
+    return rows
+
+
 def summarize(batch: int, name: str, runs: list[dict], repeats: int) -> dict:
     """One table row from a setting's timed runs: the median wall clock and that run's counters."""
     last = runs[-1]  # decoding is deterministic: every run keeps the same tokens in the same passes
@@ -387,6 +430,8 @@ def main(argv=None) -> int:
         curve = bench_forward_curve(model, base_vocab, args)
         print_curve(curve)
         results["forward_curve"] = curve
+    if args.selfspec_curve:
+        results["selfspec_curve"] = selfspec_curve(model, mask_id, base_vocab, args, prompt_texts, tokenizer)
     if not args.skip_decode:
         rows = bench_decode(model, mask_id, base_vocab, args, settings, prompt_texts, tokenizer)
         results["decode"] = rows

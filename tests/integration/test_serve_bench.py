@@ -13,6 +13,7 @@ import pytest
 from helpers import REPO, SERVE_BENCH_ARGS, make_mtp_model, save_checkpoint_dir
 
 SETTINGS = ["HF generate", "ours k=1", "static k=2", "static k=3", "confadapt 0.9", "selfspec"]
+EXTRA = "selfspec_kmax3_per_proposal_g2"  # --selfspec 3:per_proposal:g=2: a lossless row of its own settings
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +34,11 @@ def _serve(*args):
 
 def test_serve_bench_counts_passes_and_checks_exactness(checkpoint, tmp_path):
     out = tmp_path / "serve.json"
-    result = _serve("--model", checkpoint, *SERVE_BENCH_ARGS, "--out", out)
+    result = _serve("--model", checkpoint, *SERVE_BENCH_ARGS, "--selfspec", "3:per_proposal:g=2", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(row["concurrency"], row["setting"]): row for row in report["rows"]}
-    assert set(rows) == {(c, s) for c in (1, 3) for s in SETTINGS}
+    assert set(rows) == {(c, s) for c in (1, 3) for s in [*SETTINGS, EXTRA]}
     for (c, setting), row in rows.items():
         assert row["tokens"] <= 7 * 9, setting
         if c == 1:  # one request at a time: every pass is one request's own
@@ -49,15 +50,15 @@ def test_serve_bench_counts_passes_and_checks_exactness(checkpoint, tmp_path):
         k1 = rows[(c, "ours k=1")]
         assert k1["throughput_vs_k1"] == 1.0 and k1["forward_bound_vs_k1"] == 1.0
         assert rows[(c, "static k=2")]["acceleration_factor"] > 1.0
-        assert rows[(c, "selfspec")]["tokens"] == k1["tokens"]  # lossless
+        assert rows[(c, "selfspec")]["tokens"] == rows[(c, EXTRA)]["tokens"] == k1["tokens"]  # lossless
         assert rows[(c, "HF generate")]["rows_identical_to_k1"] == "7/7"
         assert rows[(c, "HF generate")]["peak_kv_rows"] is None
     assert rows[(3, "ours k=1")]["peak_kv_rows"] <= 2 * 3  # 3 decoding + a prefill of 3
     assert all(len(rows[(c, "ours k=1")]["kv_columns_halves"]) == 2 for c in (1, 3))
     assert rows[(3, "HF generate")]["kv_columns_halves"] is None
     assert (
-        "exactness: every request's tokens at c=3 == at c=1 for each of our settings, and selfspec's == our "
-        "k=1's at every c: PASS" in result.stdout
+        "exactness: every request's tokens at c=3 == at c=1 for each of our settings, and selfspec, "
+        f"{EXTRA} == our k=1's at every c: PASS" in result.stdout
     )
     assert "prefill placement at c=3" in result.stdout
     assert "| 3 | confadapt 0.9 | " in result.stdout  # the markdown table

@@ -211,3 +211,16 @@ def test_custom_generate_bench_runs_and_fails_a_lossy_default(tmp_path, monkeypa
     monkeypatch.setattr(bench, "SETTINGS", lossy)
     assert bench.main([*argv, "--out", str(tmp_path / "bad.json")]) == 1
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_decode_bench_selfspec_curve_reports_each_k_against_k1(decode_checkpoint, tmp_path, monkeypatch):
+    """--selfspec-curve: tokens and query tokens per pass at each K, every K's rows equal to our k=1's."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import decode
+
+    out = tmp_path / "decode.json"
+    argv = ["--model", str(decode_checkpoint), *map(str, DECODE_BENCH_ARGS), "--skip-decode", "--out", str(out)]
+    assert decode.main([*argv, "--selfspec-curve", "3,2,4"]) == 0
+    curve = json.loads(out.read_text())["selfspec_curve"]
+    assert [row["k_max"] for row in curve] == [2, 3, 4]
+    assert all(row["rows_identical_to_k1"] == "3/3" and 1.0 <= row["tokens_per_pass"] <= row["k_max"] for row in curve)
