@@ -164,6 +164,13 @@ def parse_args(argv=None):
         p.error(f"--prompt-template must contain {{prompt}}: {args.prompt_template!r}")
     if args.k_max < 2:
         p.error(f"--k-max must be >= 2, got {args.k_max}")
+    if args.selfspec_curve is not None:
+        try:
+            args.selfspec_curve = sorted({int(k) for k in args.selfspec_curve.split(",")})
+        except ValueError:
+            p.error(f"--selfspec-curve must be comma-separated ints, got {args.selfspec_curve!r}")
+        if not args.selfspec_curve or args.selfspec_curve[0] < 1:
+            p.error(f"--selfspec-curve: every K must be >= 1, got {args.selfspec_curve}")
     if args.selfspec_k_max is None:
         args.selfspec_k_max = min(args.k_max, SELFSPEC_DEFAULT_K_MAX)
     if args.selfspec_k_max < 2:
@@ -307,7 +314,7 @@ def selfspec_curve(model, mask_id, base_vocab, args, prompt_texts=None, tokenize
     settings = dict(attention_mask=mask, mtp_token_id=mask_id, max_new_tokens=args.new_tokens)
     reference = generate(model, ids, strategy="static", k=1, **settings).sequences
     rows = []
-    for k_max in sorted({int(k) for k in args.selfspec_curve.split(",")}):
+    for k_max in args.selfspec_curve:
         result = generate(model, ids, strategy="selfspec", k_max=k_max, **settings)
         same = sum(a == b for a, b in zip(result.sequences, reference))
         rows.append(

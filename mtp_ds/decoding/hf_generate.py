@@ -22,6 +22,8 @@ from mtp_ds.tokens import as_mask_tokens, has_mask_tokens, mask_tokens_from_conf
 # layout kept 5.45 tokens per pass at K=8 and was fastest at c=1 and c=16 (bench/serve.py, docs/PERFORMANCE.md);
 # past the trained k_max the slots are untrained (trained at 4: 3.60 tokens per pass at K=4, 3.12 at K=8)
 SELFSPEC_K_MAX = 8
+# The call's decoding keywords: the DecodeSpec fields a strategy reads (sampling comes from the generation config)
+DECODING_FIELDS = ("strategy", "k", "k_max", "threshold", "mask_layout", "propose_threshold", "max_groups")
 # Stock generate's own defaults for what a generation config leaves unset (GenerationConfig, transformers 5)
 DEFAULT_MAX_LENGTH, DEFAULT_TOP_K = 20, 50
 # Generation settings that change what stock generate emits and that this decoder does not implement, with the
@@ -139,25 +141,20 @@ def generate(
     generation_config=None,
     streamer=None,
     *,
-    strategy: str | None = None,
-    k: int | None = None,
-    k_max: int | None = None,
-    threshold: float | None = None,
-    mask_layout: str | None = None,
-    propose_threshold: float | None = None,
-    max_groups: int | None = None,
     mtp_token_id=None,
     tokenizer=None,
     generator: torch.Generator | None = None,
     **kwargs,
 ):
     """What stock `generate` returns (sequences: prompt + new tokens, finished rows padded with pad_token_id; with
-    return_dict_in_generate an `MTPGenerateOutput`), decoded by `strategy` (static, confadapt, selfspec).
+    return_dict_in_generate an `MTPGenerateOutput`), decoded by the keywords among DECODING_FIELDS (`strategy`:
+    static, confadapt, selfspec; `k`, `k_max`, `threshold`, `mask_layout`, `propose_threshold`, `max_groups`).
 
     `input_ids` (or `inputs`) left-padded per `attention_mask`; max_new_tokens / max_length, eos_token_id,
     stop_strings (with `tokenizer`), do_sample / temperature / top_k / top_p come from the call or the model's
     generation config, as stock generate reads them. `streamer`: one `put` per forward pass (one row).
     """
+    decoding = {name: kwargs.pop(name) for name in DECODING_FIELDS if name in kwargs}
     input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
     attention_mask = kwargs.pop("attention_mask", None)
     arguments = {name: kwargs.pop(name, None) for name in UNSUPPORTED_ARGUMENTS}
@@ -176,19 +173,7 @@ def generate(
     else:
         _refuse("the model config has no mtp_token_id: pass mtp_token_id=ID (the checkpoint's mask token)")
     _check_settings(generation, arguments, mask_tokens.never_emitted)
-    spec = decode_spec(
-        model,
-        dict(
-            strategy=strategy,
-            k=k,
-            k_max=k_max,
-            threshold=threshold,
-            mask_layout=mask_layout,
-            propose_threshold=propose_threshold,
-            max_groups=max_groups,
-        ),
-        generation,
-    )
+    spec = decode_spec(model, decoding, generation)
     prompt_length = input_ids.shape[1]
     if generation.max_new_tokens is not None:
         max_new_tokens = int(generation.max_new_tokens)
